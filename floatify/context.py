@@ -1,0 +1,95 @@
+"""The λ (lambda) conditioning context: which operating point every converted model runs at.
+
+λ lives in a :class:`contextvars.ContextVar`, so concurrent threads and asyncio tasks each see
+their own value. A thread started inside ``with lam(v):`` does **not** inherit ``v`` (threads
+start with a fresh context, so they see the default λ = 0) unless it is started through
+``contextvars.copy_context().run``. asyncio tasks copy the context when they are created, so a
+task created inside ``with lam(v):`` sees ``v``.
+
+For ``torch.compile`` the value is also held in a 0-d tensor: compiled graphs read the tensor
+and guard only on ``λ > 0``, so changing λ costs no recompilation (at most two graphs: λ = 0
+and λ > 0).
+
+Example:
+    >>> import floatify
+    >>> floatify.get_lam()
+    0.0
+    >>> with floatify.lam(0.3):
+    ...     floatify.get_lam()
+    0.3
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import numbers
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["lam", "get_lam", "validate_lam", "LamState", "current_state"]
+
+
+@dataclass(frozen=True)
+class LamState:
+    """The active operating point: the float, a 0-d tensor mirror and whether it is positive."""
+
+    value: float
+    tensor: torch.Tensor
+    active: bool  # value > 0; the only thing compiled graphs specialise on
+
+
+_ZERO = LamState(0.0, torch.zeros((), dtype=torch.float32), False)
+_LAM: contextvars.ContextVar[LamState] = contextvars.ContextVar("floatify_lam", default=_ZERO)
+
+
+def validate_lam(value: object, name: str = "lam") -> float:
+    """Return ``value`` as a float in [0, 1] or raise a clear ``TypeError``/``ValueError``."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(
+                f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}; "
+                f"pass a Python float or a one-element tensor"
+            )
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {type(value).__name__} {value!r}")
+    value = float(value)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1] (0 = clean, 1 = most robust), got {value!r}")
+    return value
+
+
+def current_state() -> LamState:
+    """The :class:`LamState` of the calling thread/task (used by the conditioned layers)."""
+    return _LAM.get()
+
+
+def get_lam() -> float:
+    """The λ the calling thread/task currently runs at (0.0 outside any :func:`lam` block)."""
+    return _LAM.get().value
+
+
+@contextlib.contextmanager
+def lam(value: float) -> Iterator[float]:
+    """Run every converted model at operating point ``value`` inside the ``with`` block.
+
+    ``value`` is a real number in [0, 1]: 0 is the clean network (clean BatchNorm, no weight
+    noise), larger values select the adversarial BatchNorm and scale the weight noise.
+    Nesting restores the outer value on exit, also when the body raises.
+
+    Example:
+        >>> import torch, floatify
+        >>> model = floatify.convert(torch.nn.Linear(4, 2))
+        >>> with floatify.lam(1.0):
+        ...     y = model(torch.rand(3, 4))
+    """
+    v = validate_lam(value)
+    token = _LAM.set(LamState(v, torch.tensor(v, dtype=torch.float32), v > 0.0))
+    try:
+        yield v
+    finally:
+        _LAM.reset(token)

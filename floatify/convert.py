@@ -1,0 +1,314 @@
+"""The conversion walker: ``convert(model)`` turns any Conv/Linear/BatchNorm model into FLOAT.
+
+One pass over ``named_children`` plans every change and validates everything first; only then is
+the model (a deep copy unless ``inplace=True``) modified, so a failed conversion never leaves a
+half-converted model behind.
+
+Example:
+    >>> import torch.nn as nn, floatify
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.LazyLinear(10))
+    >>> model = floatify.convert(model)  # doctest: +SKIP  (lazy layers must be initialised first)
+    >>> model = floatify.convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
+    >>> [row.fqn for row in floatify.summary(model).conditioned]
+    ['0.weight']
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from floatify.layers.conditioned import (
+    ADV_SUFFIX,
+    ALPHA_SUFFIX,
+    BN_BUFFERS,
+    BN_PARAMS,
+    MASK_SUFFIX,
+    conditioned_class,
+    is_conditioned,
+)
+from floatify.layers.registry import conditioned_weight_names, is_batchnorm
+
+__all__ = [
+    "FloatConfig",
+    "FloatifyWarning",
+    "convert",
+    "iter_modules",
+    "load_original_state_dict",
+    "convert_sync_batchnorm",
+    "SKIPPED_ATTR",
+]
+
+FilterFn = Callable[[nn.Module, str], bool]
+SKIPPED_ATTR = "_floatify_skipped"
+
+
+class FloatifyWarning(UserWarning):
+    """A layer floatify could not condition (also listed by :func:`floatify.summary`)."""
+
+
+@dataclass(frozen=True)
+class FloatConfig:
+    """How :func:`convert` conditions a model.
+
+    Attributes:
+        alpha_init: initial value of every learnable noise scale α (0.25 in the FLOAT reference).
+        dual_bn: give every BatchNorm a clean (λ = 0) and an adversarial (λ > 0) copy.
+    """
+
+    alpha_init: float = 0.25
+    dual_bn: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.alpha_init, bool) or not isinstance(self.alpha_init, (int, float)):
+            raise TypeError(f"alpha_init must be a float, got {self.alpha_init!r}")
+        if not math.isfinite(self.alpha_init) or self.alpha_init < 0:
+            raise ValueError(f"alpha_init must be a finite number >= 0, got {self.alpha_init!r}")
+        if not isinstance(self.dual_bn, bool):
+            raise TypeError(f"dual_bn must be True or False, got {self.dual_bn!r}")
+
+
+def iter_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """Every module once, depth-first over ``named_children``, with its first fully qualified name."""
+    seen: set[int] = set()
+
+    def walk(module: nn.Module, fqn: str) -> Iterator[tuple[str, nn.Module]]:
+        if id(module) in seen:
+            return  # reason: a module reachable twice (shared/called twice) is one site, one α
+        seen.add(id(module))
+        yield fqn, module
+        for name, child in module.named_children():
+            if child is not None:
+                yield from walk(child, f"{fqn}.{name}" if fqn else name)
+
+    yield from walk(model, prefix)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    weights: list[tuple[str, tuple[str, ...]]]  # module fqn, weight names to condition
+    batchnorms: list[str]
+    skipped: list[tuple[str, str]]  # site, reason
+
+
+def _check_wrapped(model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"floatify.convert expects a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        raise TypeError(
+            f"the model is wrapped in {type(model).__name__}: convert the bare model first, then wrap it "
+            f"(model = floatify.convert(model); model = {type(model).__name__}(model, ...))"
+        )
+    if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
+        raise TypeError(
+            "the model was compiled with torch.compile: convert the original model first, then compile "
+            "(model = torch.compile(floatify.convert(model)))"
+        )
+
+
+def _plan(model: nn.Module, filter_fn: FilterFn | None, dual_bn: bool) -> _Plan:
+    weights: list[tuple[str, tuple[str, ...]]] = []
+    batchnorms: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    n_candidates = 0
+    for fqn, module in iter_modules(model):
+        names = conditioned_weight_names(module)
+        bn = dual_bn and is_batchnorm(module)
+        if not names and not bn:
+            continue
+        if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+            raise ValueError(
+                f"layer '{fqn}' ({type(module).__name__}) is lazy and not initialised yet: run one forward "
+                f"pass (or materialise it) before floatify.convert"
+            )
+        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            raise TypeError(f"submodule '{fqn}' is wrapped in {type(module).__name__}: convert before wrapping")
+        if names:
+            n_candidates += 1
+        if is_conditioned(module):
+            continue  # reason: converting twice is idempotent; existing α are kept
+        if filter_fn is not None and not filter_fn(module, fqn):
+            skipped.append((fqn, "excluded by filter_fn"))
+            continue
+        if bn:
+            batchnorms.append(fqn)
+            continue
+        selected = []
+        for name in names:
+            site = f"{fqn}.{name}" if fqn else name
+            tensor = module._parameters.get(name, getattr(module, name, None))
+            if name in module._parameters and tensor is None:
+                continue  # reason: an optional weight that is absent (e.g. MHA's q_proj_weight)
+            if not isinstance(tensor, nn.Parameter) or name not in module._parameters:
+                skipped.append(
+                    (site, "not a registered Parameter (weight_norm/spectral_norm/parametrize or a computed "
+                     "weight): not conditioned")
+                )
+                continue
+            if not tensor.is_floating_point():
+                skipped.append((site, f"dtype {tensor.dtype} is not floating point (quantized?): not conditioned"))
+                continue
+            selected.append(name)
+        if selected:
+            weights.append((fqn, tuple(selected)))
+    if n_candidates == 0:
+        raise ValueError(
+            f"{type(model).__name__} has no Conv/Linear layer floatify can condition; register custom layer "
+            f"types with floatify.register_conditioned_weights(cls, 'weight')"
+        )
+    if not weights and not any(is_conditioned(m) and not is_batchnorm(m) for _, m in iter_modules(model)):
+        raise ValueError(
+            f"filter_fn excluded all {n_candidates} convertible Conv/Linear layers of {type(model).__name__}; "
+            f"it must return True for the layers to condition (signature: filter_fn(module, fqn) -> bool)"
+        )
+    return _Plan(weights, batchnorms, skipped)
+
+
+def _condition_weights(module: nn.Module, names: tuple[str, ...], alpha_init: float, shared: dict) -> None:
+    module.__class__ = conditioned_class(type(module))
+    for name in names:
+        weight = module._parameters[name]
+        alpha = shared.get(id(weight))
+        if alpha is None:  # reason: a weight tied between two layers gets one α, not two
+            alpha = nn.Parameter(torch.full((), alpha_init, dtype=weight.dtype, device=weight.device))
+            shared[id(weight)] = alpha
+        module.register_parameter(name + ALPHA_SUFFIX, alpha)
+
+
+def _make_dual_bn(module: nn.Module, adv: Mapping[str, torch.Tensor] | None = None) -> None:
+    for name in BN_PARAMS:
+        tensor = module._parameters.get(name)
+        if tensor is not None:
+            source = adv[name] if adv else tensor
+            module.register_parameter(name + ADV_SUFFIX, nn.Parameter(source.detach().clone(), tensor.requires_grad))
+    for name in BN_BUFFERS:
+        tensor = module._buffers.get(name)
+        if tensor is not None:
+            source = adv[name] if adv else tensor
+            module.register_buffer(name + ADV_SUFFIX, source.detach().clone())
+    module.__class__ = conditioned_class(type(module))
+
+
+def convert(
+    model: nn.Module,
+    config: FloatConfig | None = None,
+    *,
+    filter_fn: FilterFn | None = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Condition every Conv/Linear weight of ``model`` on λ and give every BatchNorm a dual.
+
+    Args:
+        model: any ``nn.Module`` (timm, torchvision or your own), not yet wrapped by DDP or
+            ``torch.compile``.
+        config: a :class:`FloatConfig` (default: α init 0.25, dual BatchNorm on).
+        filter_fn: ``filter_fn(module, fqn) -> bool``; layers for which it returns False are left
+            alone (and listed by :func:`floatify.summary`). E.g. keep the classifier noise-free with
+            ``filter_fn=lambda m, fqn: fqn != "fc"``.
+        inplace: modify ``model`` itself instead of a deep copy (for large models).
+
+    Returns:
+        The converted model: the same class, the original parameters under their original
+        state_dict keys, plus one α per conditioned weight and the adversarial BatchNorm copies.
+        Converting an already converted model is safe: converted layers are kept as they are
+        (their α untouched), layers added since are converted.
+
+    Example:
+        >>> import torch, timm, floatify
+        >>> model = floatify.convert(timm.create_model("resnet18", num_classes=10))
+        >>> with floatify.lam(0.3):
+        ...     y = model(torch.rand(2, 3, 32, 32))
+    """
+    _check_wrapped(model)
+    config = config if config is not None else FloatConfig()
+    if not isinstance(config, FloatConfig):
+        raise TypeError(f"config must be a floatify.FloatConfig, got {type(config).__name__}")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError("filter_fn must be a callable filter_fn(module, fqn) -> bool")
+    plan = _plan(model, filter_fn, config.dual_bn)  # reason: validate everything before changing anything
+    if not inplace:
+        model = copy.deepcopy(model)
+    shared: dict[int, nn.Parameter] = {}
+    for _, module in iter_modules(model):  # reason: α of already converted tied weights is reused
+        if is_conditioned(module):
+            for name in getattr(type(module), "_floatify_weights", ()):
+                if name + ALPHA_SUFFIX in module._parameters:
+                    shared[id(module._parameters[name])] = module._parameters[name + ALPHA_SUFFIX]
+    for fqn, names in plan.weights:
+        _condition_weights(model.get_submodule(fqn), names, config.alpha_init, shared)
+    for fqn in plan.batchnorms:
+        _make_dual_bn(model.get_submodule(fqn))
+    previous = [s for s in model.__dict__.get(SKIPPED_ATTR, []) if s not in plan.skipped]
+    model.__dict__[SKIPPED_ATTR] = [s for s in previous if not _now_conditioned(model, s[0])] + plan.skipped
+    problems = [f"{site}: {reason}" for site, reason in plan.skipped if reason != "excluded by filter_fn"]
+    if problems:
+        warnings.warn(
+            "floatify left these weights unconditioned:\n  " + "\n  ".join(problems), FloatifyWarning, stacklevel=2
+        )
+    return model
+
+
+def _now_conditioned(model: nn.Module, site: str) -> bool:
+    module_path, _, name = site.rpartition(".")
+    try:
+        module = model.get_submodule(module_path)
+    except AttributeError:
+        return False
+    return is_conditioned(module) and (name + ALPHA_SUFFIX in module._parameters or is_batchnorm(module))
+
+
+def load_original_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load a checkpoint of the *unconverted* model into a converted one.
+
+    Every original key must be present; floatify's own entries (α, adversarial BatchNorm) are
+    initialised from it: α keeps its value, each adversarial BatchNorm copies the clean one.
+    (Equivalently: load the checkpoint into the plain model first, then convert.)
+
+    Example:
+        >>> import torch, floatify
+        >>> plain = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+        >>> model = floatify.convert(plain)
+        >>> floatify.load_original_state_dict(model, plain.state_dict())
+    """
+    result = model.load_state_dict(state_dict, strict=False)
+    ours = (ALPHA_SUFFIX, ADV_SUFFIX, MASK_SUFFIX)
+    missing = [k for k in result.missing_keys if not any(k.rsplit(".", 1)[-1].endswith(s) for s in ours)]
+    if missing or result.unexpected_keys:
+        raise KeyError(
+            f"checkpoint does not match the model: missing {missing[:5]}, unexpected "
+            f"{result.unexpected_keys[:5]} (is it a checkpoint of a different architecture?)"
+        )
+    with torch.no_grad():
+        for _, module in iter_modules(model):
+            if is_conditioned(module) and is_batchnorm(module):
+                for name in BN_PARAMS:
+                    if module._parameters.get(name + ADV_SUFFIX) is not None:
+                        module._parameters[name + ADV_SUFFIX].copy_(module._parameters[name])
+                for name in BN_BUFFERS:
+                    if module._buffers.get(name + ADV_SUFFIX) is not None:
+                        module._buffers[name + ADV_SUFFIX].copy_(module._buffers[name])
+
+
+def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` that keeps floatify's dual BatchNorm dual.
+
+    torch's converter copies only the clean statistics; this restores the adversarial ones.
+    """
+    adversarial: dict[str, dict[str, torch.Tensor]] = {}
+    for fqn, module in iter_modules(model):
+        if is_conditioned(module) and is_batchnorm(module):
+            store = {**module._parameters, **module._buffers}
+            names = [n for n in BN_PARAMS + BN_BUFFERS if store.get(n + ADV_SUFFIX) is not None]
+            adversarial[fqn] = {n: store[n + ADV_SUFFIX] for n in names}
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
+    for fqn, adv in adversarial.items():
+        module = converted.get_submodule(fqn)
+        if not is_conditioned(module):
+            _make_dual_bn(module, adv)
+    return converted

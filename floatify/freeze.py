@@ -1,0 +1,96 @@
+"""``freeze(model, lam)``: back to a plain model at one operating point (like peft's merge_and_unload).
+
+Every conditioned layer gets its original class back, one noise draw ``λ·α·η`` is baked into its
+weight (none at λ = 0), each dual BatchNorm keeps the set λ selects, and floatify's extra
+parameters and buffers are removed. The result has the original state_dict keys, no overhead and
+works with ``torch.export``; it is deterministic, so it is no longer a randomised defence.
+
+Example:
+    >>> import torch, floatify
+    >>> model = floatify.convert(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)))
+    >>> plain = floatify.freeze(model, lam=0.3, seed=0)
+    >>> type(plain[0]) is torch.nn.Linear, sorted(plain.state_dict())[:2]
+    (True, ['0.bias', '0.weight'])
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from floatify.context import validate_lam
+from floatify.convert import SKIPPED_ATTR, iter_modules
+from floatify.layers.conditioned import (
+    _CACHE_ATTR,
+    ADV_SUFFIX,
+    ALPHA_SUFFIX,
+    BN_BUFFERS,
+    BN_PARAMS,
+    MASK_SUFFIX,
+    is_conditioned,
+    original_class,
+)
+from floatify.layers.registry import is_batchnorm
+
+__all__ = ["freeze"]
+
+
+def freeze(model: nn.Module, lam: float, seed: int | None = None, *, inplace: bool = False) -> nn.Module:
+    """Return a plain copy of ``model`` fixed at operating point ``lam``.
+
+    Args:
+        model: a model returned by :func:`floatify.convert`.
+        lam: the operating point in [0, 1] to bake in.
+        seed: seed of the single noise draw (None: the global torch RNG).
+        inplace: modify ``model`` itself instead of a deep copy.
+    """
+    lam = validate_lam(lam)
+    if not any(is_conditioned(m) for _, m in iter_modules(model)):
+        raise ValueError(f"{type(model).__name__} has no floatify layers: freeze() expects a converted model")
+    if not inplace:
+        model = copy.deepcopy(model)
+    generators: dict[torch.device, torch.Generator] = {}
+
+    def generator(device: torch.device) -> torch.Generator | None:
+        if seed is None:
+            return None
+        if device not in generators:
+            generators[device] = torch.Generator(device=device).manual_seed(seed)
+        return generators[device]
+
+    with torch.no_grad():
+        for _, module in iter_modules(model):
+            if not is_conditioned(module):
+                continue
+            if is_batchnorm(module):
+                _freeze_batchnorm(module, lam > 0)
+            else:
+                _freeze_weights(module, lam, generator)
+            module.__dict__.pop(_CACHE_ATTR, None)
+            module.__class__ = original_class(module)
+    model.__dict__.pop(SKIPPED_ATTR, None)
+    return model
+
+
+def _freeze_weights(module: nn.Module, lam: float, generator) -> None:
+    for name in type(module)._floatify_weights:
+        if name + ALPHA_SUFFIX not in module._parameters:
+            continue
+        weight = module._parameters[name]
+        mask = module.floatify_mask(name)
+        if mask is not None:
+            weight.mul_(mask)
+        if lam > 0:
+            weight.add_(module.floatify_noise(name, lam, generator=generator(weight.device)))
+        del module._parameters[name + ALPHA_SUFFIX]
+        module._buffers.pop(name + MASK_SUFFIX, None)
+
+
+def _freeze_batchnorm(module: nn.Module, adversarial: bool) -> None:
+    for store, names in ((module._parameters, BN_PARAMS), (module._buffers, BN_BUFFERS)):
+        for name in names:
+            adv = store.pop(name + ADV_SUFFIX, None)
+            if adversarial and adv is not None:
+                store[name].copy_(adv)

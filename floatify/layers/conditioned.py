@@ -1,0 +1,268 @@
+"""λ-conditioned layers: the same class, the same parameters, a weight that depends on λ.
+
+A converted layer keeps its original class as a base (``isinstance`` still holds) and its
+original parameters under their original state_dict keys. Its class is swapped for a generated
+subclass in which the conditioned attributes are properties:
+
+* a Conv/Linear ``weight`` reads as ``W`` at λ = 0 (the very Parameter, so outputs are bitwise
+  the original's) and as ``W + λ·α·η`` with ``η ~ N(0, std(W)²)`` at λ > 0, a fresh draw per read.
+  Because the noise lives on the attribute, every reader sees it: the layer's own ``forward``
+  (timm ``StdConv2d`` standardises the noisy weight, ``Conv2dSame`` pads as before) and code that
+  uses the weight functionally (``F.linear(x, self.qkv.weight)`` in beit/eva/swin-v2,
+  ``nn.MultiheadAttention``'s ``in_proj_weight``).
+* a BatchNorm's ``weight``/``bias``/``running_*`` read as the clean set at λ = 0 and as the
+  adversarial set (``*_adv``, extra entries in the state_dict) at λ > 0: dual BatchNorm.
+
+Extra state per conditioned weight ``w``: the learnable scalar ``w_alpha`` and, for sparse models,
+a bit-packed ``w_mask`` buffer (see :mod:`floatify.sparsity`).
+
+Example:
+    >>> import torch, floatify
+    >>> conv = floatify.convert(torch.nn.Conv2d(3, 8, 3))
+    >>> isinstance(conv, torch.nn.Conv2d), sorted(conv.state_dict())
+    (True, ['bias', 'weight', 'weight_alpha'])
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import torch
+import torch.nn as nn
+
+try:  # reason: plain is_fx_tracing() also answers True under torch.export and warns about it
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
+except ImportError:  # pragma: no cover - older torch
+    from torch.fx._symbolic_trace import is_fx_tracing
+
+from floatify.context import current_state
+from floatify.layers.registry import conditioned_weight_names_for_class, is_batchnorm
+
+__all__ = [
+    "conditioned_class",
+    "is_conditioned",
+    "original_class",
+    "ALPHA_SUFFIX",
+    "MASK_SUFFIX",
+    "ADV_SUFFIX",
+    "BN_PARAMS",
+    "BN_BUFFERS",
+    "unpack_mask",
+    "pack_mask",
+]
+
+ALPHA_SUFFIX = "_alpha"
+MASK_SUFFIX = "_mask"
+ADV_SUFFIX = "_adv"
+BN_PARAMS = ("weight", "bias")
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+_CACHE_ATTR = "_floatify_cached"
+_CLASSES: dict[type, type] = {}
+
+
+def is_conditioned(module: nn.Module) -> bool:
+    """True for a layer :func:`floatify.convert` has conditioned (weight noise or dual BN)."""
+    return "_floatify_base" in type(module).__dict__
+
+
+def original_class(module: nn.Module) -> type:
+    """The class ``module`` had before conversion."""
+    return type(module).__dict__.get("_floatify_base", type(module))
+
+
+# ---------------------------------------------------------------------------------- masks
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Bit-pack a boolean mask into a flat uint8 tensor (8 weights per byte)."""
+    flat = mask.reshape(-1).to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=flat.device)
+    return (flat.view(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_mask(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Inverse of :func:`pack_mask`: a boolean tensor of ``shape``."""
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(-1)[: math.prod(shape)].reshape(shape).bool()
+
+
+# ----------------------------------------------------------------------------- the mixin
+class _ConditionedMixin:
+    """Behaviour shared by every generated conditioned class (first in the MRO)."""
+
+    _floatify_base: type
+    _floatify_weights: tuple[str, ...] = ()
+
+    def _get_name(self) -> str:  # reason: readable print(model), not the generated class name
+        return "Float" + self._floatify_base.__name__
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop(_CACHE_ATTR, None)  # reason: caches are keyed on storage and must not travel
+        return state
+
+    # -- weight noise ------------------------------------------------------------------
+    def _floatify_cache(self) -> dict:
+        cache = self.__dict__.get(_CACHE_ATTR)
+        if cache is None:
+            cache = {}
+            self.__dict__[_CACHE_ATTR] = cache
+        return cache
+
+    def floatify_mask(self, name: str) -> torch.Tensor | None:
+        """The boolean keep-mask of weight ``name`` (None when dense)."""
+        packed = self._buffers.get(name + MASK_SUFFIX)
+        if packed is None:
+            return None
+        weight = self._parameters[name]
+        if torch.compiler.is_compiling():
+            return unpack_mask(packed, weight.shape)
+        key = ("mask", name, packed._version, packed.data_ptr(), weight.shape)
+        cache = self._floatify_cache()
+        hit = cache.get(name + MASK_SUFFIX)
+        if hit is None or hit[0] != key:
+            hit = (key, unpack_mask(packed, weight.shape))
+            cache[name + MASK_SUFFIX] = hit
+        return hit[1]
+
+    def floatify_weight_std(self, name: str) -> torch.Tensor:
+        """std(W) of weight ``name`` over its kept entries, detached, cached until W changes."""
+        weight = self._parameters[name]
+        mask = self.floatify_mask(name)
+        if torch.compiler.is_compiling():
+            return _weight_std(weight, mask)
+        key = (weight._version, weight.data_ptr(), None if mask is None else id(mask))
+        cache = self._floatify_cache()
+        hit = cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = (key, _weight_std(weight, mask))
+            cache[name] = hit
+        return hit[1]
+
+    def floatify_noise(self, name: str, lam: torch.Tensor | float, generator=None) -> torch.Tensor:
+        """One draw of the noise term ``λ·α·η`` for weight ``name`` (masked when sparse)."""
+        weight = self._parameters[name]
+        alpha = self._parameters[name + ALPHA_SUFFIX]
+        eta = torch.randn(weight.shape, dtype=weight.dtype, device=weight.device, generator=generator)
+        mask = self.floatify_mask(name)
+        if mask is not None:
+            eta = eta * mask
+        scale = (lam * alpha * self.floatify_weight_std(name)).to(weight.dtype)
+        return eta * scale
+
+    # -- dual BN -------------------------------------------------------------------------
+    def reset_running_stats(self) -> None:
+        if not is_batchnorm(self):
+            return super().reset_running_stats()
+        for suffix in ("", ADV_SUFFIX):
+            if self._buffers.get("running_mean" + suffix) is not None:
+                self._buffers["running_mean" + suffix].zero_()
+                self._buffers["running_var" + suffix].fill_(1)
+                self._buffers["num_batches_tracked" + suffix].zero_()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # reason: a sparse checkpoint loaded into a dense model brings its masks along.
+        for name in self._floatify_weights:
+            key = prefix + name + MASK_SUFFIX
+            if key in state_dict and name + MASK_SUFFIX not in self._buffers:
+                self.register_buffer(name + MASK_SUFFIX, torch.empty_like(state_dict[key]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _weight_std(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    w = weight.detach().float()
+    if mask is not None:
+        w = w[mask]
+    if w.numel() < 2:
+        return w.new_zeros(())
+    return w.std()
+
+
+def _weight_property(name: str) -> property:
+    def get(self):
+        weight = self._parameters.get(name)
+        if weight is None:
+            if name in self._parameters:
+                return None
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        if name + ALPHA_SUFFIX not in self._parameters:
+            return weight  # reason: this weight was not selected (or is None)
+        mask = self.floatify_mask(name)
+        base = weight if mask is None else weight * mask
+        state = current_state()
+        if not state.active or is_fx_tracing():
+            # reason: λ = 0 is the original computation; FX traces must not bake a λ in
+            # (floatify.fx rewrites the read so the traced graph stays conditioned).
+            return base
+        return base + self.floatify_noise(name, state.tensor)
+
+    return property(get, doc=f"λ-conditioned ``{name}``: W + λ·α·η (W itself at λ = 0).")
+
+
+def _bn_property(name: str, is_buffer: bool) -> property:
+    def get(self):
+        store = self._buffers if is_buffer else self._parameters
+        if name + ADV_SUFFIX in store and current_state().active and not is_fx_tracing():
+            return store[name + ADV_SUFFIX]
+        if name not in store:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        return store[name]
+
+    return property(get, doc=f"dual BatchNorm ``{name}``: clean at λ = 0, ``{name}{ADV_SUFFIX}`` at λ > 0.")
+
+
+def _class_name(base: type) -> str:
+    # reason: pickle looks classes up by name in this module; dots would split the lookup.
+    return f"Float[{base.__module__.replace('.', '/')}:{base.__qualname__.replace('.', '/')}]"
+
+
+def conditioned_class(base: type[nn.Module]) -> type[nn.Module]:
+    """The generated conditioned subclass of ``base`` (created once, picklable by name)."""
+    if "_floatify_base" in base.__dict__:
+        return base
+    cls = _CLASSES.get(base)
+    if cls is not None:
+        return cls
+    namespace: dict = {"_floatify_base": base, "__module__": __name__}
+    if issubclass(base, nn.modules.batchnorm._BatchNorm):
+        for name in BN_PARAMS:
+            namespace[name] = _bn_property(name, is_buffer=False)
+        for name in BN_BUFFERS:
+            namespace[name] = _bn_property(name, is_buffer=True)
+    else:
+        weights = conditioned_weight_names_for_class(base)
+        if not weights:
+            raise TypeError(f"{base.__qualname__} has no registered conditioned weight")
+        namespace["_floatify_weights"] = weights
+        for name in weights:
+            namespace[name] = _weight_property(name)
+    name = _class_name(base)
+    namespace["__qualname__"] = name
+    cls = type(name, (_ConditionedMixin, base), namespace)
+    _CLASSES[base] = cls
+    _register_fx_leaf(cls)
+    return cls
+
+
+def _register_fx_leaf(cls: type) -> None:
+    # reason: timm's FX feature extraction must call conditioned layers as leaves, otherwise the
+    # traced graph reads the raw Parameter and the noise is lost. Reuse timm's own registry.
+    try:
+        from timm.layers import register_notrace_module
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return
+    register_notrace_module(cls)
+
+
+def __getattr__(name: str) -> type:
+    """Rebuild a generated class from its name (unpickling in a fresh process)."""
+    if name.startswith("Float[") and name.endswith("]"):
+        module_path, _, qualname = name[len("Float[") : -1].partition(":")
+        obj = importlib.import_module(module_path.replace("/", "."))
+        for part in qualname.split("/"):
+            obj = getattr(obj, part)
+        return conditioned_class(obj)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
