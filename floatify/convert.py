@@ -255,12 +255,17 @@ def convert(
 
 
 def _now_conditioned(model: nn.Module, site: str) -> bool:
+    """Whether a site recorded as skipped (a module fqn or ``module.weight``) is conditioned now."""
+    try:
+        return is_conditioned(model.get_submodule(site))
+    except AttributeError:
+        pass
     module_path, _, name = site.rpartition(".")
     try:
         module = model.get_submodule(module_path)
     except AttributeError:
         return False
-    return is_conditioned(module) and (name + ALPHA_SUFFIX in module._parameters or is_batchnorm(module))
+    return is_conditioned(module) and name + ALPHA_SUFFIX in module._parameters
 
 
 def load_original_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:

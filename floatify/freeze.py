@@ -79,11 +79,10 @@ def _freeze_weights(module: nn.Module, lam: float, generator) -> None:
         if name + ALPHA_SUFFIX not in module._parameters:
             continue
         weight = module._parameters[name]
-        mask = module.floatify_mask(name)
-        if mask is not None:
-            weight.mul_(mask)
         if lam > 0:
-            weight.add_(module.floatify_noise(name, lam, generator=generator(weight.device)))
+            weight.copy_(module.floatify_noisy_weight(name, lam, generator=generator(weight.device)))
+        elif module.floatify_mask(name) is not None:
+            weight.mul_(module.floatify_mask(name))
         del module._parameters[name + ALPHA_SUFFIX]
         module._buffers.pop(name + MASK_SUFFIX, None)
 

@@ -36,7 +36,7 @@ try:  # reason: plain is_fx_tracing() also answers True under torch.export and w
 except ImportError:  # pragma: no cover - older torch
     from torch.fx._symbolic_trace import is_fx_tracing
 
-from floatify.context import current_state
+from floatify.context import _LAM
 from floatify.layers.registry import conditioned_weight_names_for_class, is_batchnorm
 
 __all__ = [
@@ -142,16 +142,21 @@ class _ConditionedMixin:
             cache[name] = hit
         return hit[1]
 
-    def floatify_noise(self, name: str, lam: torch.Tensor | float, generator=None) -> torch.Tensor:
-        """One draw of the noise term ``λ·α·η`` for weight ``name`` (masked when sparse)."""
+    def floatify_noisy_weight(self, name: str, lam: torch.Tensor | float, generator=None) -> torch.Tensor:
+        """One draw of ``W·m + λ·α·η·m`` for weight ``name`` (``m`` the sparsity mask, if any).
+
+        The cost beyond the unavoidable Gaussian draw is one fused multiply-add over the weight.
+        """
         weight = self._parameters[name]
         alpha = self._parameters[name + ALPHA_SUFFIX]
         eta = torch.randn(weight.shape, dtype=weight.dtype, device=weight.device, generator=generator)
         mask = self.floatify_mask(name)
+        base = weight
         if mask is not None:
+            base = weight * mask
             eta = eta * mask
         scale = (lam * alpha * self.floatify_weight_std(name)).to(weight.dtype)
-        return eta * scale
+        return torch.addcmul(base, eta, scale)
 
     # -- dual BN -------------------------------------------------------------------------
     def reset_running_stats(self) -> None:
@@ -182,36 +187,42 @@ def _weight_std(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
 
 
 def _weight_property(name: str) -> property:
+    alpha_key, mask_key = name + ALPHA_SUFFIX, name + MASK_SUFFIX  # reason: no string work per read
+
     def get(self):
-        weight = self._parameters.get(name)
+        params = self._parameters
+        weight = params.get(name)
         if weight is None:
-            if name in self._parameters:
+            if name in params:
                 return None
             raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
-        if name + ALPHA_SUFFIX not in self._parameters:
-            return weight  # reason: this weight was not selected (or is None)
-        mask = self.floatify_mask(name)
-        base = weight if mask is None else weight * mask
-        state = current_state()
+        if alpha_key not in params:
+            return weight  # reason: this weight was not selected
+        state = _LAM.get()
         if not state.active or is_fx_tracing():
             # reason: λ = 0 is the original computation; FX traces must not bake a λ in
-            # (floatify.fx rewrites the read so the traced graph stays conditioned).
-            return base
-        return base + self.floatify_noise(name, state.tensor)
+            # (floatify.fx re-installs the layer so the traced read stays conditioned).
+            if mask_key not in self._buffers:
+                return weight
+            return weight * self.floatify_mask(name)
+        return self.floatify_noisy_weight(name, state.tensor)
 
     return property(get, doc=f"λ-conditioned ``{name}``: W + λ·α·η (W itself at λ = 0).")
 
 
 def _bn_property(name: str, is_buffer: bool) -> property:
+    adv_key = name + ADV_SUFFIX
+
     def get(self):
         store = self._buffers if is_buffer else self._parameters
-        if name + ADV_SUFFIX in store and current_state().active and not is_fx_tracing():
-            return store[name + ADV_SUFFIX]
-        if name not in store:
-            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
-        return store[name]
+        if _LAM.get().active and adv_key in store and not is_fx_tracing():
+            return store[adv_key]
+        try:
+            return store[name]
+        except KeyError:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'") from None
 
-    return property(get, doc=f"dual BatchNorm ``{name}``: clean at λ = 0, ``{name}{ADV_SUFFIX}`` at λ > 0.")
+    return property(get, doc=f"dual BatchNorm ``{name}``: clean at λ = 0, ``{adv_key}`` at λ > 0.")
 
 
 def _class_name(base: type) -> str:

@@ -1,0 +1,299 @@
+"""convert(): generic invariants over a table of architectures, then the special cases."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import floatify
+
+from cases import CASES, SharedBlock, TiedLinears
+from helpers import alpha_grads_at, alphas, wake_up
+
+NAMES = sorted(CASES)
+
+
+def build(name):
+    builder, shape = CASES[name]
+    torch.manual_seed(0)
+    return wake_up(builder()), torch.rand(shape)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_lam_zero_is_bitwise_original(name, train):
+    original, x = build(name)
+    model = floatify.convert(original)
+    original.train(train)
+    model.train(train)
+    torch.manual_seed(1)
+    expected = original(x)
+    torch.manual_seed(1)
+    assert torch.equal(model(x), expected)
+    if train:  # the clean BatchNorm statistics moved exactly as the original's did
+        converted = model.state_dict()
+        for k, v in original.state_dict().items():
+            assert torch.equal(v, converted[k]), k
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_noise_reaches_every_alpha_and_changes_the_output(name):
+    model, x = build(name)
+    model = floatify.convert(model).eval()
+    with torch.no_grad(), floatify.lam(1.0):
+        assert not torch.equal(model(x), model(x)), "noise must be resampled at every forward in eval mode"
+    grads = alpha_grads_at(model, x)
+    assert grads and all(g > 0 for g in grads.values()), grads
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_keys_class_and_state_dict_round_trip(name):
+    original, x = build(name)
+    model = floatify.convert(original)
+    assert type(model) is type(original)
+    original_keys = set(original.state_dict())
+    assert original_keys <= set(model.state_dict())
+    for key in set(model.state_dict()) - original_keys:
+        assert key.endswith(("_alpha", "_adv")), key
+    with torch.no_grad():
+        for a in alphas(model).values():
+            a.fill_(0.7)
+    fresh = floatify.convert(build(name)[0])
+    fresh.load_state_dict(model.state_dict())
+    model.eval()
+    fresh.eval()
+    torch.manual_seed(3)
+    with floatify.lam(0.5):
+        expected = model(x)
+    torch.manual_seed(3)
+    with floatify.lam(0.5):
+        assert torch.equal(fresh(x), expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_convert_twice_is_idempotent(name):
+    model = floatify.convert(build(name)[0])
+    with torch.no_grad():
+        for a in alphas(model).values():
+            a.fill_(0.9)
+    again = floatify.convert(model)
+    assert set(again.state_dict()) == set(model.state_dict())
+    assert all(a.item() == pytest.approx(0.9) for a in alphas(again).values())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_deepcopy_and_pickle(name):
+    model, x = build(name)
+    model = floatify.convert(model).eval()
+    with floatify.lam(0.4):
+        model(x)  # fill the std cache; copies must not share it
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert type(clone) is type(model)
+        torch.manual_seed(5)
+        with floatify.lam(0.4):
+            a = model(x)
+        torch.manual_seed(5)
+        with floatify.lam(0.4):
+            assert torch.equal(clone(x), a)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    assert type(torch.load(buffer, weights_only=False)) is type(model)
+
+
+def test_pickle_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    model = floatify.convert(CASES["cnn"][0]())
+    path = tmp_path / "m.pkl"
+    path.write_bytes(pickle.dumps(model))
+    code = (
+        "import pickle,sys,torch; m=pickle.loads(open(sys.argv[1],'rb').read());"
+        "print(type(m[0]).__name__, isinstance(m[0], torch.nn.Conv2d))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["Float[torch/nn/modules/conv:Conv2d]", "True"]
+
+
+def test_noise_statistics_match_the_method():
+    torch.manual_seed(0)
+    layer = floatify.convert(nn.Linear(256, 256, bias=False))
+    w = layer._parameters["weight"].detach().clone()
+    with torch.no_grad():
+        layer.weight_alpha.fill_(0.5)
+        with floatify.lam(0.6):
+            draws = torch.stack([layer.weight - w for _ in range(8)])
+    expected_std = 0.6 * 0.5 * w.std()
+    assert draws.std().item() == pytest.approx(expected_std.item(), rel=0.02)
+    assert draws.mean().abs().item() < 0.01 * expected_std.item()
+
+
+def test_alpha_gradient_is_exact():
+    torch.manual_seed(0)
+    layer = floatify.convert(nn.Linear(4, 3, bias=False))
+    x = torch.rand(5, 4)
+    torch.manual_seed(1)
+    with floatify.lam(0.5):
+        layer(x).sum().backward()
+    torch.manual_seed(1)
+    w = layer._parameters["weight"].detach()
+    eta = torch.randn_like(w)
+    # d/dα sum(x (W + λ α σ η)^T) = λ σ sum(x η^T)
+    expected = 0.5 * w.std() * (x @ eta.T).sum()
+    assert layer.weight_alpha.grad.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert layer._parameters["weight"].grad is not None  # the identity path reaches W
+
+
+def test_shared_module_and_tied_weights_get_one_alpha():
+    model = floatify.convert(SharedBlock())
+    assert [k for k in model.state_dict() if k.endswith("_alpha")] == ["fc.weight_alpha", "head.weight_alpha"]
+    tied = floatify.convert(TiedLinears())
+    assert tied.a.weight_alpha is tied.b.weight_alpha
+    assert len(floatify.summary(tied).conditioned) == 2  # two sites, one α
+    assert floatify.summary(tied).added_params == 1
+
+
+def test_filter_fn_keeps_classifier_clean_and_reports_it():
+    model = floatify.convert(CASES["cnn"][0](), filter_fn=lambda m, fqn: fqn != "7")
+    s = floatify.summary(model)
+    assert ("7", "excluded by filter_fn") in s.skipped
+    assert "7.weight" not in [r.fqn for r in s.conditioned]
+    assert not floatify.is_conditioned(model[7])
+
+
+def test_filter_matching_nothing_is_an_error_and_changes_nothing():
+    model = CASES["cnn"][0]()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="filter_fn excluded all"):
+        floatify.convert(model, filter_fn=lambda m, fqn: False, inplace=True)
+    assert not any(floatify.is_conditioned(m) for m in model.modules())
+    assert set(model.state_dict()) == set(before)
+
+
+def test_model_without_layers_is_an_error():
+    with pytest.raises(ValueError, match="no Conv/Linear"):
+        floatify.convert(nn.Sequential(nn.ReLU(), nn.LayerNorm(3)))
+
+
+@pytest.mark.parametrize(
+    "wrap, match",
+    [
+        (lambda m: nn.DataParallel(m), "DataParallel"),
+        (lambda m: torch.compile(m), "torch.compile"),
+        (lambda m: "not a model", "nn.Module"),
+    ],
+    ids=["dataparallel", "compiled", "not-a-module"],
+)
+def test_wrapped_models_are_refused(wrap, match):
+    with pytest.raises(TypeError, match=match):
+        floatify.convert(wrap(CASES["mlp"][0]()))
+
+
+def test_ddp_wrapped_model_is_refused():
+    ddp = nn.parallel.DistributedDataParallel.__new__(nn.parallel.DistributedDataParallel)
+    nn.Module.__init__(ddp)
+    with pytest.raises(TypeError, match="convert the bare model first"):
+        floatify.convert(ddp)
+
+
+def test_lazy_uninitialised_layer_is_an_error():
+    with pytest.raises(ValueError, match="lazy"):
+        floatify.convert(nn.Sequential(nn.Linear(3, 3), nn.LazyLinear(2)))
+
+
+def test_unconvertible_weight_is_warned_about_and_reported():
+    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 4)), nn.Linear(4, 2))
+    with pytest.warns(floatify.FloatifyWarning, match="0.weight"):
+        converted = floatify.convert(model)
+    skipped = dict(floatify.summary(converted).skipped)
+    assert "0.weight" in skipped and "not a registered Parameter" in skipped["0.weight"]
+
+
+@pytest.mark.parametrize("bad", [dict(alpha_init=-1.0), dict(alpha_init=float("nan")), dict(dual_bn="yes")])
+def test_config_is_validated(bad):
+    with pytest.raises((TypeError, ValueError)):
+        floatify.FloatConfig(**bad)
+
+
+def test_inplace_false_leaves_original_untouched_and_inplace_true_converts_it():
+    model = CASES["cnn"][0]()
+    converted = floatify.convert(model)
+    assert converted is not model and not floatify.is_conditioned(model[0])
+    same = floatify.convert(model, inplace=True)
+    assert same is model and floatify.is_conditioned(model[0])
+
+
+def test_dual_bn_uses_clean_set_at_zero_and_adversarial_set_above():
+    model = floatify.convert(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))).train()
+    x = torch.rand(16, 4)
+    with floatify.lam(1.0):
+        model(x)
+    bn = model[1]
+    assert int(bn.num_batches_tracked_adv) == 1 and int(bn._buffers["num_batches_tracked"]) == 0
+    assert torch.equal(bn._buffers["running_mean"], torch.zeros(4))
+    model(x)
+    assert int(bn._buffers["num_batches_tracked"]) == 1
+    with floatify.lam(0.5):
+        assert bn.running_mean is bn.running_mean_adv
+    assert bn.running_mean is bn._buffers["running_mean"]
+    no_dual = floatify.convert(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), floatify.FloatConfig(dual_bn=False))
+    assert "1.weight_adv" not in no_dual.state_dict()
+
+
+def test_sync_batchnorm_conversion_keeps_dual_bn():
+    model = floatify.convert(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)))
+    with torch.no_grad():
+        model[1].weight_adv.fill_(3.0)
+    synced = floatify.convert_sync_batchnorm(model)
+    assert isinstance(synced[1], nn.SyncBatchNorm) and floatify.is_conditioned(synced[1])
+    assert torch.equal(synced[1].weight_adv, torch.full((4,), 3.0))
+    with floatify.lam(1.0):
+        assert torch.equal(synced[1].weight, torch.full((4,), 3.0))
+
+
+def test_load_original_checkpoint_into_converted_model():
+    original, x = build("timm_resnet10t")
+    model = floatify.convert(build("timm_resnet10t")[0])
+    with torch.no_grad():
+        for p in original.parameters():
+            p.add_(0.01)
+    floatify.load_original_state_dict(model, original.state_dict())
+    original.eval()
+    model.eval()
+    assert torch.equal(model(x), original(x))
+    assert torch.equal(model.bn1.weight_adv, original.bn1.weight)
+    with pytest.raises(KeyError, match="different architecture"):
+        floatify.load_original_state_dict(model, CASES["mlp"][0]().state_dict())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dtypes_noise_has_weight_dtype(dtype):
+    model = floatify.convert(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))).to(dtype)
+    x = torch.rand(3, 8, dtype=dtype)
+    with floatify.lam(1.0):
+        y = model(x)
+        assert model[0].weight.dtype == dtype
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert model[0].weight_alpha.dtype == dtype
+
+
+def test_std_cache_tracks_weight_updates():
+    layer = floatify.convert(nn.Linear(16, 16))
+    s1 = layer.floatify_weight_std("weight")
+    with torch.no_grad():
+        layer._parameters["weight"].mul_(3.0)
+    s2 = layer.floatify_weight_std("weight")
+    assert s2.item() == pytest.approx(3 * s1.item(), rel=1e-5)
+
+
+def test_no_warning_for_clean_conversion():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        floatify.convert(CASES["cnn"][0]())

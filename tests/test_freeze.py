@@ -1,0 +1,87 @@
+"""freeze(): plain layers, one draw baked in, original keys, torch.export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import floatify
+
+from cases import CASES
+from helpers import wake_up
+
+NAMES = sorted(CASES)
+
+
+def build(name):
+    builder, shape = CASES[name]
+    torch.manual_seed(0)
+    return wake_up(builder()).eval(), torch.rand(shape)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_freeze_at_zero_reproduces_original(name):
+    original, x = build(name)
+    model = floatify.convert(original)
+    plain = floatify.freeze(model, 0.0)
+    assert set(plain.state_dict()) == set(original.state_dict())
+    assert not any(floatify.is_conditioned(m) for m in plain.modules())
+    assert all(type(a) is type(b) for a, b in zip(plain.modules(), original.modules()))
+    assert torch.equal(plain(x), original(x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_freeze_bakes_one_seeded_draw(name):
+    model, x = build(name)
+    model = floatify.convert(model)
+    a = floatify.freeze(model, 0.5, seed=7)
+    b = floatify.freeze(model, 0.5, seed=7)
+    c = floatify.freeze(model, 0.5, seed=8)
+    assert torch.equal(a(x), b(x)) and torch.equal(a(x), a(x))  # deterministic now
+    assert not torch.equal(a(x), c(x))
+    # the frozen model equals the converted one at the same λ with the same noise draws
+    # (same generator state, same draw order over layers)
+    assert set(a.state_dict()) == set(model.state_dict()) - {k for k in model.state_dict() if k.endswith(
+        ("_alpha", "_adv"))}
+
+
+def test_freeze_uses_adversarial_bn_above_zero():
+    model = floatify.convert(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
+    with torch.no_grad():
+        model[1].weight_adv.fill_(2.0)
+        model[1].running_mean_adv.fill_(0.5)
+    assert torch.equal(floatify.freeze(model, 0.2)[1].weight, torch.full((4,), 2.0))
+    assert torch.equal(floatify.freeze(model, 0.2)[1].running_mean, torch.full((4,), 0.5))
+    assert torch.equal(floatify.freeze(model, 0.0)[1].weight, torch.ones(4))
+
+
+def test_freeze_noise_scale():
+    torch.manual_seed(0)
+    model = floatify.convert(nn.Linear(512, 512, bias=False))
+    w = model._parameters["weight"].detach().clone()
+    delta = floatify.freeze(model, 0.8, seed=0).weight.detach() - w
+    assert delta.std().item() == pytest.approx(0.8 * 0.25 * w.std().item(), rel=0.02)
+
+
+def test_frozen_model_exports():
+    import timm
+
+    model = floatify.convert(timm.create_model("resnet10t", num_classes=3)).eval()
+    plain = floatify.freeze(model, 0.3, seed=0)
+    x = torch.rand(1, 3, 32, 32)
+    exported = torch.export.export(plain, (x,))
+    assert torch.allclose(exported.module()(x), plain(x), atol=1e-5)
+
+
+def test_freeze_errors():
+    with pytest.raises(ValueError, match="converted model"):
+        floatify.freeze(nn.Linear(2, 2), 0.5)
+    with pytest.raises(ValueError, match="lam"):
+        floatify.freeze(floatify.convert(nn.Linear(2, 2)), 1.5)
+
+
+def test_freeze_inplace():
+    model = floatify.convert(nn.Linear(2, 2))
+    out = floatify.freeze(model, 0.0, inplace=True)
+    assert out is model and type(model) is nn.Linear
