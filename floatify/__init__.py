@@ -16,14 +16,27 @@ from floatify.convert import (
     convert_sync_batchnorm,
     load_original_state_dict,
 )
+from floatify.evaluate import evaluate
 from floatify.freeze import freeze
 from floatify.layers import is_conditioned, register_conditioned_weights
+from floatify.models import Normalized, create_model
+from floatify.report import Report
 from floatify.summary import ConversionSummary, param_groups, summary
+from floatify.train import LamSampler, TrainConfig, fit, float_loss, float_step_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConversionSummary",
+    "LamSampler",
+    "Normalized",
+    "Report",
+    "TrainConfig",
+    "create_model",
+    "evaluate",
+    "fit",
+    "float_loss",
+    "float_step_loss",
     "FloatConfig",
     "FloatifyWarning",
     "convert",

@@ -39,7 +39,8 @@ class LamState:
 
     value: float
     tensor: torch.Tensor
-    active: bool  # value > 0; the only thing compiled graphs specialise on
+    active: bool  # value > 0; with ``noise`` the only things compiled graphs specialise on
+    noise: bool = True  # False: adversarial BatchNorm but no weight noise (a deterministic model)
 
 
 _ZERO = LamState(0.0, torch.zeros((), dtype=torch.float32), False)
@@ -74,12 +75,14 @@ def get_lam() -> float:
 
 
 @contextlib.contextmanager
-def lam(value: float) -> Iterator[float]:
+def lam(value: float, *, noise: bool = True) -> Iterator[float]:
     """Run every converted model at operating point ``value`` inside the ``with`` block.
 
     ``value`` is a real number in [0, 1]: 0 is the clean network (clean BatchNorm, no weight
     noise), larger values select the adversarial BatchNorm and scale the weight noise.
-    Nesting restores the outer value on exit, also when the body raises.
+    Nesting restores the outer value on exit, also when the body raises. ``noise=False`` keeps
+    the operating point's BatchNorm but turns the weight noise off: the deterministic model used to
+    measure how much robustness comes from randomness.
 
     Example:
         >>> import torch, floatify
@@ -88,7 +91,9 @@ def lam(value: float) -> Iterator[float]:
         ...     y = model(torch.rand(3, 4))
     """
     v = validate_lam(value)
-    token = _LAM.set(LamState(v, torch.tensor(v, dtype=torch.float32), v > 0.0))
+    if not isinstance(noise, bool):
+        raise TypeError(f"noise must be True or False, got {noise!r}")
+    token = _LAM.set(LamState(v, torch.tensor(v, dtype=torch.float32), v > 0.0, noise))
     try:
         yield v
     finally:

@@ -199,7 +199,7 @@ def _weight_property(name: str) -> property:
         if alpha_key not in params:
             return weight  # reason: this weight was not selected
         state = _LAM.get()
-        if not state.active or is_fx_tracing():
+        if not (state.active and state.noise) or is_fx_tracing():
             # reason: λ = 0 is the original computation; FX traces must not bake a λ in
             # (floatify.fx re-installs the layer so the traced read stays conditioned).
             if mask_key not in self._buffers:

@@ -1,0 +1,5 @@
+import sys
+
+from floatify.cli import main
+
+sys.exit(main())

@@ -1,0 +1,282 @@
+"""Command line: ``floatify train`` and ``floatify eval``.
+
+    floatify train --model resnet18 --dataset digits --epochs 4 --out runs/demo
+    floatify eval --checkpoint runs/demo/model.safetensors
+
+``train`` converts a timm or torchvision model by name, trains it with FLOAT, evaluates the trade-off
+across λ and writes ``model.safetensors``, ``report.md``, ``metrics.json`` and ``tradeoff.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+RUN_FILES = ("model.safetensors", "metrics.json", "report.md", "tradeoff.png", "train_state.pt", "history.json")
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def _lam_list(text: str) -> list[float]:
+    from floatify.context import validate_lam
+
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lams must be comma-separated numbers in [0, 1], got '{text}'") from None
+    try:
+        return [validate_lam(v, "--lams value") for v in values]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _eps(text: str) -> float:
+    """eps as a fraction (0.0314) or in pixel levels (8/255)."""
+    try:
+        value = float(text.split("/")[0]) / float(text.split("/")[1]) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"eps must be a number like 0.031 or 8/255, got '{text}'") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"eps must be in [0, 1] (pixel units), got {value}")
+    return value
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--lams", type=_lam_list, default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                   help="operating points to evaluate, comma-separated in [0, 1] (default: 0,0.25,0.5,0.75,1)")
+    g.add_argument("--eval-attacks", default="clean,fgsm,pgd,eot-pgd,pgd:nonoise",
+                   help="comma-separated: clean, fgsm, pgd, eot-pgd, autoattack; suffix ':nonoise' attacks and scores "
+                        "with the weight noise off (default: clean,fgsm,pgd,eot-pgd,pgd:nonoise)")
+    g.add_argument("--eval-eps", type=_eps, default=None, help="L∞ eps for evaluation (default: the training eps)")
+    g.add_argument("--eval-steps", type=int, default=10, help="PGD / EOT-PGD steps (default: 10)")
+    g.add_argument("--eot-draws", type=int, default=8, help="noise draws averaged per EOT-PGD step (default: 8)")
+    g.add_argument("--score-draws", type=int, default=8,
+                   help="noise draws per point when scoring a randomised model (default: 8)")
+    g.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N test points")
+    g.add_argument("--eval-batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    g.add_argument("--save-adversarial", action="store_true", help="also write adversarial.safetensors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from floatify.train import DEFAULT_STRATEGY, STRATEGIES
+
+    parser = argparse.ArgumentParser(
+        prog="floatify",
+        description="FLOAT once-for-all adversarial training for timm/torchvision models: one model, a dial λ "
+                    "between clean accuracy (λ=0) and robustness (λ=1).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="convert a model, train it with FLOAT, evaluate the trade-off",
+                       description="Convert a timm/torchvision model by name, train it with FLOAT on a dataset, "
+                                   "evaluate clean and robust accuracy across λ and write the run to --out.")
+    t.add_argument("--model", default="resnet18", help="timm or torchvision model name (default: resnet18)")
+    t.add_argument("--dataset", default="digits",
+                   help="digits (embedded, no download), cifar10, cifar100, svhn, mnist, fashionmnist, or "
+                        "imagefolder:<path> (default: digits)")
+    t.add_argument("--data-root", default="data", help="where torchvision datasets live (default: data)")
+    t.add_argument("--download", action="store_true", help="download a torchvision dataset if missing")
+    t.add_argument("--image-size", type=int, default=32, help="input resolution (default: 32)")
+    t.add_argument("--out", required=True, type=Path, help="output directory of the run")
+    t.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    g = t.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=4, help="epochs (default: 4)")
+    g.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    g.add_argument("--lr", type=float, default=0.05, help="peak learning rate, cosine schedule (default: 0.05)")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="default: sgd (momentum 0.9)")
+    g.add_argument("--weight-decay", type=float, default=5e-4, help="on Conv/Linear weights only (default: 5e-4)")
+    g.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
+                   help=f"λ sampling during training (default: {DEFAULT_STRATEGY})")
+    g.add_argument("--attack", choices=("pgd", "fgsm"), default="pgd", help="training attack (default: pgd)")
+    g.add_argument("--eps", type=_eps, default=8 / 255, help="L∞ budget in pixel units (default: 8/255)")
+    g.add_argument("--steps", type=int, default=7, help="training PGD steps (default: 7)")
+    g.add_argument("--step-size", type=_eps, default=2 / 255, help="training PGD step (default: 2/255)")
+    g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: off)")
+    g.add_argument("--alpha-init", type=float, default=0.25, help="initial noise scale α (default: 0.25)")
+    g.add_argument("--no-dual-bn", action="store_true", help="share one BatchNorm across λ")
+    g.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    g.add_argument("--seed", type=int, default=0, help="seed for init, data order and λ sampling (default: 0)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_eval_options(t)
+    e = sub.add_parser("eval", help="re-run the evaluation of a trained checkpoint",
+                       description="Rebuild the model from a floatify checkpoint and evaluate it across λ.")
+    e.add_argument("--checkpoint", required=True, type=Path, help="model.safetensors written by 'floatify train'")
+    e.add_argument("--out", type=Path, default=None, help="where to write the report (default: a fresh eval/ "
+                                                           "folder next to the checkpoint)")
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
+    e.add_argument("--data-root", default="data")
+    e.add_argument("--download", action="store_true")
+    e.add_argument("--device", default=None)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-progress", action="store_true")
+    _add_eval_options(e)
+    return parser
+
+
+def _check_out_dir(out: Path, overwrite: bool, resume: bool) -> None:
+    if overwrite and resume:
+        raise CliError("--overwrite and --resume exclude each other")
+    existing = [f for f in RUN_FILES if (out / f).exists()] if out.is_dir() else []
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} exists and is not a directory")
+    if resume and not (out / "train_state.pt").exists():
+        raise CliError(f"--resume: no train_state.pt in {out} to resume from")
+    if existing and not (overwrite or resume):
+        raise CliError(f"{out} already holds a run ({', '.join(existing)}); pass --overwrite to replace it or "
+                       f"--resume to continue it")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _device(name: str | None):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise CliError(f"unknown --device '{name}' ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda requested but CUDA is not available")
+    return device
+
+
+def _attacks(args):
+    from floatify.attacks import parse_attack
+
+    eps = args.eval_eps if args.eval_eps is not None else args.eps
+    try:
+        return [parse_attack(a.strip(), eps, args.eval_steps, args.eot_draws) for a in args.eval_attacks.split(",")
+                if a.strip()]
+    except ValueError as err:
+        raise CliError(f"--eval-attacks: {err}") from None
+
+
+def _evaluate_and_write(model, data, args, out: Path, meta: dict) -> None:
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from floatify.evaluate import evaluate
+
+    test = data.test if args.eval_limit is None else Subset(data.test, range(min(args.eval_limit, len(data.test))))
+    loader = DataLoader(test, batch_size=args.eval_batch_size, shuffle=False)
+    torch.manual_seed(args.seed)
+    report = evaluate(model, loader, args.lams, _attacks(args), score_draws=args.score_draws,
+                      num_classes=data.num_classes, progress=not args.no_progress,
+                      save_adversarial=out / "adversarial.safetensors" if args.save_adversarial else None,
+                      meta=meta)
+    _write_atomic(out / "report.md", f"# floatify run: {meta.get('title', '')}\n\n" + report.to_markdown())
+    _write_atomic(out / "metrics.json", report.to_json())
+    report.plot(out / "tradeoff.png")
+    print(report.to_markdown())
+    print(f"wrote {out}/report.md, metrics.json, tradeoff.png")
+
+
+def _train(args) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    import floatify
+    from floatify.checkpoint import save_checkpoint
+    from floatify.data import load_dataset
+    from floatify.models import create_model
+    from floatify.train import TrainConfig
+
+    _attacks(args)  # reason: validate everything before touching --out
+    device = _device(args.device)
+    _check_out_dir(args.out, args.overwrite, args.resume)
+    try:
+        cfg = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+                          strategy=args.strategy, attack=args.attack, eps=args.eps, steps=args.steps,
+                          step_size=args.step_size, grad_clip=args.grad_clip, amp=args.amp, seed=args.seed)
+        convert_cfg = floatify.FloatConfig(alpha_init=args.alpha_init, dual_bn=not args.no_dual_bn)
+    except (TypeError, ValueError) as err:
+        raise CliError(str(err)) from None
+    data = load_dataset(args.dataset, image_size=args.image_size, root=args.data_root, download=args.download,
+                        seed=args.seed)
+    torch.manual_seed(args.seed)
+    model = floatify.convert(create_model(args.model, data.num_classes), convert_cfg).to(device)
+    if args.overwrite and args.out.is_dir():
+        for f in RUN_FILES + ("adversarial.safetensors",):
+            (args.out / f).unlink(missing_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(args.seed)
+    loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, generator=gen, drop_last=True)
+    print(f"floatify: training {args.model} on {data.name} ({len(data.train)} train / {len(data.test)} test, "
+          f"{data.image_size}px) for {cfg.epochs} epochs, strategy={cfg.strategy}, {cfg.attack} eps={cfg.eps:.4f}")
+    history = floatify.fit(model, loader, cfg, checkpoint_dir=args.out, resume=args.resume,
+                           progress=not args.no_progress,
+                           on_epoch_end=lambda e, r: print(f"  epoch {e}: loss {r['loss']:.3f} ({r['seconds']:.0f}s)"))
+    meta = {"title": f"{args.model} on {data.name}", "model": args.model, "num_classes": data.num_classes,
+            "image_size": data.image_size, "dataset": data.name, "train": asdict(cfg), "convert": asdict(convert_cfg),
+            "epochs_trained": len(history)}
+    save_checkpoint(args.out / "model.safetensors", model, meta)
+    _evaluate_and_write(model, data, args, args.out, {"title": meta["title"], "model": args.model,
+                                                      "dataset": data.name, "train_eps": f"{cfg.eps:.5f}"})
+
+
+def _eval(args) -> None:
+    import torch
+
+    import floatify
+    from floatify.checkpoint import CheckpointError, load_checkpoint, load_into
+    from floatify.data import load_dataset
+    from floatify.models import create_model
+
+    state, meta = load_checkpoint(args.checkpoint)
+    for key in ("model", "num_classes", "image_size", "dataset", "convert"):
+        if key not in meta:
+            raise CheckpointError(f"{args.checkpoint} lacks '{key}' in its metadata: not written by 'floatify train'")
+    args.eps = meta.get("train", {}).get("eps", 8 / 255)
+    _attacks(args)
+    out = args.out if args.out is not None else args.checkpoint.parent / "eval"
+    if out.is_dir() and any((out / f).exists() for f in ("report.md", "metrics.json")) and not args.overwrite:
+        raise CliError(f"{out} already holds an evaluation; pass --overwrite or choose another --out")
+    device = _device(args.device)
+    data = load_dataset(meta["dataset"], image_size=meta["image_size"], root=args.data_root, download=args.download,
+                        seed=meta.get("train", {}).get("seed", 0))
+    model = floatify.convert(create_model(meta["model"], meta["num_classes"]), floatify.FloatConfig(**meta["convert"]))
+    if meta.get("density") is not None:
+        from floatify.sparsity import sparsify
+
+        sparsify(model, meta["density"], criterion="random")  # reason: masks are then loaded from the file
+    load_into(model, state, str(args.checkpoint))
+    model.to(device)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    _evaluate_and_write(model, data, args, out, {"title": f"{meta['model']} on {meta['dataset']}",
+                                                 "checkpoint": str(args.checkpoint)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from floatify.checkpoint import CheckpointError
+
+    try:
+        {"train": _train, "eval": _eval}[args.command](args)
+    except (CliError, CheckpointError, FileNotFoundError) as err:
+        print(f"floatify {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # unknown model/dataset, invalid settings
+        print(f"floatify {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The accuracy–robustness trade-off report: a table over λ × attacks, markdown, JSON and a plot.
+
+Example:
+    >>> from floatify.report import Report, Score
+    >>> r = Report(lams=[0.0, 1.0], attacks={"clean": "no attack"}, scores={"0.0": {"clean": Score(0.9, 0.01, 100)},
+    ...            "1.0": {"clean": Score(0.8, 0.02, 100)}}, meta={"eps": 8 / 255})
+    >>> Report.from_json(r.to_json()) == r
+    True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["Report", "Score"]
+
+
+@dataclass(frozen=True)
+class Score:
+    """Accuracy as a fraction: mean over points of the per-point expected accuracy, ± 95% CI half-width."""
+
+    mean: float
+    ci95: float
+    n: int
+    note: str = ""  # e.g. why a cell is not applicable
+
+
+@dataclass
+class Report:
+    lams: list[float]
+    attacks: dict[str, str]  # label -> full description (attack, steps, noise draws, ...)
+    scores: dict[str, dict[str, Score | None]]  # str(λ) -> label -> score (None: not applicable)
+    meta: dict = field(default_factory=dict)
+
+    def score(self, lam: float, label: str) -> Score | None:
+        return self.scores[str(float(lam))][label]
+
+    def to_markdown(self) -> str:
+        labels = list(self.attacks)
+        lines = ["| λ | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        for v in self.lams:
+            cells = []
+            for label in labels:
+                s = self.scores[str(float(v))].get(label)
+                cells.append("n/a" if s is None else f"{100 * s.mean:.1f} ± {100 * s.ci95:.1f}")
+            lines.append(f"| {v:g} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("Accuracy in % (mean over test points of the expected accuracy over fresh noise draws, ± 95% CI).")
+        lines.append("")
+        lines.append("Attacks:")
+        lines.extend(f"- **{label}**: {desc}" for label, desc in self.attacks.items())
+        if self.meta:
+            lines.append("")
+            lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in self.meta.items()))
+        notes = {s.note for row in self.scores.values() for s in row.values() if s is not None and s.note}
+        if any(s is None for row in self.scores.values() for s in row.values()):
+            notes.add("n/a: AutoAttack is run only where the model is deterministic (λ = 0 or noise off)")
+        lines.extend(f"\nNote: {n}" for n in sorted(notes))
+        return "\n".join(lines) + "\n"
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(
+            {"lams": self.lams, "attacks": self.attacks, "meta": self.meta,
+             "scores": {k: {a: (None if s is None else asdict(s)) for a, s in row.items()}
+                        for k, row in self.scores.items()}},
+            indent=2,
+        )
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> Report:
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text()
+        data = json.loads(text)
+        scores = {k: {a: (None if s is None else Score(**s)) for a, s in row.items()}
+                  for k, row in data["scores"].items()}
+        return cls([float(v) for v in data["lams"]], dict(data["attacks"]), scores, dict(data.get("meta", {})))
+
+    def plot(self, path: str | Path) -> Path:
+        """The trade-off curve: accuracy over λ for every attack (error bars: 95% CI)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax_lam, ax_trade) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for label in self.attacks:
+            xs, ys, es = [], [], []
+            for v in self.lams:
+                s = self.scores[str(float(v))].get(label)
+                if s is not None:
+                    xs.append(v)
+                    ys.append(100 * s.mean)
+                    es.append(100 * s.ci95)
+            if xs:
+                ax_lam.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
+        ax_lam.set_xlabel("λ (operating point)")
+        ax_lam.set_ylabel("accuracy (%)")
+        ax_lam.set_title("accuracy over λ")
+        ax_lam.grid(alpha=0.3)
+        ax_lam.legend(fontsize=8)
+        robust = self._strongest_label()
+        if robust and "clean" in self.attacks:
+            cx = [100 * self.scores[str(float(v))]["clean"].mean for v in self.lams]
+            ry = [100 * self.scores[str(float(v))][robust].mean for v in self.lams]
+            ax_trade.plot(cx, ry, marker="o")
+            for v, a, b in zip(self.lams, cx, ry):
+                ax_trade.annotate(f"λ={v:g}", (a, b), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax_trade.set_xlabel("clean accuracy (%)")
+            ax_trade.set_ylabel(f"{robust} accuracy (%)")
+            ax_trade.set_title("accuracy–robustness trade-off")
+            ax_trade.grid(alpha=0.3)
+        fig.suptitle(str(self.meta.get("title", "floatify trade-off")), fontsize=10)
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    def _strongest_label(self) -> str | None:
+        """The attack with the lowest mean accuracy across λ among those scored at every λ with noise on."""
+        best, best_mean = None, None
+        for label in self.attacks:
+            if label == "clean" or "noise off" in label:
+                continue
+            row = [self.scores[str(float(v))].get(label) for v in self.lams]
+            if any(s is None for s in row):
+                continue
+            mean = sum(s.mean for s in row) / len(row)
+            if best_mean is None or mean < best_mean:
+                best, best_mean = label, mean
+        return best

@@ -1,0 +1,308 @@
+"""FLOAT training: the once-for-all loss, λ sampling strategies and a batteries-included ``fit``.
+
+Per step, for a batch (x, y) and a sampled λ::
+
+    x_adv = PGD(model at λ, x, y)        # torchattacks, BatchNorm in eval, weight noise ON
+    loss  = (1 - λ)·CE(model_λ(x), y) + λ·CE(model_λ(x_adv), y)
+
+Inputs are images in [0, 1]: normalisation belongs inside the model (:class:`floatify.models.Normalized`),
+so eps is in pixel units.
+
+Example (your own loop):
+    >>> import torch, floatify
+    >>> model = floatify.convert(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)))
+    >>> opt = torch.optim.SGD(floatify.param_groups(model, 5e-4), lr=0.1)
+    >>> sampler = floatify.LamSampler("binary", seed=0)
+    >>> x, y = torch.rand(8, 3, 2, 2), torch.randint(0, 3, (8,))
+    >>> loss = floatify.float_step_loss(model, x, y, sampler(step=0), eps=8 / 255, steps=2)
+    >>> loss.backward(); opt.step()
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from floatify.attacks import make_attack
+from floatify.context import lam as lam_context
+from floatify.context import validate_lam
+from floatify.convert import iter_modules
+from floatify.layers.conditioned import is_conditioned
+from floatify.summary import param_groups
+
+__all__ = ["LamSampler", "float_loss", "float_step_loss", "fit", "TrainConfig", "STRATEGIES", "DEFAULT_STRATEGY"]
+
+STRATEGIES = ("binary", "oat", "uniform")
+# Provisional default: the FLOAT reference code's binary split; benchmarks/tradeoff.py decides (RESULTS.md).
+DEFAULT_STRATEGY = "binary"
+OAT_VALUES = (0.0, 0.1, 0.2, 0.3, 0.4, 1.0)
+
+
+class LamSampler:
+    """Which λ a training step uses, reproducibly and identically on every DDP rank.
+
+    Strategies:
+        ``"binary"``: the FLOAT reference code: each batch is split in two halves, one clean (λ = 0) and
+            one adversarial with the noise at λ = 1; the loss is the mean of the two.
+        ``"oat"``: OAT's discrete set {0, .1, .2, .3, .4, 1} with a fixed share ``zero_share`` of λ = 0
+            (the rest uniform over the other values), one λ per batch.
+        ``"uniform"``: λ ~ U[0, 1], one per batch.
+
+    ``sampler(step)`` returns the list of λ for the step (one per equal batch chunk). It depends only on
+    ``(seed, step)``, never on global RNG state, so every rank of a DDP job draws the same λ.
+    """
+
+    def __init__(self, strategy: str = DEFAULT_STRATEGY, *, seed: int = 0, zero_share: float = 0.25,
+                 values: Sequence[float] = OAT_VALUES):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown λ-sampling strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+        if not 0.0 <= zero_share <= 1.0:
+            raise ValueError(f"zero_share must be in [0, 1], got {zero_share!r}")
+        self.strategy, self.seed, self.zero_share = strategy, int(seed), float(zero_share)
+        self.values = [validate_lam(v, "values") for v in values]
+        self._nonzero = [v for v in self.values if v > 0]
+
+    def __call__(self, step: int) -> list[float]:
+        if self.strategy == "binary":
+            return [0.0, 1.0]
+        rng = random.Random(self.seed * 1_000_003 + int(step))
+        if self.strategy == "uniform":
+            return [rng.random()]
+        if rng.random() < self.zero_share or not self._nonzero:
+            return [0.0]
+        return [rng.choice(self._nonzero)]
+
+    def __repr__(self) -> str:
+        return f"LamSampler({self.strategy!r}, seed={self.seed}, zero_share={self.zero_share})"
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def float_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lam: float,
+    *,
+    attack: str | Callable | None = "pgd",
+    eps: float = 8 / 255,
+    steps: int = 7,
+    step_size: float | None = 2 / 255,
+) -> torch.Tensor:
+    """``(1 - λ)·CE(model_λ(x), y) + λ·CE(model_λ(x_adv), y)``, with x_adv from torchattacks at the same λ.
+
+    ``attack`` is ``"pgd"`` (default), ``"fgsm"`` (fast), a ready torchattacks object, or any callable
+    ``attack(x, y) -> x_adv``. The attack runs on the model at λ with the weight noise ON and BatchNorm
+    in eval mode (torchattacks switches the model to eval and back); it uses ``torch.autograd.grad`` on
+    the input only, so parameter gradients are untouched. No attack runs at λ = 0.
+    """
+    lam = validate_lam(lam)
+    with lam_context(lam):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if lam == 0.0:
+            return _touch_unused(model, loss)
+        if isinstance(attack, str):
+            attack = make_attack(model, attack, eps, steps, step_size if attack != "fgsm" else None)
+        elif attack is None:
+            raise ValueError("attack is None but λ > 0: pass 'pgd', 'fgsm' or a torchattacks attack")
+        x_adv = attack(x, y).detach()
+        adv_loss = F.cross_entropy(model(x_adv), y)
+    return _touch_unused(model, (1.0 - lam) * loss + lam * adv_loss)
+
+
+def float_step_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, lams: Sequence[float], **kwargs
+) -> torch.Tensor:
+    """Mean :func:`float_loss` over equal batch chunks, one per λ in ``lams`` (a :class:`LamSampler` output)."""
+    if len(lams) == 1:
+        return float_loss(model, x, y, lams[0], **kwargs)
+    chunks = list(zip(torch.tensor_split(x, len(lams)), torch.tensor_split(y, len(lams))))
+    losses = [float_loss(model, cx, cy, v, **kwargs) for (cx, cy), v in zip(chunks, lams) if len(cy)]
+    return torch.stack(losses).mean()
+
+
+def _touch_unused(model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    """Under DDP, make every parameter part of the graph (with zero weight).
+
+    reason: at λ = 0 no α and no adversarial BatchNorm is used (and at λ > 0 no clean BatchNorm);
+    DDP without find_unused_parameters would fail waiting for their gradients.
+    """
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        return loss
+    zero = sum(p.sum() for p in model.parameters() if p.requires_grad)
+    return loss + 0.0 * zero
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`fit` (also written next to every checkpoint)."""
+
+    epochs: int = 10
+    lr: float = 0.1
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9, nesterov) or "adamw"
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    strategy: str = DEFAULT_STRATEGY
+    zero_share: float = 0.25
+    attack: str = "pgd"
+    eps: float = 8 / 255
+    steps: int = 7
+    step_size: float = 2 / 255
+    grad_clip: float | None = None
+    amp: bool = False  # bf16/fp16 autocast on CUDA only
+    seed: int = 0
+    warmup_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be a positive int, got {self.epochs!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown λ-sampling strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
+        if self.attack not in ("pgd", "fgsm"):
+            raise ValueError(f"training attack must be 'pgd' or 'fgsm', got {self.attack!r}")
+        if not 0 <= self.eps <= 1:
+            raise ValueError(f"eps must be in [0, 1] (pixel units), got {self.eps!r}")
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(_unwrap(model), cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def fit(
+    model: nn.Module,
+    train_loader,
+    config: TrainConfig | None = None,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+    **overrides,
+) -> list[dict]:
+    """Train a converted model once-for-all with FLOAT.
+
+    SGD (or AdamW) on :func:`floatify.param_groups` (no weight decay on α or norms), cosine schedule
+    (optional linear warm-up), optional gradient clipping, optional AMP on CUDA, a checkpoint every epoch
+    (``checkpoint_dir/train_state.pt``) and ``resume=True`` to continue from it. Reproducible on CPU for a
+    fixed ``seed`` (also the λ sampling). Works on a DDP-wrapped model (convert first, then wrap; shard
+    the data with a ``DistributedSampler``).
+
+    Returns one dict per epoch: mean loss, λ histogram, seconds.
+
+    Example:
+        >>> import torch, floatify
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> model = floatify.convert(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)))
+        >>> data = DataLoader(TensorDataset(torch.rand(16, 3, 2, 2), torch.randint(0, 3, (16,))), batch_size=8)
+        >>> history = floatify.fit(model, data, epochs=1, steps=2, progress=False)
+    """
+    cfg = config if config is not None else TrainConfig()
+    if overrides:
+        cfg = TrainConfig(**{**asdict(cfg), **overrides})
+    inner = _unwrap(model)
+    if not any(is_conditioned(m) for _, m in iter_modules(inner)):
+        raise ValueError("fit() expects a model converted with floatify.convert(model)")
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    sampler = LamSampler(cfg.strategy, seed=cfg.seed, zero_share=cfg.zero_share)
+    optimizer = _make_optimizer(model, cfg)
+    steps_per_epoch = len(train_loader)
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    device = next(inner.parameters()).device
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history: list[dict] = []
+    start_epoch = 0
+    state_path = Path(checkpoint_dir) / "train_state.pt" if checkpoint_dir is not None else None
+    if resume:
+        if state_path is None or not state_path.exists():
+            raise FileNotFoundError(f"resume=True but there is no {state_path or 'checkpoint_dir/train_state.pt'}")
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        if state.get("config") != asdict(cfg):
+            changed = {k for k in asdict(cfg) if state.get("config", {}).get(k) != asdict(cfg)[k]}
+            raise ValueError(f"cannot resume: training settings changed since the checkpoint ({sorted(changed)})")
+        inner.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, start_epoch = state["history"], state["epoch"] + 1
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+    from tqdm.auto import tqdm
+
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        t0, total_loss, n, lam_counts = time.perf_counter(), 0.0, 0, {}
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for i, (x, y) in enumerate(bar):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            lams = sampler(epoch * steps_per_epoch + i)
+            for v in lams:
+                key = f"{v:.2f}"
+                lam_counts[key] = lam_counts.get(key, 0) + 1
+            with torch.autocast(device.type, enabled=use_amp):
+                loss = float_step_loss(model, x, y, lams, attack=cfg.attack, eps=cfg.eps, steps=cfg.steps,
+                                       step_size=cfg.step_size)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total_loss += loss.item() * len(y)
+            n += len(y)
+            bar.set_postfix(loss=f"{total_loss / n:.3f}", lam=",".join(f"{v:.2f}" for v in lams))
+        record = {"epoch": epoch + 1, "loss": total_loss / max(n, 1), "lam_counts": lam_counts,
+                  "seconds": time.perf_counter() - t0, "lr": scheduler.get_last_lr()[0]}
+        history.append(record)
+        if state_path is not None and _is_main_process():
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = state_path.with_suffix(".tmp")
+            torch.save({"model": inner.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
+                        "rng": _rng_state(), "config": asdict(cfg)}, tmp)
+            os.replace(tmp, state_path)  # reason: an interrupted save never leaves a half-written checkpoint
+            (state_path.parent / "history.json").write_text(json.dumps(history, indent=2))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, record)
+    return history
+
+
+def _is_main_process() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+        torch.distributed.get_rank() == 0
