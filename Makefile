@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) examples/quickstart.py
+	$(PY) -m floatify train --model resnet18 --dataset digits --out runs/demo --overwrite --eot-draws 4
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -21,6 +21,7 @@ from floatify.freeze import freeze
 from floatify.layers import is_conditioned, register_conditioned_weights
 from floatify.models import Normalized, create_model
 from floatify.report import Report
+from floatify.sparsity import load_sparse, save_sparse, sparsify, sparsity_report
 from floatify.summary import ConversionSummary, param_groups, summary
 from floatify.train import LamSampler, TrainConfig, fit, float_loss, float_step_loss
 
@@ -49,4 +50,8 @@ __all__ = [
     "param_groups",
     "register_conditioned_weights",
     "summary",
+    "sparsify",
+    "sparsity_report",
+    "save_sparse",
+    "load_sparse",
 ]

@@ -61,7 +61,8 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--score-draws", type=int, default=8,
                    help="noise draws per point when scoring a randomised model (default: 8)")
     g.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N test points")
-    g.add_argument("--eval-batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    g.add_argument("--eval-batch-size", type=int, default=512,
+                   help="evaluation batch size; large batches amortise the per-forward noise draw (default: 512)")
     g.add_argument("--save-adversarial", action="store_true", help="also write adversarial.safetensors")
 
 
@@ -83,14 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "imagefolder:<path> (default: digits)")
     t.add_argument("--data-root", default="data", help="where torchvision datasets live (default: data)")
     t.add_argument("--download", action="store_true", help="download a torchvision dataset if missing")
-    t.add_argument("--image-size", type=int, default=32, help="input resolution (default: 32)")
+    t.add_argument("--image-size", type=int, default=None,
+                   help="input resolution (default: 16 for digits, whose images are 8x8; 32 otherwise)")
+    t.add_argument("--train-limit", type=int, default=None, help="train on the first N training points only")
     t.add_argument("--out", required=True, type=Path, help="output directory of the run")
     t.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     g = t.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=4, help="epochs (default: 4)")
+    g.add_argument("--epochs", type=int, default=6, help="epochs (default: 6)")
     g.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
-    g.add_argument("--lr", type=float, default=0.05, help="peak learning rate, cosine schedule (default: 0.05)")
+    g.add_argument("--lr", type=float, default=0.1, help="peak learning rate, cosine schedule (default: 0.1)")
     g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="default: sgd (momentum 0.9)")
     g.add_argument("--weight-decay", type=float, default=5e-4, help="on Conv/Linear weights only (default: 5e-4)")
     g.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
@@ -101,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--step-size", type=_eps, default=2 / 255, help="training PGD step (default: 2/255)")
     g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: off)")
     g.add_argument("--alpha-init", type=float, default=0.25, help="initial noise scale α (default: 0.25)")
+    g.add_argument("--density", type=float, default=None,
+                   help="FLOATS: prune once to this fraction of Conv/Linear weights kept, e.g. 0.1 (default: dense)")
+    g.add_argument("--sparsity-criterion", choices=("magnitude", "random", "snip"), default="magnitude",
+                   help="how the FLOATS mask is chosen (snip uses 4 training batches) (default: magnitude)")
     g.add_argument("--no-dual-bn", action="store_true", help="share one BatchNorm across λ")
     g.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     g.add_argument("--seed", type=int, default=0, help="seed for init, data order and λ sampling (default: 0)")
@@ -188,7 +195,7 @@ def _evaluate_and_write(model, data, args, out: Path, meta: dict) -> None:
 
 def _train(args) -> None:
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
 
     import floatify
     from floatify.checkpoint import save_checkpoint
@@ -206,6 +213,8 @@ def _train(args) -> None:
         convert_cfg = floatify.FloatConfig(alpha_init=args.alpha_init, dual_bn=not args.no_dual_bn)
     except (TypeError, ValueError) as err:
         raise CliError(str(err)) from None
+    if args.image_size is None:
+        args.image_size = 16 if args.dataset.lower() == "digits" else 32
     data = load_dataset(args.dataset, image_size=args.image_size, root=args.data_root, download=args.download,
                         seed=args.seed)
     torch.manual_seed(args.seed)
@@ -213,7 +222,12 @@ def _train(args) -> None:
     if args.overwrite and args.out.is_dir():
         for f in RUN_FILES + ("adversarial.safetensors",):
             (args.out / f).unlink(missing_ok=True)
+    if args.density is not None:
+        snip_data = DataLoader(data.train, batch_size=args.batch_size, shuffle=False)
+        floatify.sparsify(model, args.density, criterion=args.sparsity_criterion, data=snip_data, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.train_limit is not None:
+        data.train = Subset(data.train, range(min(args.train_limit, len(data.train))))
     gen = torch.Generator().manual_seed(args.seed)
     loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, generator=gen, drop_last=True)
     print(f"floatify: training {args.model} on {data.name} ({len(data.train)} train / {len(data.test)} test, "
@@ -224,9 +238,17 @@ def _train(args) -> None:
     meta = {"title": f"{args.model} on {data.name}", "model": args.model, "num_classes": data.num_classes,
             "image_size": data.image_size, "dataset": data.name, "train": asdict(cfg), "convert": asdict(convert_cfg),
             "epochs_trained": len(history)}
+    extra = {}
+    if args.density is not None:
+        from floatify.sparsity import sparsity_report
+
+        rep = sparsity_report(model)
+        meta["density"] = args.density
+        extra = {"density": f"{rep.density:.4f}", "criterion": args.sparsity_criterion,
+                 "compressed_MB": f"{rep.compressed_bytes / 1e6:.2f}", "dense_MB": f"{rep.dense_bytes / 1e6:.2f}"}
     save_checkpoint(args.out / "model.safetensors", model, meta)
     _evaluate_and_write(model, data, args, args.out, {"title": meta["title"], "model": args.model,
-                                                      "dataset": data.name, "train_eps": f"{cfg.eps:.5f}"})
+                                                      "dataset": data.name, "train_eps": f"{cfg.eps:.5f}", **extra})
 
 
 def _eval(args) -> None:
@@ -250,10 +272,7 @@ def _eval(args) -> None:
     data = load_dataset(meta["dataset"], image_size=meta["image_size"], root=args.data_root, download=args.download,
                         seed=meta.get("train", {}).get("seed", 0))
     model = floatify.convert(create_model(meta["model"], meta["num_classes"]), floatify.FloatConfig(**meta["convert"]))
-    if meta.get("density") is not None:
-        from floatify.sparsity import sparsify
-
-        sparsify(model, meta["density"], criterion="random")  # reason: masks are then loaded from the file
+    # reason: a FLOATS checkpoint carries its masks; loading restores them into the dense model
     load_into(model, state, str(args.checkpoint))
     model.to(device)
     out.mkdir(parents=True, exist_ok=True)
@@ -263,6 +282,8 @@ def _eval(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # reason: progress lines appear when piped to a log
     parser = build_parser()
     args = parser.parse_args(argv)
     from floatify.checkpoint import CheckpointError

@@ -131,7 +131,9 @@ def _plan(model: nn.Module, filter_fn: FilterFn | None, dual_bn: bool) -> _Plan:
             raise TypeError(f"submodule '{fqn}' is wrapped in {type(module).__name__}: convert before wrapping")
         if names:
             n_candidates += 1
-        if is_conditioned(module):
+        if is_conditioned(module) and (bn or is_batchnorm(module) or all(
+            n + ALPHA_SUFFIX in module._parameters or module._parameters.get(n) is None for n in names
+        )):
             continue  # reason: converting twice is idempotent; existing α are kept
         if filter_fn is not None and not filter_fn(module, fqn):
             skipped.append((fqn, "excluded by filter_fn"))
@@ -141,6 +143,8 @@ def _plan(model: nn.Module, filter_fn: FilterFn | None, dual_bn: bool) -> _Plan:
             continue
         selected = []
         for name in names:
+            if name + ALPHA_SUFFIX in module._parameters:
+                continue  # reason: already conditioned (a partly converted layer, e.g. pruned first)
             site = f"{fqn}.{name}" if fqn else name
             tensor = module._parameters.get(name, getattr(module, name, None))
             if name in module._parameters and tensor is None:

@@ -68,6 +68,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     correct: dict[tuple[float, str], list[torch.Tensor]] = {(v, a.label): [] for v in lams for a in attacks}
+    draws: dict[tuple[float, str], list[tuple[int, list[float]]]] = {k: [] for k in correct}
     kept: dict[str, list[torch.Tensor]] = {}
     batches = list(loader) if max_batches is None else [b for _, b in zip(range(max_batches), loader)]
     from tqdm.auto import tqdm
@@ -83,8 +84,10 @@ def evaluate(
                         correct[(v, spec.label)] = None  # reason: not applicable to a randomised model
                         bar.update()
                         continue
-                    x_adv, c = attack_and_score(model, spec, x, y, v, score_draws, num_classes)
+                    batch_draws: list[float] = []
+                    x_adv, c = attack_and_score(model, spec, x, y, v, score_draws, num_classes, batch_draws)
                     correct[(v, spec.label)].append(c.cpu())
+                    draws[(v, spec.label)].append((len(y), batch_draws))
                     if save_adversarial is not None and spec.kind != "clean":
                         kept.setdefault(f"lam={v:g}/{spec.label}", []).append(x_adv.detach().cpu())
                     bar.update()
@@ -96,7 +99,7 @@ def evaluate(
         row = {}
         for spec in attacks:
             parts = correct[(v, spec.label)]
-            row[spec.label] = None if parts is None else _score(torch.cat(parts))
+            row[spec.label] = None if parts is None else _score(torch.cat(parts), draws[(v, spec.label)])
         scores[str(float(v))] = row
     info = {"score_draws": score_draws, "eps": f"{attacks[0].eps:.5f}", "points": int(sum(len(b[1]) for b in batches))}
     if max_batches is not None:
@@ -109,8 +112,18 @@ def evaluate(
     return Report(lams, {a.label: a.describe() for a in attacks}, scores, info)
 
 
-def _score(per_point: torch.Tensor) -> Score:
+def _score(per_point: torch.Tensor, batches: list[tuple[int, list[float]]]) -> Score:
+    """Mean ± 95% CI half-width from two variance sources.
+
+    Points: the spread of the per-point expected accuracies over the n test points. Noise draws: one
+    draw is shared by a whole batch, so the draw-to-draw spread of each batch's accuracy adds a term
+    (weighted by the batch's share of the points); ignoring it would make the interval too narrow.
+    """
     n = per_point.numel()
     mean = per_point.mean().item()
-    sd = per_point.std(unbiased=True).item() if n > 1 else 0.0
-    return Score(mean, 1.96 * sd / math.sqrt(n), n)
+    var_points = per_point.var(unbiased=True).item() / n if n > 1 else 0.0
+    var_draws = 0.0
+    for size, accs in batches:
+        if len(accs) > 1:
+            var_draws += (size / n) ** 2 * torch.tensor(accs).var(unbiased=True).item() / len(accs)
+    return Score(mean, 1.96 * math.sqrt(var_points + var_draws), n)

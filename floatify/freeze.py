@@ -77,6 +77,9 @@ def freeze(model: nn.Module, lam: float, seed: int | None = None, *, inplace: bo
 def _freeze_weights(module: nn.Module, lam: float, generator) -> None:
     for name in type(module)._floatify_weights:
         if name + ALPHA_SUFFIX not in module._parameters:
+            if module.floatify_mask(name) is not None:  # a pruned layer without noise
+                module._parameters[name].mul_(module.floatify_mask(name))
+                module._buffers.pop(name + MASK_SUFFIX)
             continue
         weight = module._parameters[name]
         if lam > 0:

@@ -196,8 +196,8 @@ def _weight_property(name: str) -> property:
             if name in params:
                 return None
             raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
-        if alpha_key not in params:
-            return weight  # reason: this weight was not selected
+        if alpha_key not in params:  # reason: not conditioned (filtered out, or a pruned plain layer)
+            return weight if mask_key not in self._buffers else weight * self.floatify_mask(name)
         state = _LAM.get()
         if not (state.active and state.noise) or is_fx_tracing():
             # reason: λ = 0 is the original computation; FX traces must not bake a λ in

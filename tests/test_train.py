@@ -1,0 +1,161 @@
+"""float_loss, the λ sampler and fit()."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import floatify
+from floatify.train import LamSampler
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return floatify.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                          nn.Flatten(), nn.Linear(4, 3)))
+
+
+def batch(n=8):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 3, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def test_loss_at_zero_is_plain_cross_entropy_and_runs_no_attack():
+    model, (x, y) = tiny_model(), batch()
+
+    def attack(*_):
+        raise AssertionError("no attack at λ = 0")
+
+    loss = floatify.float_loss(model, x, y, 0.0, attack=attack)
+    assert torch.equal(loss, F.cross_entropy(model(x), y))
+
+
+def test_loss_at_one_is_adversarial_cross_entropy():
+    model, (x, y) = tiny_model(), batch()
+    x_adv = (x + 0.03).clamp(0, 1)
+    torch.manual_seed(4)
+    loss = floatify.float_loss(model, x, y, 1.0, attack=lambda a, b: x_adv)
+    torch.manual_seed(4)
+    with floatify.lam(1.0):
+        model(x)  # the clean forward draws noise first: replay the same draws
+        expected = F.cross_entropy(model(x_adv), y)
+    assert torch.allclose(loss, expected)
+
+
+def test_intermediate_lam_mixes_the_two_terms():
+    model, (x, y) = tiny_model(), batch()
+    x_adv = (x - 0.03).clamp(0, 1)
+    torch.manual_seed(2)
+    loss = floatify.float_loss(model, x, y, 0.3, attack=lambda a, b: x_adv)
+    torch.manual_seed(2)
+    with floatify.lam(0.3):
+        clean, adv = F.cross_entropy(model(x), y), F.cross_entropy(model(x_adv), y)
+    assert torch.allclose(loss, 0.7 * clean + 0.3 * adv)
+
+
+def test_attack_sees_noise_on_eval_bn_and_leaves_param_grads_alone():
+    model, (x, y) = tiny_model(), batch()
+    model.train()
+    seen = {}
+
+    def spy(a, b):
+        seen["lam"], seen["training"] = floatify.get_lam(), model.training
+        with torch.no_grad():
+            seen["noisy"] = not torch.equal(model[0].weight, model[0]._parameters["weight"])
+        return a
+
+    floatify.float_loss(model, x, y, 0.5, attack=spy)
+    assert seen == {"lam": 0.5, "training": True, "noisy": True}
+    # a real torchattacks attack: BN eval during the attack, no parameter gradient left behind
+    model.zero_grad(set_to_none=True)
+    from floatify.attacks import make_attack
+
+    with floatify.lam(1.0):
+        x_adv = make_attack(model, "pgd", eps=8 / 255, steps=3)(x, y)
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training, "torchattacks must restore train mode"
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_sampler_distributions():
+    oat = LamSampler("oat", seed=0, zero_share=0.25)
+    draws = [oat(i)[0] for i in range(6000)]
+    counts = collections.Counter(draws)
+    assert set(counts) == {0.0, 0.1, 0.2, 0.3, 0.4, 1.0}
+    assert counts[0.0] / len(draws) == pytest.approx(0.25, abs=0.02)
+    for v in (0.1, 0.2, 0.3, 0.4, 1.0):
+        assert counts[v] / len(draws) == pytest.approx(0.15, abs=0.02)
+    uni = [LamSampler("uniform", seed=1)(i)[0] for i in range(4000)]
+    assert min(uni) >= 0 and max(uni) <= 1 and sum(uni) / len(uni) == pytest.approx(0.5, abs=0.02)
+    assert LamSampler("binary")(7) == [0.0, 1.0]
+    # identical on every rank: depends only on (seed, step)
+    assert [LamSampler("oat", seed=3)(i) for i in range(50)] == [LamSampler("oat", seed=3)(i) for i in range(50)]
+    with pytest.raises(ValueError, match="strategy"):
+        LamSampler("nope")
+
+
+def test_binary_step_splits_the_batch():
+    model, (x, y) = tiny_model(), batch()
+    calls = []
+
+    def attack(a, b):
+        calls.append(len(a))
+        return a
+
+    floatify.float_step_loss(model, x, y, [0.0, 1.0], attack=attack)
+    assert calls == [4]  # only the λ = 1 half is attacked
+
+
+def _loader(n=32, bs=8):
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.rand(n, 3, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g))
+    return DataLoader(data, batch_size=bs, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+def test_fit_is_reproducible_and_resumes(tmp_path):
+    kw = dict(epochs=2, steps=2, strategy="oat", progress=False)
+    a = tiny_model()
+    h1 = floatify.fit(a, _loader(), **kw)
+    b = tiny_model()
+    h2 = floatify.fit(b, _loader(), **kw)
+    assert [r["loss"] for r in h1] == [r["loss"] for r in h2]
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    # interrupted after epoch 1 (its checkpoint written), then resumed: continues at epoch 2
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(epoch, record):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        floatify.fit(tiny_model(), _loader(), checkpoint_dir=tmp_path / "cut", on_epoch_end=stop_after_first, **kw)
+    resumed = floatify.fit(tiny_model(), _loader(), checkpoint_dir=tmp_path / "cut", resume=True, **kw)
+    assert [r["epoch"] for r in resumed] == [1, 2] and resumed[0]["loss"] == h1[0]["loss"]
+    # a finished run resumed again has nothing left to do and keeps its state
+    c = tiny_model()
+    state_dir = tmp_path / "run"
+    floatify.fit(c, _loader(), checkpoint_dir=state_dir, **kw)
+    d = tiny_model()
+    hist = floatify.fit(d, _loader(), checkpoint_dir=state_dir, resume=True, **kw)
+    assert len(hist) == 2  # nothing left to do: the stored history is returned
+    assert all(torch.equal(p, q) for p, q in zip(c.state_dict().values(), d.state_dict().values()))
+    with pytest.raises(ValueError, match="settings changed"):
+        floatify.fit(tiny_model(), _loader(), checkpoint_dir=state_dir, resume=True, epochs=3, steps=2,
+                     strategy="oat", progress=False)
+
+
+def test_fit_trains_alpha_without_weight_decay_and_rejects_plain_models():
+    model = tiny_model()
+    before = model[0].weight_alpha.detach().clone()
+    floatify.fit(model, _loader(), epochs=1, steps=2, progress=False, weight_decay=0.5, lr=0.05)
+    assert not torch.equal(model[0].weight_alpha.detach(), before)
+    with pytest.raises(ValueError, match="converted"):
+        floatify.fit(nn.Linear(2, 2), _loader(), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="strategy"):
+        floatify.fit(tiny_model(), _loader(), epochs=1, strategy="bogus", progress=False)
