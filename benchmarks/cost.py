@@ -1,19 +1,24 @@
 """Cost of FLOAT vs plain PGD adversarial training vs OAT/FiLM, side by side in one run.
 
-Parameters, training step time (same attack settings: PGD-7, eps 8/255, at λ = 1) and inference latency
-at λ = 0 and λ = 1 for ResNet-18/34-class models at 32×32. Timings are interleaved (every round times every
-variant, in a shuffled order) and reported as medians and median ratios.
+Parameters, training step time (same attack settings: PGD-7, eps 8/255, at λ = 1), inference latency at
+λ = 0 and λ = 1 and peak training memory for ResNet-18/34-class models at 32×32. Step timings are
+interleaved (every round times every variant, in a shuffled order) and reported as medians and median
+ratios. FLOAT is timed twice: with one weight-noise draw per training step (``noise_draw="step"``, the
+default) and with a fresh draw per forward (``"forward"``, the reference code). Peak memory: a fresh
+subprocess per variant runs two training steps; on CUDA ``torch.cuda.max_memory_allocated``, on CPU the
+growth of the peak resident set size during the steps (Linux ``VmHWM``, reset before the steps; includes
+allocator slack).
 
-    python benchmarks/cost.py [--rounds 10] [--batch 64] [--out benchmarks/results/cost.json]
+    python benchmarks/cost.py [--rounds 10] [--batch 64] [--device cuda] [--out benchmarks/results/cost.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import random
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,61 +33,116 @@ from floatify.attacks import make_attack
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import filmify  # noqa: E402
 
+VARIANTS = ("plain", "float", "float-fwd", "film")
+
 
 def params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def train_step(model, opt, x, y, lam, steps):
+def build(arch: str, variant: str, device: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    base = timm.create_model(arch, num_classes=10)
+    if variant.startswith("float"):
+        base = floatify.convert(base)
+    elif variant == "film":
+        base = filmify(base)
+    return base.to(device)
+
+
+def train_step(model, variant, opt, x, y, steps):
+    """One training step at λ = 1 with PGD-``steps``: the library's float_loss for FLOAT and FiLM."""
     model.train()
-    with floatify.lam(lam):
-        if lam > 0:
-            x = make_attack(model, "pgd", 8 / 255, steps, 2 / 255)(x, y)
-        loss = F.cross_entropy(model(x), y)
+    if variant == "plain":  # PGD-AT: attack, then CE on the adversarial batch
+        x_adv = make_attack(model, "pgd", 8 / 255, steps, 2 / 255)(x, y)
+        loss = F.cross_entropy(model(x_adv), y)
+    else:
+        draw = "forward" if variant == "float-fwd" else "step"
+        loss = floatify.float_loss(model, x, y, 1.0, eps=8 / 255, steps=steps, noise_draw=draw)
     opt.zero_grad()
     loss.backward()
     opt.step()
 
 
-def measure(arch: str, batch: int, rounds: int, steps: int) -> dict:
-    torch.manual_seed(0)
-    base = timm.create_model(arch, num_classes=10)
-    variants = {
-        "plain": copy.deepcopy(base),
-        "float": floatify.convert(copy.deepcopy(base)),
-        "film": filmify(copy.deepcopy(base)),
-    }
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb(arch: str, variant: str, batch: int, steps: int, device: str) -> float:
+    """Peak extra memory of two training steps, measured in a fresh process."""
+    out = subprocess.run([sys.executable, __file__, "--peak", arch, variant, "--batch", str(batch),
+                          "--steps", str(steps), "--device", device], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _proc_status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # reason: the kernel reports kB
+    raise RuntimeError(f"no {field} in /proc/self/status (peak memory on CPU needs Linux)")
+
+
+def _peak_child(arch: str, variant: str, batch: int, steps: int, device: str) -> None:
+    torch.set_num_threads(2)
+    model = build(arch, variant, device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.rand(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reason: resets VmHWM (peak RSS) to the current RSS
+        base = _proc_status_bytes("VmRSS")
+    for _ in range(2):
+        train_step(model, variant, opt, x, y, steps)
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _proc_status_bytes("VmHWM") - base
+    print(peak / 2**20)
+
+
+def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict:
+    variants = {k: build(arch, k, device) for k in VARIANTS}
     opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in variants.items()}
-    x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    x, y = torch.rand(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
     step_t = {k: [] for k in variants}
-    lat = {f"{k}@{v}": [] for k in variants for v in (0.0, 1.0)}
+    lat = {f"{k}@{v}": [] for k in variants if k != "float-fwd" for v in (0.0, 1.0)}
     for k, m in variants.items():  # warm-up
-        train_step(m, opts[k], x, y, 1.0, 1)
+        train_step(m, k, opts[k], x, y, 1)
     order = list(variants)
     for r in range(rounds):
         random.Random(r).shuffle(order)
         for k in order:
+            sync(device)
             t = time.perf_counter()
-            train_step(variants[k], opts[k], x, y, 1.0, steps)  # plain at λ=1: PGD-AT (no noise, no dual BN)
+            train_step(variants[k], k, opts[k], x, y, steps)
+            sync(device)
             step_t[k].append(time.perf_counter() - t)
+            if k == "float-fwd":  # reason: same model as "float" at inference
+                continue
             variants[k].eval()
             with torch.no_grad():
                 for v in (0.0, 1.0):
                     with floatify.lam(v):
                         t = time.perf_counter()
                         variants[k](x)
+                        sync(device)
                         lat[f"{k}@{v}"].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in step_t.items()}
     ratio = lambda a, b: statistics.median(p / q for p, q in zip(step_t[a], step_t[b]))  # noqa: E731
+    n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in variants.items()}
     return {
-        "arch": arch, "batch": batch, "rounds": rounds, "pgd_steps": steps,
-        "params": {k: params(m) for k, m in variants.items()},
-        "params_ratio_float_plain": params(variants["float"]) / params(variants["plain"]),
-        "params_ratio_film_float": params(variants["film"]) / params(variants["float"]),
-        "step_s": med,
+        "arch": arch, "batch": batch, "rounds": rounds, "pgd_steps": steps, "device": device,
+        "params": n_params,
+        "params_ratio_float_plain": n_params["float"] / n_params["plain"],
+        "params_ratio_film_float": n_params["film"] / n_params["float"],
+        "step_s": {k: statistics.median(v) for k, v in step_t.items()},
         "step_ratio_float_plain": ratio("float", "plain"),
+        "step_ratio_floatfwd_plain": ratio("float-fwd", "plain"),
         "step_ratio_film_float": ratio("film", "float"),
         "latency_ms": {k: 1000 * statistics.median(v) for k, v in lat.items()},
+        "peak_train_mb": {k: peak_memory_mb(arch, k, batch, steps, device) for k in VARIANTS},
     }
 
 
@@ -92,18 +152,24 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=7)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--peak", nargs=2, metavar=("ARCH", "VARIANT"), help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/cost.json"))
     args = p.parse_args()
+    if args.peak:
+        return _peak_child(*args.peak, args.batch, args.steps, args.device)
     torch.set_num_threads(2)
-    results = [measure(a, args.batch, args.rounds, args.steps) for a in args.archs]
+    results = [measure(a, args.batch, args.rounds, args.steps, args.device) for a in args.archs]
     for r in results:
         print(f"{r['arch']}: params plain {r['params']['plain']:,} float {r['params']['float']:,} "
               f"film {r['params']['film']:,} | float/plain {r['params_ratio_float_plain']:.4f} "
               f"film/float {r['params_ratio_film_float']:.3f}")
         print(f"  step (PGD-{r['pgd_steps']}, batch {r['batch']}): " +
               ", ".join(f"{k} {v:.2f}s" for k, v in r["step_s"].items()) +
-              f" | float/plain {r['step_ratio_float_plain']:.3f} film/float {r['step_ratio_film_float']:.3f}")
+              f" | float/plain {r['step_ratio_float_plain']:.3f} float-fwd/plain {r['step_ratio_floatfwd_plain']:.3f}"
+              f" film/float {r['step_ratio_film_float']:.3f}")
         print("  latency ms: " + ", ".join(f"{k} {v:.1f}" for k, v in r["latency_ms"].items()))
+        print("  peak train MB: " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_train_mb"].items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 

@@ -6,7 +6,8 @@ EOT-PGD accuracy at λ ∈ {0, .1, .2, .3, .5, .7, 1}, several seeds, mean ± sp
     python benchmarks/tradeoff.py --seeds 0 1 2 --epochs 6          # embedded digits, CPU
     python benchmarks/tradeoff.py --dataset cifar10 --download --model resnet18 --epochs 100 --device cuda
 
-Writes benchmarks/results/tradeoff.json, tradeoff.md and tradeoff.png.
+Writes benchmarks/results/tradeoff.json, tradeoff.md and tradeoff.png; every finished (method, seed) run is
+appended to tradeoff.jsonl and skipped when the command is run again (delete the file to start over).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from baselines import filmify  # noqa: E402
 
 LAMS = [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
-METHODS = ("float-binary", "float-oat", "float-uniform", "film-oat", "standard", "pgd-at")
+METHODS = ("float-binary", "float-oat", "float-uniform", "float-binary-fwd", "film-oat", "standard", "pgd-at")
+# float-<strategy>: floatify.fit with that λ strategy and one noise draw per step (the default);
+# float-binary-fwd: the same with a fresh noise draw per forward (the reference code) — checks the default.
 
 
 def train_baseline(model, loader, method, epochs, lr, seed, eps, steps):
@@ -69,7 +72,8 @@ def run(method, seed, args, data) -> dict:
     if method.startswith("float-"):
         model = floatify.convert(base)
         floatify.fit(model, loader, epochs=args.epochs, lr=args.lr, strategy=method.split("-")[1], seed=seed,
-                     eps=args.eps, steps=args.steps, progress=False)
+                     eps=args.eps, steps=args.steps, progress=False,
+                     noise_draw="forward" if method.endswith("-fwd") else "step")
     else:
         model = filmify(copy.deepcopy(base)) if method == "film-oat" else base
         train_baseline(model, loader, method, args.epochs, args.lr, seed, args.eps, args.steps)
@@ -77,12 +81,19 @@ def run(method, seed, args, data) -> dict:
     test = data.test if args.eval_limit is None else Subset(data.test, range(args.eval_limit))
     lams = LAMS if method not in ("standard", "pgd-at") else [0.0]  # reason: one operating point only
     attacks = [AttackSpec("clean", args.eps), AttackSpec("eot-pgd", args.eps, args.eval_steps, eot_draws=args.eot)]
-    report = floatify.evaluate(model, DataLoader(test, batch_size=512), lams, attacks, score_draws=args.score_draws,
-                               progress=False)
-    return {"method": method, "seed": seed, "train_s": train_s,
-            "clean": {str(v): report.score(v, "clean").mean for v in lams},
-            "robust": {str(v): report.score(v, attacks[1].label).mean for v in lams},
-            "attack": attacks[1].describe()}
+    t1 = time.perf_counter()
+    loader = DataLoader(test, batch_size=512)
+    report = floatify.evaluate(model, loader, lams, attacks, score_draws=args.score_draws, progress=False)
+    result = {"method": method, "seed": seed, "train_s": train_s, "eval_s": time.perf_counter() - t1,
+              "clean": {str(v): report.score(v, "clean").mean for v in lams},
+              "robust": {str(v): report.score(v, attacks[1].label).mean for v in lams},
+              "attack": attacks[1].describe(), "score_draws": args.score_draws, "eval_points": len(test)}
+    if method.startswith("float-"):  # reason: how much of λ = 1's robustness is randomness, and PGD vs EOT-PGD
+        extra = [AttackSpec("pgd", args.eps, args.eval_steps),
+                 AttackSpec("pgd", args.eps, args.eval_steps, noise=False)]
+        at_one = floatify.evaluate(model, loader, [1.0], extra, score_draws=args.score_draws, progress=False)
+        result["at_1"] = {a.label: at_one.score(1.0, a.label).mean for a in extra}
+    return result
 
 
 def summarise(results: list[dict]) -> str:
@@ -144,12 +155,18 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(2)
     data = load_dataset(args.dataset, image_size=args.image_size, download=args.download)
-    results = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "tradeoff.jsonl"  # reason: one line per finished run, so an interrupted bench resumes
+    done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     for seed in args.seeds:
         for method in args.methods:
-            results.append(run(method, seed, args, data))
-            print(json.dumps(results[-1]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
+            if any(r["method"] == method and r["seed"] == seed for r in done):
+                continue
+            done.append(run(method, seed, args, data))
+            with log.open("a") as f:
+                f.write(json.dumps(done[-1]) + "\n")
+            print(json.dumps(done[-1]), flush=True)
+    results = [r for r in done if r["seed"] in args.seeds and r["method"] in args.methods]
     (args.out / "tradeoff.json").write_text(json.dumps({"args": vars(args) | {"out": str(args.out)},
                                                          "results": results}, indent=2))
     table = summarise(results)

@@ -8,7 +8,7 @@ Example:
     >>> plain = floatify.freeze(model, lam=0.3, seed=0)
 """
 
-from floatify.context import get_lam, lam
+from floatify.context import get_lam, hold_noise, lam
 from floatify.convert import (
     FloatConfig,
     FloatifyWarning,
@@ -44,6 +44,7 @@ __all__ = [
     "convert_sync_batchnorm",
     "freeze",
     "get_lam",
+    "hold_noise",
     "is_conditioned",
     "lam",
     "load_original_state_dict",

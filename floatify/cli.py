@@ -67,7 +67,7 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from floatify.train import DEFAULT_STRATEGY, STRATEGIES
+    from floatify.train import DEFAULT_STRATEGY, NOISE_DRAWS, STRATEGIES
 
     parser = argparse.ArgumentParser(
         prog="floatify",
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eps", type=_eps, default=8 / 255, help="L∞ budget in pixel units (default: 8/255)")
     g.add_argument("--steps", type=int, default=7, help="training PGD steps (default: 7)")
     g.add_argument("--step-size", type=_eps, default=2 / 255, help="training PGD step (default: 2/255)")
+    g.add_argument("--noise-draw", choices=NOISE_DRAWS, default="step",
+                   help="weight noise during training: one draw per step (attack + loss) or a fresh one per forward "
+                        "(reference code, slower) (default: step)")
     g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: off)")
     g.add_argument("--alpha-init", type=float, default=0.25, help="initial noise scale α (default: 0.25)")
     g.add_argument("--density", type=float, default=None,
@@ -209,7 +212,8 @@ def _train(args) -> None:
     try:
         cfg = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
                           strategy=args.strategy, attack=args.attack, eps=args.eps, steps=args.steps,
-                          step_size=args.step_size, grad_clip=args.grad_clip, amp=args.amp, seed=args.seed)
+                          step_size=args.step_size, noise_draw=args.noise_draw, grad_clip=args.grad_clip,
+                          amp=args.amp, seed=args.seed)
         convert_cfg = floatify.FloatConfig(alpha_init=args.alpha_init, dual_bn=not args.no_dual_bn)
     except (TypeError, ValueError) as err:
         raise CliError(str(err)) from None

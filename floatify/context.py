@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["lam", "get_lam", "validate_lam", "LamState", "current_state"]
+__all__ = ["lam", "get_lam", "validate_lam", "LamState", "current_state", "hold_noise", "held_noise"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class LamState:
 
 _ZERO = LamState(0.0, torch.zeros((), dtype=torch.float32), False)
 _LAM: contextvars.ContextVar[LamState] = contextvars.ContextVar("floatify_lam", default=_ZERO)
+_HELD: contextvars.ContextVar[dict | None] = contextvars.ContextVar("floatify_held_noise", default=None)
 
 
 def validate_lam(value: object, name: str = "lam") -> float:
@@ -98,3 +99,34 @@ def lam(value: float, *, noise: bool = True) -> Iterator[float]:
         yield v
     finally:
         _LAM.reset(token)
+
+
+@contextlib.contextmanager
+def hold_noise() -> Iterator[None]:
+    """Draw the weight noise once per layer for the whole block instead of once per forward.
+
+    Every forward inside the block sees the same η (and, while W, α and λ are unchanged, the same
+    noisy weight tensor: one Gaussian draw and one multiply-add per layer for the block). It is what
+    :func:`floatify.float_loss` uses by default for a training step (``noise_draw="step"``): the PGD
+    iterations and the loss all see one draw, which makes the step cost of FLOAT close to plain PGD
+    adversarial training on CPU. Evaluation never holds the noise: EOT attacks and scoring need a fresh
+    draw per forward. Under ``torch.compile`` the block has no effect (a fresh draw per forward).
+
+    Example:
+        >>> import torch, floatify
+        >>> model = floatify.convert(torch.nn.Linear(4, 2))
+        >>> x = torch.rand(3, 4)
+        >>> with floatify.lam(1.0), floatify.hold_noise():
+        ...     torch.equal(model(x), model(x))
+        True
+    """
+    token = _HELD.set({})
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+
+
+def held_noise() -> dict | None:
+    """The draws of the innermost :func:`hold_noise` block (None outside one); used by the layers."""
+    return _HELD.get()

@@ -20,6 +20,7 @@ Example (your own loop):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,8 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from floatify.attacks import make_attack
+from floatify.context import hold_noise, validate_lam
 from floatify.context import lam as lam_context
-from floatify.context import validate_lam
 from floatify.convert import iter_modules
 from floatify.layers.conditioned import is_conditioned
 from floatify.summary import param_groups
@@ -43,6 +44,7 @@ from floatify.summary import param_groups
 __all__ = ["LamSampler", "float_loss", "float_step_loss", "fit", "TrainConfig", "STRATEGIES", "DEFAULT_STRATEGY"]
 
 STRATEGIES = ("binary", "oat", "uniform")
+NOISE_DRAWS = ("step", "forward")
 # Provisional default: the FLOAT reference code's binary split; benchmarks/tradeoff.py decides (RESULTS.md).
 DEFAULT_STRATEGY = "binary"
 OAT_VALUES = (0.0, 0.1, 0.2, 0.3, 0.4, 1.0)
@@ -100,18 +102,27 @@ def float_loss(
     eps: float = 8 / 255,
     steps: int = 7,
     step_size: float | None = 2 / 255,
+    noise_draw: str = "step",
 ) -> torch.Tensor:
     """``(1 - λ)·CE(model_λ(x), y) + λ·CE(model_λ(x_adv), y)``, with x_adv from torchattacks at the same λ.
 
     ``attack`` is ``"pgd"`` (default), ``"fgsm"`` (fast), a ready torchattacks object, or any callable
     ``attack(x, y) -> x_adv``. The attack runs on the model at λ with the weight noise ON and BatchNorm
     in eval mode (torchattacks switches the model to eval and back); it uses ``torch.autograd.grad`` on
-    the input only, so parameter gradients are untouched. No attack runs at λ = 0.
+    the input only, so parameter gradients are untouched. No attack runs at λ = 0, and at λ = 1 the clean
+    term (weight 0) is not computed.
+
+    ``noise_draw``: ``"step"`` (default) draws the weight noise once for the call — the attack iterations
+    and the loss see the same draw (:func:`floatify.hold_noise`); ``"forward"`` draws it afresh on every
+    forward, like the FLOAT/PNI reference code, at about 1.4× the step time on CPU (benchmarks/RESULTS.md
+    compares the two).
     """
     lam = validate_lam(lam)
-    with lam_context(lam):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+    if noise_draw not in NOISE_DRAWS:
+        raise ValueError(f"noise_draw must be one of {', '.join(NOISE_DRAWS)}, got {noise_draw!r}")
+    hold = hold_noise() if noise_draw == "step" and lam > 0.0 else contextlib.nullcontext()
+    with lam_context(lam), hold:
+        loss = F.cross_entropy(model(x), y) if lam < 1.0 else None
         if lam == 0.0:
             return _touch_unused(model, loss)
         if isinstance(attack, str):
@@ -120,7 +131,8 @@ def float_loss(
             raise ValueError("attack is None but λ > 0: pass 'pgd', 'fgsm' or a torchattacks attack")
         x_adv = attack(x, y).detach()
         adv_loss = F.cross_entropy(model(x_adv), y)
-    return _touch_unused(model, (1.0 - lam) * loss + lam * adv_loss)
+    total = adv_loss if loss is None else (1.0 - lam) * loss + lam * adv_loss
+    return _touch_unused(model, total)
 
 
 def float_step_loss(
@@ -161,6 +173,7 @@ class TrainConfig:
     eps: float = 8 / 255
     steps: int = 7
     step_size: float = 2 / 255
+    noise_draw: str = "step"  # "step": one weight-noise draw per training step; "forward": one per forward
     grad_clip: float | None = None
     amp: bool = False  # bf16/fp16 autocast on CUDA only
     seed: int = 0
@@ -177,6 +190,8 @@ class TrainConfig:
             raise ValueError(f"unknown λ-sampling strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
         if self.attack not in ("pgd", "fgsm"):
             raise ValueError(f"training attack must be 'pgd' or 'fgsm', got {self.attack!r}")
+        if self.noise_draw not in NOISE_DRAWS:
+            raise ValueError(f"noise_draw must be one of {', '.join(NOISE_DRAWS)}, got {self.noise_draw!r}")
         if not 0 <= self.eps <= 1:
             raise ValueError(f"eps must be in [0, 1] (pixel units), got {self.eps!r}")
 
@@ -275,7 +290,7 @@ def fit(
                 lam_counts[key] = lam_counts.get(key, 0) + 1
             with torch.autocast(device.type, enabled=use_amp):
                 loss = float_step_loss(model, x, y, lams, attack=cfg.attack, eps=cfg.eps, steps=cfg.steps,
-                                       step_size=cfg.step_size)
+                                       step_size=cfg.step_size, noise_draw=cfg.noise_draw)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip is not None:

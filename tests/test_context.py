@@ -87,3 +87,53 @@ def test_asyncio_tasks_see_their_own_lam():
         return await asyncio.gather(task(0.1), task(0.9), task(0.0))
 
     assert asyncio.run(main()) == [0.1, 0.9, 0.0]
+
+
+def noisy_linear():
+    torch.manual_seed(0)
+    return floatify.convert(torch.nn.Linear(6, 4))
+
+
+def test_hold_noise_reuses_one_draw_per_block_and_only_inside_it():
+    layer, x = noisy_linear(), torch.rand(2, 6)
+    with floatify.lam(1.0):
+        with floatify.hold_noise():
+            a, b = layer(x), layer(x)
+        with floatify.hold_noise():
+            c = layer(x)
+        d, e = layer(x), layer(x)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)  # a new block, a new draw
+    assert not torch.equal(d, e)  # outside a block: a fresh draw per forward
+
+
+def test_hold_noise_follows_weight_and_lam_changes_with_the_same_draw():
+    layer = noisy_linear()
+    raw = layer._parameters["weight"]
+    with floatify.hold_noise():
+        with floatify.lam(1.0):
+            w1 = layer.weight.detach().clone()
+        with floatify.lam(0.5):
+            w_half = layer.weight.detach().clone()
+        with torch.no_grad():
+            raw.add_(1.0)  # reason: a shift leaves std(W), hence the noise scale, unchanged
+        with floatify.lam(1.0):
+            w2 = layer.weight.detach().clone()
+    torch.testing.assert_close(w_half - raw.detach() + 1.0, 0.5 * (w1 - raw.detach() + 1.0))
+    torch.testing.assert_close(w2 - w1, torch.ones_like(w1))
+
+
+def test_held_weight_gives_the_same_gradients_after_input_only_grad_calls():
+    x = torch.rand(5, 6)
+    grads = []
+    for attack_iterations in (0, 3):
+        layer = noisy_linear()
+        torch.manual_seed(1)
+        with floatify.lam(1.0), floatify.hold_noise():
+            for _ in range(attack_iterations):  # what PGD does: grad w.r.t. the input only
+                xi = x.clone().requires_grad_(True)
+                torch.autograd.grad(layer(xi).square().sum(), xi)
+            layer(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in layer.parameters()])
+    for g0, g3 in zip(*grads):
+        torch.testing.assert_close(g0, g3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 
 import pytest
 import torch
@@ -35,27 +36,56 @@ def test_loss_at_zero_is_plain_cross_entropy_and_runs_no_attack():
     assert torch.equal(loss, F.cross_entropy(model(x), y))
 
 
-def test_loss_at_one_is_adversarial_cross_entropy():
+def replay(noise_draw: str):
+    """The noise context float_loss uses for ``noise_draw`` (to replay its draws by seed)."""
+    return floatify.hold_noise() if noise_draw == "step" else contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("noise_draw", ["step", "forward"])
+def test_loss_at_one_is_adversarial_cross_entropy_without_a_clean_forward(noise_draw):
     model, (x, y) = tiny_model(), batch()
     x_adv = (x + 0.03).clamp(0, 1)
     torch.manual_seed(4)
-    loss = floatify.float_loss(model, x, y, 1.0, attack=lambda a, b: x_adv)
+    loss = floatify.float_loss(model, x, y, 1.0, attack=lambda a, b: x_adv, noise_draw=noise_draw)
     torch.manual_seed(4)
-    with floatify.lam(1.0):
-        model(x)  # the clean forward draws noise first: replay the same draws
-        expected = F.cross_entropy(model(x_adv), y)
+    with floatify.lam(1.0), replay(noise_draw):
+        expected = F.cross_entropy(model(x_adv), y)  # first draw goes to x_adv: no clean term at λ = 1
     assert torch.allclose(loss, expected)
 
 
-def test_intermediate_lam_mixes_the_two_terms():
+@pytest.mark.parametrize("noise_draw", ["step", "forward"])
+def test_intermediate_lam_mixes_the_two_terms(noise_draw):
     model, (x, y) = tiny_model(), batch()
     x_adv = (x - 0.03).clamp(0, 1)
     torch.manual_seed(2)
-    loss = floatify.float_loss(model, x, y, 0.3, attack=lambda a, b: x_adv)
+    loss = floatify.float_loss(model, x, y, 0.3, attack=lambda a, b: x_adv, noise_draw=noise_draw)
     torch.manual_seed(2)
-    with floatify.lam(0.3):
+    with floatify.lam(0.3), replay(noise_draw):
         clean, adv = F.cross_entropy(model(x), y), F.cross_entropy(model(x_adv), y)
     assert torch.allclose(loss, 0.7 * clean + 0.3 * adv)
+
+
+@pytest.mark.parametrize("noise_draw, same", [("step", True), ("forward", False)])
+def test_step_noise_draw_shows_the_attack_the_draw_the_loss_uses(noise_draw, same):
+    torch.manual_seed(0)
+    model = floatify.convert(nn.Sequential(nn.Flatten(), nn.Linear(108, 3)))  # reason: no BN, logits comparable
+    (x, y), seen = batch(), []
+
+    def attack(a, b):
+        seen.extend([model(a).detach(), model(a).detach()])  # two attack iterations
+        return a
+
+    loss = floatify.float_loss(model, x, y, 1.0, attack=attack, noise_draw=noise_draw)
+    assert torch.equal(seen[0], seen[1]) is same
+    assert torch.allclose(loss, F.cross_entropy(seen[0], y)) is same
+
+
+def test_noise_draw_is_validated():
+    model, (x, y) = tiny_model(), batch()
+    with pytest.raises(ValueError, match="noise_draw must be one of step, forward"):
+        floatify.float_loss(model, x, y, 1.0, noise_draw="epoch")
+    with pytest.raises(ValueError, match="noise_draw"):
+        floatify.TrainConfig(noise_draw="batch")
 
 
 def test_attack_sees_noise_on_eval_bn_and_leaves_param_grads_alone():

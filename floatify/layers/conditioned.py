@@ -36,7 +36,7 @@ try:  # reason: plain is_fx_tracing() also answers True under torch.export and w
 except ImportError:  # pragma: no cover - older torch
     from torch.fx._symbolic_trace import is_fx_tracing
 
-from floatify.context import _LAM
+from floatify.context import _HELD, _LAM
 from floatify.layers.registry import conditioned_weight_names_for_class, is_batchnorm
 
 __all__ = [
@@ -142,14 +142,18 @@ class _ConditionedMixin:
             cache[name] = hit
         return hit[1]
 
-    def floatify_noisy_weight(self, name: str, lam: torch.Tensor | float, generator=None) -> torch.Tensor:
+    def floatify_noisy_weight(
+        self, name: str, lam: torch.Tensor | float, generator=None, eta: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One draw of ``W·m + λ·α·η·m`` for weight ``name`` (``m`` the sparsity mask, if any).
 
         The cost beyond the unavoidable Gaussian draw is one fused multiply-add over the weight.
+        ``eta`` reuses a given standard-normal draw instead of a fresh one.
         """
         weight = self._parameters[name]
         alpha = self._parameters[name + ALPHA_SUFFIX]
-        eta = torch.randn(weight.shape, dtype=weight.dtype, device=weight.device, generator=generator)
+        if eta is None:
+            eta = torch.randn(weight.shape, dtype=weight.dtype, device=weight.device, generator=generator)
         mask = self.floatify_mask(name)
         base = weight
         if mask is not None:
@@ -157,6 +161,21 @@ class _ConditionedMixin:
             eta = eta * mask
         scale = (lam * alpha * self.floatify_weight_std(name)).to(weight.dtype)
         return torch.addcmul(base, eta, scale)
+
+    def floatify_held_weight(self, name: str, state, held: dict) -> torch.Tensor:
+        """The noisy weight ``name`` inside :func:`floatify.hold_noise`: one η per block, and the noisy
+        tensor itself reused while W, α, the mask, λ and the grad mode are unchanged."""
+        weight, alpha = self._parameters[name], self._parameters[name + ALPHA_SUFFIX]
+        version = (state.value, weight._version, weight.data_ptr(), alpha._version, id(self.floatify_mask(name)),
+                   torch.is_grad_enabled())
+        key = (id(self), name)
+        hit = held.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[2]
+        eta = hit[1] if hit is not None else torch.randn(weight.shape, dtype=weight.dtype, device=weight.device)
+        noisy = self.floatify_noisy_weight(name, state.tensor, eta=eta)
+        held[key] = (version, eta, noisy)
+        return noisy
 
     # -- dual BN -------------------------------------------------------------------------
     def reset_running_stats(self) -> None:
@@ -205,7 +224,10 @@ def _weight_property(name: str) -> property:
             if mask_key not in self._buffers:
                 return weight
             return weight * self.floatify_mask(name)
-        return self.floatify_noisy_weight(name, state.tensor)
+        held = _HELD.get()
+        if held is None or torch.compiler.is_compiling():
+            return self.floatify_noisy_weight(name, state.tensor)
+        return self.floatify_held_weight(name, state, held)
 
     return property(get, doc=f"λ-conditioned ``{name}``: W + λ·α·η (W itself at λ = 0).")
 
