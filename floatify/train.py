@@ -58,7 +58,9 @@ class LamSampler:
             one adversarial with the noise at λ = 1; the loss is the mean of the two.
         ``"oat"``: OAT's discrete set {0, .1, .2, .3, .4, 1} with a fixed share ``zero_share`` of λ = 0
             (the rest uniform over the other values), one λ per batch.
-        ``"uniform"``: λ ~ U[0, 1], one per batch.
+        ``"uniform"``: λ = 0 with probability ``zero_share``, else λ ~ U(0, 1], one per batch. (reason: the
+            clean BatchNorm only trains at exactly λ = 0; a pure U[0, 1] never hits it and λ = 0 stayed at
+            chance accuracy in benchmarks/tradeoff.py.)
 
     ``sampler(step)`` returns the list of λ for the step (one per equal batch chunk). It depends only on
     ``(seed, step)``, never on global RNG state, so every rank of a DDP job draws the same λ.
@@ -79,7 +81,7 @@ class LamSampler:
             return [0.0, 1.0]
         rng = random.Random(self.seed * 1_000_003 + int(step))
         if self.strategy == "uniform":
-            return [rng.random()]
+            return [0.0] if rng.random() < self.zero_share else [1.0 - rng.random()]  # U(0, 1]
         if rng.random() < self.zero_share or not self._nonzero:
             return [0.0]
         return [rng.choice(self._nonzero)]
