@@ -54,7 +54,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             size = floatify.save_sparse(floatify.freeze(model, 0.0), Path(tmp) / "m.safetensors").stat().st_size
         rep = floatify.sparsity_report(model)
-        rows.append({"density": density, "measured_density": rep.density, "export_MB": size / 1e6,
+        rows.append({"density": density, "attack": attacks[1].describe(), "measured_density": rep.density,
+                     "export_MB": size / 1e6,
                      "clean": {str(v): report.score(v, "clean").mean for v in LAMS},
                      "robust": {str(v): report.score(v, attacks[1].label).mean for v in LAMS}})
         print(json.dumps(rows[-1]), flush=True)
@@ -65,7 +66,8 @@ def main() -> None:
         lines.append(f"| {r['measured_density']:.3f} | {r['export_MB']:.2f} | " + " | ".join(cells) + " |")
     lines.append(f"\nAttack: {attacks[1].describe()}; scoring: {args.score_draws} noise draws per point.")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "floats.json").write_text(json.dumps(rows, indent=2))
+    (args.out / "floats.json").write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "rows": rows},
+                                                      indent=2))
     (args.out / "floats.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 

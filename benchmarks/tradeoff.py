@@ -38,7 +38,7 @@ METHODS = ("float-binary", "float-oat", "float-uniform", "float-binary-fwd", "fi
 # float-binary-fwd: the same with a fresh noise draw per forward (the reference code) — checks the default.
 
 
-def train_baseline(model, loader, method, epochs, lr, seed, eps, steps):
+def train_baseline(model, loader, method, epochs, lr, seed, eps, steps, device):
     """Standard, PGD-AT and OAT/FiLM training with the same optimizer/schedule as floatify.fit."""
     opt = torch.optim.SGD(floatify.param_groups(model, 5e-4), lr=lr, momentum=0.9, nesterov=True)
     total = epochs * len(loader)
@@ -48,6 +48,7 @@ def train_baseline(model, loader, method, epochs, lr, seed, eps, steps):
     for _ in range(epochs):
         model.train()
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             if method == "standard":
                 loss = F.cross_entropy(model(x), y)
             elif method == "pgd-at":
@@ -65,7 +66,7 @@ def train_baseline(model, loader, method, epochs, lr, seed, eps, steps):
 
 def run(method, seed, args, data) -> dict:
     torch.manual_seed(seed)
-    base = floatify.create_model(args.model, data.num_classes)
+    base = floatify.create_model(args.model, data.num_classes).to(args.device)
     loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     t0 = time.perf_counter()
@@ -76,7 +77,7 @@ def run(method, seed, args, data) -> dict:
                      noise_draw="forward" if method.endswith("-fwd") else "step")
     else:
         model = filmify(copy.deepcopy(base)) if method == "film-oat" else base
-        train_baseline(model, loader, method, args.epochs, args.lr, seed, args.eps, args.steps)
+        train_baseline(model, loader, method, args.epochs, args.lr, seed, args.eps, args.steps, args.device)
     train_s = time.perf_counter() - t0
     test = data.test if args.eval_limit is None else Subset(data.test, range(args.eval_limit))
     lams = LAMS if method not in ("standard", "pgd-at") else [0.0]  # reason: one operating point only
@@ -151,6 +152,7 @@ def main() -> None:
     p.add_argument("--eot", type=int, default=4)
     p.add_argument("--score-draws", type=int, default=8)
     p.add_argument("--eval-limit", type=int, default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
     torch.set_num_threads(2)
