@@ -7,7 +7,8 @@ EOT-PGD accuracy at λ ∈ {0, .1, .2, .3, .5, .7, 1}, several seeds, mean ± sp
     python benchmarks/tradeoff.py --dataset cifar10 --download --model resnet18 --epochs 100 --device cuda
 
 Writes benchmarks/results/tradeoff.json, tradeoff.md and tradeoff.png; every finished (method, seed) run is
-appended to tradeoff.jsonl and skipped when the command is run again (delete the file to start over).
+appended to tradeoff.jsonl and skipped when the command is run again with the same settings (delete the file
+to start over, e.g. after changing the library).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from baselines import filmify  # noqa: E402
 
 LAMS = [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
+SETTINGS = ("model", "dataset", "image_size", "epochs", "batch_size", "lr", "eps", "steps", "eval_steps", "eot",
+            "score_draws", "eval_limit")  # a logged run is reused only if all of these match
 METHODS = ("float-binary", "float-oat", "float-uniform", "float-binary-fwd", "film-oat", "standard", "pgd-at")
 # float-<strategy>: floatify.fit with that λ strategy and one noise draw per step (the default);
 # float-binary-fwd: the same with a fresh noise draw per forward (the reference code) — checks the default.
@@ -158,17 +161,19 @@ def main() -> None:
     torch.set_num_threads(2)
     data = load_dataset(args.dataset, image_size=args.image_size, download=args.download)
     args.out.mkdir(parents=True, exist_ok=True)
+    settings = {k: getattr(args, k) for k in SETTINGS}
     log = args.out / "tradeoff.jsonl"  # reason: one line per finished run, so an interrupted bench resumes
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     for seed in args.seeds:
         for method in args.methods:
-            if any(r["method"] == method and r["seed"] == seed for r in done):
+            if any(r["method"] == method and r["seed"] == seed and r.get("settings") == settings for r in done):
                 continue
-            done.append(run(method, seed, args, data))
+            done.append(run(method, seed, args, data) | {"settings": settings})
             with log.open("a") as f:
                 f.write(json.dumps(done[-1]) + "\n")
             print(json.dumps(done[-1]), flush=True)
-    results = [r for r in done if r["seed"] in args.seeds and r["method"] in args.methods]
+    results = [r for r in done if r["seed"] in args.seeds and r["method"] in args.methods
+               and r.get("settings") == settings]
     (args.out / "tradeoff.json").write_text(json.dumps({"args": vars(args) | {"out": str(args.out)},
                                                          "results": results}, indent=2))
     table = summarise(results)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 from pathlib import Path
@@ -57,6 +58,12 @@ def curves(results: list[dict]) -> dict[str, dict]:
     return summary
 
 
+def within_spread(a: dict, b: dict) -> bool:
+    """Every per-λ mean difference (clean and robust) is at most the larger of the two seed sds there."""
+    pairs = list(zip(a["clean"], b["clean"])) + list(zip(a["robust"], b["robust"]))
+    return all(abs(x[0] - y[0]) <= max(x[1], y[1]) for x, y in pairs)
+
+
 def trade_off_score(c: dict) -> float:
     """Mean over the λ grid of (clean + EOT-PGD) / 2: one number for a whole curve (higher is better)."""
     return statistics.mean((cl[0] + rb[0]) / 2 for cl, rb in zip(c["clean"], c["robust"]))
@@ -88,20 +95,21 @@ def cost_section(cost) -> list[str]:
             f"{lat['film@0.0']:.1f} | {lat['float@1.0']:.1f} / {lat['film@1.0']:.1f} | {pk['plain']:.0f} / "
             f"{pk['float']:.0f} / {pk['float-fwd']:.0f} / {pk['film']:.0f} |")
     lines += ["",
-              "Where FLOAT's step time goes: each noisy forward draws one Gaussian per weight (resnet18: 11.2 M draws, "
-              "≈ 70 ms on this CPU) plus one fused multiply-add. With a fresh draw per forward, PGD-7 training pays "
-              "that 9 times per step (`float-fwd`); `floatify.float_loss` now draws once per step and reuses the "
-              "noisy weight for the attack iterations and the loss (`floatify.hold_noise`), so what is left is one "
-              "draw, one multiply-add and α's gradient per step — a fixed cost per step, so the ratio shrinks with "
-              "batch size and on GPUs (where the draw is ≈ 0.1 ms). The held draw costs two weight-sized buffers of "
-              "memory (η and the noisy weight). The trade-off section measures that the per-step draw does not "
-              "weaken the result.", ""]
+              "Where FLOAT's step time goes: each noisy forward draws one Gaussian per weight plus one fused "
+              "multiply-add (the overhead table below shows the draw alone, the 'Gaussian-draw floor'). With a "
+              "fresh draw per forward, a PGD-7 step at λ = 1 pays that 8 times (7 attack iterations + the loss; "
+              "`float-fwd`); `floatify.float_loss` now draws once per step and reuses the noisy weight for the "
+              "attack iterations and the loss (`floatify.hold_noise`), so what is left is one draw, one "
+              "multiply-add and α's gradient per step — a fixed cost per step, so the ratio shrinks with batch size "
+              "and on GPUs, where the draw is cheap. The held draw keeps two weight-sized buffers (η and the noisy "
+              "weight) during the step. The trade-off section checks that the per-step draw does not weaken the "
+              "result.", ""]
     return lines
 
 
 def tradeoff_section(trade, results_dir: Path) -> tuple[list[str], dict]:
     lines = ["## Trade-off quality (`benchmarks/tradeoff.py`)", ""]
-    if trade is None:
+    if trade is None or not trade["results"]:
         return lines + _missing("tradeoff.py"), {}
     a, c = trade["args"], curves(trade["results"])
     first = trade["results"][0]
@@ -111,7 +119,8 @@ def tradeoff_section(trade, results_dir: Path) -> tuple[list[str], dict]:
               f"Evaluation on {first['eval_points']} test points; attack: {first['attack']}; scored as expected "
               f"accuracy over {first['score_draws']} fresh noise draws per point. Values: mean ± sd over seeds (%).",
               "", "![trade-off](results/tradeoff.png)", "",
-              "| method | " + " | ".join(f"λ={v}" for v in c[next(iter(c))]["lams"]) + " | median train s |"]
+              "| method | " + " | ".join(f"λ={v}" for v in max((v["lams"] for v in c.values()), key=len))
+              + " | median train s |"]
     width = max(len(v["lams"]) for v in c.values())
     lines.append("|---|" + "---|" * (width + 1))
     for method, v in c.items():
@@ -127,7 +136,10 @@ def tradeoff_section(trade, results_dir: Path) -> tuple[list[str], dict]:
                   "more.", ""]
     ranked = sorted((m for m in FLOAT_STRATEGIES if m in c), key=lambda m: -trade_off_score(c[m]))
     facts = {"curves": c, "ranked": ranked}
-    if ranked:
+    complete = len(ranked) == len(FLOAT_STRATEGIES) and len({c[m]["seeds"] for m in ranked}) == 1
+    if ranked and not complete:
+        lines += ["No winner declared: not every λ strategy has results for the same seeds.", ""]
+    if complete:
         lines += ["Curve score (mean over λ of (clean + EOT-PGD) / 2): " +
                   ", ".join(f"{m} {trade_off_score(c[m]):.2f}" for m in ranked) +
                   f". Winner: **{ranked[0]}**; the library default is `{DEFAULT_STRATEGY}`" +
@@ -140,7 +152,10 @@ def tradeoff_section(trade, results_dir: Path) -> tuple[list[str], dict]:
         lines += [f"Noise drawn once per step vs once per forward (binary): clean difference per λ "
                   f"{', '.join(f'{dc:+.1f}' for dc, _ in diffs)}; EOT-PGD difference "
                   f"{', '.join(f'{dr:+.1f}' for _, dr in diffs)} points (positive: per-step better); training time "
-                  f"{d['train_s']:.0f} s vs {f['train_s']:.0f} s (median).", ""]
+                  f"{d['train_s']:.0f} s vs {f['train_s']:.0f} s (median). Largest difference "
+                  f"{max(abs(x) for pair in diffs for x in pair):.1f} points vs a largest seed sd of "
+                  f"{max(x[1] for x in d['clean'] + d['robust'] + f['clean'] + f['robust']):.1f}: "
+                  + ("**within the seed spread**." if within_spread(d, f) else "**outside the seed spread**."), ""]
         facts["draw_diffs"] = diffs
     rows = [r for r in trade["results"] if "at_1" in r]
     if rows:
@@ -152,7 +167,7 @@ def tradeoff_section(trade, results_dir: Path) -> tuple[list[str], dict]:
                 continue
             off = _mean_sd([100 * r["at_1"]["pgd-10 (noise off)"] for r in mr])
             pgd = _mean_sd([100 * r["at_1"]["pgd-10"] for r in mr])
-            eot = _mean_sd([100 * r["robust"]["1.0"] for r in mr])
+            eot = _mean_sd([100 * r["robust"]["1.0"] for r in mr])  # reason: λ = 1 by key, not by position
             lines.append(f"| {method} | {off[0]:.1f}±{off[1]:.1f} | {pgd[0]:.1f}±{pgd[1]:.1f} | "
                          f"{eot[0]:.1f}±{eot[1]:.1f} | {len(mr)} |")
         lines += ["", "Noise off: same λ, same (adversarial) BatchNorm, weights without noise, attacked and scored "
@@ -162,7 +177,7 @@ def tradeoff_section(trade, results_dir: Path) -> tuple[list[str], dict]:
 
 def floats_section(floats) -> list[str]:
     lines = ["## FLOATS: density × λ (`benchmarks/floats.py`)", ""]
-    if floats is None:
+    if not isinstance(floats, dict) or not floats.get("rows"):
         return lines + _missing("floats.py")
     rows, meta = floats["rows"], floats["args"]
     lams = list(rows[0]["clean"])
@@ -239,14 +254,15 @@ def claims_section(cost, facts, overhead) -> list[str]:
     c = facts.get("curves", {})
     default = f"float-{DEFAULT_STRATEGY}"
     if default in c and "standard" in c:
-        gap = c["standard"]["clean"][0][0] - c[default]["clean"][0][0]
+        gap = c["standard"]["clean"][0][0] - c[default]["clean"][0][0]  # reason: lams[0] is λ = 0 in both
         lines.append(f"- FLOAT at λ = 0 within 1.5 points of the standard model's clean accuracy: "
                      f"{c[default]['clean'][0][0]:.1f} vs {c['standard']['clean'][0][0]:.1f} (gap {gap:+.1f}) — "
                      f"{_verdict(gap <= 1.5)}.")
     if default in c and "pgd-at" in c:
-        gap = c["pgd-at"]["robust"][0][0] - c[default]["robust"][-1][0]
+        at_one = c[default]["lams"].index("1.0")
+        gap = c["pgd-at"]["robust"][0][0] - c[default]["robust"][at_one][0]
         lines.append(f"- FLOAT at λ = 1 within 2 points of PGD-AT's EOT-robust accuracy: "
-                     f"{c[default]['robust'][-1][0]:.1f} vs {c['pgd-at']['robust'][0][0]:.1f} (gap {gap:+.1f}) — "
+                     f"{c[default]['robust'][at_one][0]:.1f} vs {c['pgd-at']['robust'][0][0]:.1f} (gap {gap:+.1f}) — "
                      f"{_verdict(gap <= 2.0)}.")
     if default in c and "film-oat" in c:
         f, o = c[default], c["film-oat"]
@@ -283,7 +299,7 @@ def main() -> None:
     trade_lines, facts = tradeoff_section(trade, r)
     lines = ["# Benchmark results", "",
              f"Generated by `benchmarks/write_results.py` (`make bench` runs every script, then this) on "
-             f"{platform.machine()} with {torch.get_num_threads()} threads, torch {torch.__version__}, "
+             f"{platform.machine()} ({os.cpu_count()} CPUs), torch {torch.__version__}, "
              f"timm {timm.__version__}. Every verdict below is computed from the JSON in `benchmarks/results/`.", ""]
     lines += claims_section(cost, facts, overhead)
     lines += cost_section(cost) + trade_lines + floats_section(floats) + overhead_section(overhead)

@@ -267,8 +267,9 @@ def fit(
         if state_path is None or not state_path.exists():
             raise FileNotFoundError(f"resume=True but there is no {state_path or 'checkpoint_dir/train_state.pt'}")
         state = torch.load(state_path, map_location=device, weights_only=False)
-        if state.get("config") != asdict(cfg):
-            changed = {k for k in asdict(cfg) if state.get("config", {}).get(k) != asdict(cfg)[k]}
+        saved = {**asdict(TrainConfig()), **state.get("config", {})}  # reason: settings added since keep defaults
+        if saved != asdict(cfg):
+            changed = {k for k in asdict(cfg) if saved.get(k) != asdict(cfg)[k]}
             raise ValueError(f"cannot resume: training settings changed since the checkpoint ({sorted(changed)})")
         inner.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -123,17 +123,32 @@ def test_hold_noise_follows_weight_and_lam_changes_with_the_same_draw():
     torch.testing.assert_close(w2 - w1, torch.ones_like(w1))
 
 
-def test_held_weight_gives_the_same_gradients_after_input_only_grad_calls():
-    x = torch.rand(5, 6)
+@pytest.mark.parametrize("density", [1.0, 0.5])
+def test_held_weight_gives_exact_gradients_after_any_attack_backward_calls(density):
+    """PGD uses autograd.grad on the input; CW/EAD-style attacks call .backward(): neither may break the
+    final backward, and W/α gradients must equal those of an unheld forward with the same draw."""
+    x, y = torch.rand(5, 6), torch.randint(0, 4, (5,))
     grads = []
-    for attack_iterations in (0, 3):
+    for attack in ("none", "grad", "backward"):
         layer = noisy_linear()
+        if density < 1:
+            floatify.sparsify(layer, density)
         torch.manual_seed(1)
-        with floatify.lam(1.0), floatify.hold_noise():
-            for _ in range(attack_iterations):  # what PGD does: grad w.r.t. the input only
+        with floatify.lam(0.7), floatify.hold_noise():
+            for _ in range(3 if attack != "none" else 0):
                 xi = x.clone().requires_grad_(True)
-                torch.autograd.grad(layer(xi).square().sum(), xi)
-            layer(x).square().sum().backward()
+                loss = torch.nn.functional.cross_entropy(layer(xi), y)
+                torch.autograd.grad(loss, xi) if attack == "grad" else loss.backward()
+            layer.zero_grad()
+            torch.nn.functional.cross_entropy(layer(x), y).backward()
         grads.append([p.grad.clone() for p in layer.parameters()])
-    for g0, g3 in zip(*grads):
-        torch.testing.assert_close(g0, g3)
+    layer = noisy_linear()
+    if density < 1:
+        floatify.sparsify(layer, density)
+    torch.manual_seed(1)
+    with floatify.lam(0.7):  # no hold: the same single draw, ordinary autograd
+        torch.nn.functional.cross_entropy(layer(x), y).backward()
+    reference = [p.grad for p in layer.parameters()]
+    for got in grads:
+        for g, r in zip(got, reference):
+            torch.testing.assert_close(g, r)

@@ -45,8 +45,11 @@ def replay(noise_draw: str):
 def test_loss_at_one_is_adversarial_cross_entropy_without_a_clean_forward(noise_draw):
     model, (x, y) = tiny_model(), batch()
     x_adv = (x + 0.03).clamp(0, 1)
+    calls = []
+    model.register_forward_hook(lambda mod, inp, out: calls.append(inp[0]))
     torch.manual_seed(4)
     loss = floatify.float_loss(model, x, y, 1.0, attack=lambda a, b: x_adv, noise_draw=noise_draw)
+    assert len(calls) == 1 and torch.equal(calls[0], x_adv)  # the zero-weight clean term is skipped
     torch.manual_seed(4)
     with floatify.lam(1.0), replay(noise_draw):
         expected = F.cross_entropy(model(x_adv), y)  # first draw goes to x_adv: no clean term at λ = 1

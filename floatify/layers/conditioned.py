@@ -163,19 +163,31 @@ class _ConditionedMixin:
         return torch.addcmul(base, eta, scale)
 
     def floatify_held_weight(self, name: str, state, held: dict) -> torch.Tensor:
-        """The noisy weight ``name`` inside :func:`floatify.hold_noise`: one η per block, and the noisy
-        tensor itself reused while W, α, the mask, λ and the grad mode are unchanged."""
+        """The noisy weight ``name`` inside :func:`floatify.hold_noise`: one η per block.
+
+        The noisy tensor is computed once (without autograd history) and reused while W, α, the mask and
+        λ are unchanged; with grad enabled each read wraps it in a fresh autograd node
+        (:class:`_HeldNoisyWeight`), so any number of ``backward``/``autograd.grad`` calls inside the
+        block are independent and W and α still get exact gradients.
+        """
         weight, alpha = self._parameters[name], self._parameters[name + ALPHA_SUFFIX]
-        version = (state.value, weight._version, weight.data_ptr(), alpha._version, id(self.floatify_mask(name)),
-                   torch.is_grad_enabled())
+        mask = self.floatify_mask(name)
+        version = (state.value, weight._version, weight.data_ptr(), alpha._version, id(mask))
         key = (id(self), name)
         hit = held.get(key)
-        if hit is not None and hit[0] == version:
-            return hit[2]
-        eta = hit[1] if hit is not None else torch.randn(weight.shape, dtype=weight.dtype, device=weight.device)
-        noisy = self.floatify_noisy_weight(name, state.tensor, eta=eta)
-        held[key] = (version, eta, noisy)
-        return noisy
+        if hit is None or hit[0] != version:
+            eta = hit[1] if hit is not None else torch.randn(weight.shape, dtype=weight.dtype, device=weight.device)
+            if mask is not None:
+                eta = eta * mask  # reason: pruned weights never receive noise
+            with torch.no_grad():
+                unit = (state.tensor * self.floatify_weight_std(name)).to(weight.dtype)  # λ·std(W)
+                noisy = torch.addcmul(weight if mask is None else weight * mask, eta, unit * alpha)
+            hit = (version, eta, noisy, unit)
+            held[key] = hit
+        _, eta, noisy, unit = hit
+        if not (torch.is_grad_enabled() and (weight.requires_grad or alpha.requires_grad)):
+            return noisy
+        return _HeldNoisyWeight.apply(weight, alpha, noisy, eta, unit, mask)
 
     # -- dual BN -------------------------------------------------------------------------
     def reset_running_stats(self) -> None:
@@ -194,6 +206,23 @@ class _ConditionedMixin:
             if key in state_dict and name + MASK_SUFFIX not in self._buffers:
                 self.register_buffer(name + MASK_SUFFIX, torch.empty_like(state_dict[key]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class _HeldNoisyWeight(torch.autograd.Function):
+    """``W·m + λ·std·α·η`` from a precomputed value: no forward work, exact gradients for W and α."""
+
+    @staticmethod
+    def forward(ctx, weight, alpha, noisy, eta, unit, mask):
+        ctx.save_for_backward(eta, unit, mask)
+        ctx.has_mask = mask is not None
+        return noisy.view_as(noisy)  # reason: a new tensor per read, so each read has its own node
+
+    @staticmethod
+    def backward(ctx, grad):
+        eta, unit, mask = ctx.saved_tensors
+        grad_w = grad * mask if ctx.has_mask else grad
+        grad_alpha = (grad * eta).sum() * unit if ctx.needs_input_grad[1] else None
+        return grad_w, grad_alpha, None, None, None, None
 
 
 def _weight_std(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
