@@ -78,6 +78,12 @@ def test_lam_out_of_range_is_an_argument_error(tmp_path, capsys):
     assert exc.value.code == 2 and "[0, 1]" in capsys.readouterr().err
 
 
+def test_unknown_noise_draw_is_an_argument_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--out", str(tmp_path), "--noise-draw", "epoch"])
+    assert exc.value.code == 2 and "invalid choice: 'epoch'" in capsys.readouterr().err
+
+
 def test_eval_errors(tmp_path, capsys):
     code, err = _err(capsys, ["eval", "--checkpoint", str(tmp_path / "missing.safetensors")])
     assert code == 2 and "does not exist" in err

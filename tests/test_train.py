@@ -183,6 +183,22 @@ def test_fit_is_reproducible_and_resumes(tmp_path):
     with pytest.raises(ValueError, match="settings changed"):
         floatify.fit(tiny_model(), _loader(), checkpoint_dir=state_dir, resume=True, epochs=3, steps=2,
                      strategy="oat", progress=False)
+    # a checkpoint written before a setting existed (here: noise_draw) resumes with that setting's default
+    state = torch.load(state_dir / "train_state.pt", weights_only=False)
+    del state["config"]["noise_draw"]
+    torch.save(state, state_dir / "train_state.pt")
+    assert len(floatify.fit(tiny_model(), _loader(), checkpoint_dir=state_dir, resume=True, **kw)) == 2
+
+
+def test_fit_passes_noise_draw_through_and_both_modes_differ():
+    kw = dict(epochs=1, steps=2, progress=False)
+    step, fwd = tiny_model(), tiny_model()
+    floatify.fit(step, _loader(), noise_draw="step", **kw)
+    floatify.fit(fwd, _loader(), noise_draw="forward", **kw)
+    again = tiny_model()
+    floatify.fit(again, _loader(), noise_draw="step", **kw)
+    assert torch.equal(step[0].weight_alpha, again[0].weight_alpha)  # reproducible
+    assert not torch.equal(step[0].weight_alpha, fwd[0].weight_alpha)  # the setting reaches float_loss
 
 
 def test_fit_trains_alpha_without_weight_decay_and_rejects_plain_models():
