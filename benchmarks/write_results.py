@@ -46,7 +46,8 @@ def curves(results: list[dict]) -> dict[str, dict]:
     for r in results:
         out.setdefault(r["method"], []).append(r)
     summary = {}
-    for method, rows in out.items():
+    order = list(FLOAT_STRATEGIES) + ["float-binary-fwd", "film-oat", "standard", "pgd-at"]
+    for method, rows in sorted(out.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         lams = list(rows[0]["clean"])
         summary[method] = {
             "lams": lams, "seeds": len(rows),
@@ -144,7 +145,10 @@ def tradeoff_section(trade, results_dir: Path) -> tuple[list[str], dict]:
                   ", ".join(f"{m} {trade_off_score(c[m]):.2f}" for m in ranked) +
                   f". Winner: **{ranked[0]}**; the library default is `{DEFAULT_STRATEGY}`" +
                   ("." if ranked[0] == f"float-{DEFAULT_STRATEGY}" else " — **out of date, update DEFAULT_STRATEGY**.")
-                  + "", ""]
+                  + (" The runner-up's curve is within the seed spread of the winner's at every λ, so the ranking is "
+                     "weak evidence on this easy task." if within_spread(c[ranked[0]], c[ranked[1]]) else
+                     " Winner and runner-up differ by more than the seed spread at some λ (either way; see the "
+                     "table)."), ""]
     default = f"float-{DEFAULT_STRATEGY}"
     if default in c and "float-binary-fwd" in c and DEFAULT_STRATEGY == "binary":
         d, f = c[default], c["float-binary-fwd"]
