@@ -13,14 +13,19 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_into"]
+from floatify.io import atomic_write
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_into", "save_state", "load_state"]
 
 FORMAT = "floatify-checkpoint-v1"
+STATE_FORMAT = "floatify-state-v1"
 
 
 class CheckpointError(ValueError):
@@ -29,15 +34,25 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> Path:
     """Write ``model.state_dict()`` and ``meta`` (JSON-serialisable) to a safetensors file, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     # reason: safetensors refuses tensors sharing storage (tied weights, a shared α): store copies
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta)})
-    tmp.replace(path)
-    return path
+    return atomic_write(path, save(state, metadata={"format": FORMAT, "meta": json.dumps(meta)}))
+
+
+def _check_readable(path: Path, what: str) -> None:
+    if path.is_dir():
+        raise CheckpointError(f"{what} {path} is a directory, not a file (pass the file inside it, e.g. "
+                              f"{path / 'model.safetensors'})")
+    if not path.exists():
+        raise CheckpointError(f"{what} {path} does not exist")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise CheckpointError(f"cannot read {what} {path}: {err.strerror or err}; check its permissions") from None
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -45,8 +60,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    _check_readable(path, "checkpoint")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -55,11 +69,24 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"checkpoint {path} is corrupted or not a safetensors file ({err})") from err
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not a floatify checkpoint (no '{FORMAT}' header)")
-    return state, json.loads(header.get("meta", "{}"))
+    try:
+        meta = json.loads(header.get("meta", "{}"))
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {path} has corrupted metadata ({err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} has corrupted metadata (not a JSON object)")
+    return state, meta
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """``model.load_state_dict(state)`` with an error that says which architecture mismatch it is."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"{source} does not fit this model (different architecture or settings?): '{key}' has shape "
+                f"{tuple(value.shape)} in the checkpoint but {tuple(own[key].shape)} in the model"
+            )
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
@@ -67,3 +94,71 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "c
             f"{len(result.missing_keys)} missing keys e.g. {result.missing_keys[:3]}, "
             f"{len(result.unexpected_keys)} unexpected e.g. {result.unexpected_keys[:3]}"
         )
+
+
+# ------------------------------------------------------------------------ general state (no pickle)
+# Nested containers of tensors and JSON values, stored as safetensors (the tensors) + JSON in its header
+# (everything else). Loading can only ever produce tensors, dicts, lists, tuples, str, numbers, bools, None.
+_TENSOR, _TUPLE, _ITEMS = "__ft_tensor", "__ft_tuple", "__ft_items"
+
+
+def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = value.detach().cpu().contiguous().clone()
+        return {_TENSOR: key}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__ft_") for k in value):
+            return {k: _encode(v, tensors) for k, v in value.items()}
+        return {_ITEMS: [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {_TUPLE: [_encode(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, tensors) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store a {type(value).__name__} in a floatify state file (tensors and JSON values only)")
+
+
+def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if _TENSOR in value:
+        return tensors[value[_TENSOR]]
+    if _TUPLE in value:
+        return tuple(_decode(v, tensors) for v in value[_TUPLE])
+    if _ITEMS in value:
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in value[_ITEMS]}
+    return {k: _decode(v, tensors) for k, v in value.items()}
+
+
+def save_state(path: str | Path, obj: Any) -> Path:
+    """Write a nest of dicts/lists/tuples of tensors and JSON values to ``path`` (safetensors), atomically."""
+    from safetensors.torch import save
+
+    tensors: dict[str, torch.Tensor] = {}
+    tree = json.dumps(_encode(obj, tensors))
+    return atomic_write(path, save(tensors, metadata={"format": STATE_FORMAT, "state": tree}))
+
+
+def load_state(path: str | Path, what: str = "state file") -> Any:
+    """Read a :func:`save_state` file. Nothing in it can run code; damage gives a :class:`CheckpointError`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    _check_readable(path, what)
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise CheckpointError(f"{what} {path} is truncated or corrupted ({err}); delete it to start afresh") from None
+    if header.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{what} {path} is not a floatify state file (no '{STATE_FORMAT}' header)")
+    try:
+        return _decode(json.loads(header["state"]), tensors)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{what} {path} is corrupted ({type(err).__name__}: {err}); delete it to start "
+                              f"afresh") from None

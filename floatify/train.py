@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -196,6 +195,22 @@ class TrainConfig:
             raise ValueError(f"noise_draw must be one of {', '.join(NOISE_DRAWS)}, got {self.noise_draw!r}")
         if not 0 <= self.eps <= 1:
             raise ValueError(f"eps must be in [0, 1] (pixel units), got {self.eps!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps (training attack iterations) must be an int >= 1, got {self.steps!r}")
+        if not (isinstance(self.step_size, (int, float)) and 0 < self.step_size <= 1):
+            raise ValueError(f"step_size must be in (0, 1] (pixel units), got {self.step_size!r}")
+        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0
+                                               and math.isfinite(self.grad_clip)):
+            raise ValueError(f"grad_clip must be a finite number > 0 (the max gradient norm) or None for no "
+                             f"clipping, got {self.grad_clip!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not 0.0 <= self.zero_share <= 1.0:
+            raise ValueError(f"zero_share must be in [0, 1], got {self.zero_share!r}")
+        if not (isinstance(self.warmup_epochs, (int, float)) and 0 <= self.warmup_epochs <= self.epochs):
+            raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs!r}")
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -205,8 +220,78 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+STATE_FILE = "train_state.safetensors"
+LEGACY_STATE_FILE = "train_state.pt"  # reason: pickle-free resume; older runs are read with weights_only=True
+
+
+def _loader_generators(loader) -> list[torch.Generator]:
+    """The generators that decide a DataLoader's order (its own and its sampler's), each once."""
+    found: list[torch.Generator] = []
+    for owner in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
+                  getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator) and gen.device.type == "cpu" and all(gen is not g for g in found):
+            found.append(gen)
+    return found
+
+
+def _rng_state(loader) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "loader": [g.get_state() for g in _loader_generators(loader)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, loader) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    gens = _loader_generators(loader)
+    saved = state.get("loader", [])
+    if len(saved) == len(gens):
+        for g, s in zip(gens, saved):
+            g.set_state(s)
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _data_signature(loader, steps_per_epoch: int) -> dict:
+    dataset = getattr(loader, "dataset", None)
+    try:
+        size = len(dataset) if dataset is not None else None
+    except TypeError:
+        size = None
+    return {"steps_per_epoch": steps_per_epoch, "dataset_size": size,
+            "batch_size": getattr(loader, "batch_size", None)}
+
+
+def _read_state(checkpoint_dir: Path) -> tuple[dict, Path]:
+    from floatify.checkpoint import CheckpointError, load_state
+
+    path = checkpoint_dir / STATE_FILE
+    if path.exists() or path.is_symlink():
+        state = load_state(path, "training state")
+    elif (checkpoint_dir / LEGACY_STATE_FILE).exists():
+        path = checkpoint_dir / LEGACY_STATE_FILE
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # weights_only refuses any pickled object that is not tensors/containers
+            raise CheckpointError(
+                f"refusing to load training state {path}: it is not a plain tensor checkpoint (it may hold code; "
+                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); delete it to start afresh"
+            ) from None
+    else:
+        raise FileNotFoundError(f"resume=True but there is no {checkpoint_dir / STATE_FILE}")
+    need = ("model", "optimizer", "scheduler", "epoch", "history", "rng", "config")
+    if not isinstance(state, dict) or any(k not in state for k in need):
+        raise CheckpointError(f"training state {path} is incomplete (needs {', '.join(need)}); delete it to start "
+                              f"afresh")
+    return state, path
+
+
+def read_state_tag(checkpoint_dir: str | Path):
+    """The ``tag`` stored by :func:`fit` in ``checkpoint_dir``'s training state (None if absent)."""
+    return _read_state(Path(checkpoint_dir))[0].get("tag")
 
 
 def fit(
@@ -218,15 +303,19 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    tag: dict | None = None,
     **overrides,
 ) -> list[dict]:
     """Train a converted model once-for-all with FLOAT.
 
     SGD (or AdamW) on :func:`floatify.param_groups` (no weight decay on α or norms), cosine schedule
     (optional linear warm-up), optional gradient clipping, optional AMP on CUDA, a checkpoint every epoch
-    (``checkpoint_dir/train_state.pt``) and ``resume=True`` to continue from it. Reproducible on CPU for a
-    fixed ``seed`` (also the λ sampling). Works on a DDP-wrapped model (convert first, then wrap; shard
-    the data with a ``DistributedSampler``).
+    (``checkpoint_dir/train_state.safetensors``: tensors in safetensors, everything else JSON, no pickle) and
+    ``resume=True`` to continue from it. Reproducible on CPU for a fixed ``seed`` (also the λ sampling), and a
+    resumed run ends with the same weights as an uninterrupted one (the RNGs and the DataLoader's generator
+    are saved; resuming with other settings, other data or another model is an error). ``tag``: any
+    JSON-serialisable dict stored with the state; resuming refuses a state with a different tag. Works on a
+    DDP-wrapped model (convert first, then wrap; shard the data with a ``DistributedSampler``).
 
     Returns one dict per epoch: mean loss, λ histogram, seconds.
 
@@ -243,11 +332,14 @@ def fit(
     inner = _unwrap(model)
     if not any(is_conditioned(m) for _, m in iter_modules(inner)):
         raise ValueError("fit() expects a model converted with floatify.convert(model)")
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError("the training data gives no batches (fewer points than batch_size with drop_last=True?): "
+                         "nothing would be trained")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     sampler = LamSampler(cfg.strategy, seed=cfg.seed, zero_share=cfg.zero_share)
     optimizer = _make_optimizer(model, cfg)
-    steps_per_epoch = len(train_loader)
     total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
@@ -262,21 +354,18 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history: list[dict] = []
     start_epoch = 0
-    state_path = Path(checkpoint_dir) / "train_state.pt" if checkpoint_dir is not None else None
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    signature = _data_signature(train_loader, steps_per_epoch)
+    if ckpt_dir is not None and _is_main_process():
+        from floatify.io import remove_stale_temporaries
+
+        remove_stale_temporaries(ckpt_dir)  # reason: temporaries of a killed earlier run
     if resume:
-        if state_path is None or not state_path.exists():
-            raise FileNotFoundError(f"resume=True but there is no {state_path or 'checkpoint_dir/train_state.pt'}")
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        saved = {**asdict(TrainConfig()), **state.get("config", {})}  # reason: settings added since keep defaults
-        if saved != asdict(cfg):
-            changed = {k for k in asdict(cfg) if saved.get(k) != asdict(cfg)[k]}
-            raise ValueError(f"cannot resume: training settings changed since the checkpoint ({sorted(changed)})")
-        inner.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, start_epoch = state["history"], state["epoch"] + 1
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
+        if ckpt_dir is None:
+            raise FileNotFoundError("resume=True needs checkpoint_dir (where train_state.safetensors is)")
+        state, path = _read_state(ckpt_dir)
+        _resume(inner, optimizer, scheduler, scaler, train_loader, cfg, signature, tag, state, path)
+        history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
     from tqdm.auto import tqdm
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -305,20 +394,65 @@ def fit(
             total_loss += loss.item() * len(y)
             n += len(y)
             bar.set_postfix(loss=f"{total_loss / n:.3f}", lam=",".join(f"{v:.2f}" for v in lams))
-        record = {"epoch": epoch + 1, "loss": total_loss / max(n, 1), "lam_counts": lam_counts,
+        if n == 0:
+            raise ValueError(f"epoch {epoch + 1} got no batches from the training data: nothing was trained")
+        record = {"epoch": epoch + 1, "loss": total_loss / n, "lam_counts": lam_counts,
                   "seconds": time.perf_counter() - t0, "lr": scheduler.get_last_lr()[0]}
         history.append(record)
-        if state_path is not None and _is_main_process():
-            state_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = state_path.with_suffix(".tmp")
-            torch.save({"model": inner.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
-                        "rng": _rng_state(), "config": asdict(cfg)}, tmp)
-            os.replace(tmp, state_path)  # reason: an interrupted save never leaves a half-written checkpoint
-            (state_path.parent / "history.json").write_text(json.dumps(history, indent=2))
+        if ckpt_dir is not None and _is_main_process():
+            from floatify.checkpoint import save_state
+            from floatify.io import atomic_write
+
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            save_state(ckpt_dir / STATE_FILE, {
+                "model": inner.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
+                "rng": _rng_state(train_loader), "config": asdict(cfg), "data": signature, "tag": tag})
+            (ckpt_dir / LEGACY_STATE_FILE).unlink(missing_ok=True)  # reason: superseded; never read again
+            atomic_write(ckpt_dir / "history.json", json.dumps(history, indent=2))
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
     return history
+
+
+def _resume(inner, optimizer, scheduler, scaler, loader, cfg: TrainConfig, signature: dict, tag, state: dict,
+            path: Path) -> None:
+    from floatify.checkpoint import CheckpointError
+
+    saved = {**asdict(TrainConfig()), **state.get("config", {})}  # reason: settings added since keep defaults
+    if saved != asdict(cfg):
+        changed = {k for k in asdict(cfg) if saved.get(k) != asdict(cfg)[k]}
+        raise ValueError(f"cannot resume: training settings changed since the checkpoint ({sorted(changed)}); "
+                         f"use the original settings or start a fresh run")
+    old = state.get("data")
+    if old is not None:
+        diff = sorted(k for k in signature if old.get(k) != signature[k])
+        if diff:
+            raise ValueError(f"cannot resume: the training data changed since the checkpoint ("
+                             + ", ".join(f"{k} {old.get(k)} -> {signature[k]}" for k in diff)
+                             + "); use the original batch size and data (e.g. --train-limit)")
+    if "tag" in state and state["tag"] != tag:  # reason: states written before tags existed have none
+        old_tag, new_tag = state.get("tag") or {}, tag or {}
+        diff = sorted(k for k in set(old_tag) | set(new_tag) if old_tag.get(k) != new_tag.get(k))
+        raise ValueError(f"cannot resume: the run's settings changed since the checkpoint ({', '.join(diff)}); "
+                         f"use the original settings or start a fresh run")
+    own, stored = inner.state_dict(), state["model"]
+    if not isinstance(stored, dict) or set(stored) != set(own) or any(
+            not isinstance(stored[k], torch.Tensor) or stored[k].shape != own[k].shape for k in own):
+        extra = sorted(set(stored) - set(own))[:3] if isinstance(stored, dict) else []
+        missing = sorted(set(own) - set(stored))[:3] if isinstance(stored, dict) else []
+        raise CheckpointError(f"training state {path} does not fit this model (another model, dual BatchNorm or "
+                              f"density setting?): missing {missing}, unexpected {extra}")
+    try:
+        inner.load_state_dict(stored)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"], loader)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        raise CheckpointError(f"training state {path} is corrupted or from another run ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); delete it to start afresh") from None
 
 
 def _is_main_process() -> bool:

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import floatify
-from floatify.train import LamSampler
+from floatify.checkpoint import CheckpointError, load_state, save_state
+from floatify.train import LEGACY_STATE_FILE, STATE_FILE, LamSampler
 
 
 def tiny_model():
@@ -184,9 +185,14 @@ def test_fit_is_reproducible_and_resumes(tmp_path):
         floatify.fit(tiny_model(), _loader(), checkpoint_dir=state_dir, resume=True, epochs=3, steps=2,
                      strategy="oat", progress=False)
     # a checkpoint written before a setting existed (here: noise_draw) resumes with that setting's default
-    state = torch.load(state_dir / "train_state.pt", weights_only=False)
+    state = load_state(state_dir / STATE_FILE)
     del state["config"]["noise_draw"]
-    torch.save(state, state_dir / "train_state.pt")
+    save_state(state_dir / STATE_FILE, state)
+    assert len(floatify.fit(tiny_model(), _loader(), checkpoint_dir=state_dir, resume=True, **kw)) == 2
+    # an older run's pickle-free train_state.pt (plain tensors and containers) still resumes
+    del state["data"], state["tag"], state["scaler"]
+    torch.save(state, state_dir / LEGACY_STATE_FILE)
+    (state_dir / STATE_FILE).unlink()
     assert len(floatify.fit(tiny_model(), _loader(), checkpoint_dir=state_dir, resume=True, **kw)) == 2
 
 
@@ -210,3 +216,132 @@ def test_fit_trains_alpha_without_weight_decay_and_rejects_plain_models():
         floatify.fit(nn.Linear(2, 2), _loader(), epochs=1, progress=False)
     with pytest.raises(ValueError, match="strategy"):
         floatify.fit(tiny_model(), _loader(), epochs=1, strategy="bogus", progress=False)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(k):
+    def hook(epoch, record):
+        if epoch == k:
+            raise _Stop
+
+    return hook
+
+
+@pytest.mark.parametrize("stop_after", [1, 2])
+def test_resume_after_a_kill_gives_the_weights_of_an_uninterrupted_run(tmp_path, stop_after):
+    kw = dict(epochs=3, steps=1, strategy="uniform", progress=False)
+    straight = tiny_model()
+    floatify.fit(straight, _loader(), **kw)
+    with pytest.raises(_Stop):
+        floatify.fit(tiny_model(), _loader(), checkpoint_dir=tmp_path, on_epoch_end=_stop_after(stop_after), **kw)
+    torch.manual_seed(123)  # reason: a fresh process has other global RNG state; resume must not depend on it
+    resumed = tiny_model()
+    floatify.fit(resumed, _loader(), checkpoint_dir=tmp_path, resume=True, **kw)
+    assert straight.state_dict().keys() == resumed.state_dict().keys()
+    differ = [k for k, v in straight.state_dict().items() if not torch.equal(v, resumed.state_dict()[k])]
+    assert differ == []
+    assert (tmp_path / STATE_FILE).is_file() and not (tmp_path / LEGACY_STATE_FILE).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # unpickling this creates the marker file
+
+
+def test_resume_never_unpickles_code(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"model": _Evil(str(marker)), "config": {}}, tmp_path / LEGACY_STATE_FILE)
+    with pytest.raises(CheckpointError, match="refusing to load training state .*train_state.pt"):
+        floatify.fit(tiny_model(), _loader(), checkpoint_dir=tmp_path, resume=True, epochs=1, progress=False)
+    assert not marker.exists()
+
+
+def _write(path, data):
+    path.write_bytes(data)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _checkpoint_instead(path):
+    floatify.checkpoint.save_checkpoint(path, tiny_model(), {})
+
+
+def _incomplete(path):
+    save_state(path, {"epoch": 0})
+
+
+def _bad_tensor_ref(path):
+    state = load_state(path)
+    state["model"] = {"0.weight": "not a tensor"}
+    save_state(path, state)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: _write(p, b""), "truncated or corrupted"),
+    (lambda p: _write(p, b"\x00garbage" * 50), "truncated or corrupted"),
+    (_truncate, "truncated or corrupted"),
+    (_checkpoint_instead, "not a floatify state file"),
+    (_incomplete, "incomplete"),
+    (_bad_tensor_ref, "does not fit this model"),
+])
+def test_a_damaged_train_state_is_a_clear_error(tmp_path, damage, message):
+    kw = dict(epochs=2, steps=1, progress=False)
+    floatify.fit(tiny_model(), _loader(), checkpoint_dir=tmp_path, **kw)
+    damage(tmp_path / STATE_FILE)
+    with pytest.raises(CheckpointError, match=message) as err:
+        floatify.fit(tiny_model(), _loader(), checkpoint_dir=tmp_path, resume=True, **kw)
+    assert STATE_FILE in str(err.value)
+
+
+def _other_model():
+    torch.manual_seed(0)
+    return floatify.convert(nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                          nn.Linear(5, 3)))
+
+
+@pytest.mark.parametrize("model, loader, tag, message", [
+    (_other_model, lambda: _loader(), None, "does not fit this model"),
+    (lambda: floatify.sparsify(tiny_model(), 0.5), lambda: _loader(), None, "does not fit this model"),
+    (tiny_model, lambda: _loader(bs=4), None, "training data changed .*batch_size 8 -> 4"),
+    (tiny_model, lambda: _loader(n=24), None, "training data changed .*dataset_size 32 -> 24"),
+    (tiny_model, lambda: _loader(), {"density": 0.5}, "settings changed .*density"),
+])
+def test_resume_with_other_model_data_or_settings_is_refused(tmp_path, model, loader, tag, message):
+    kw = dict(epochs=2, steps=1, progress=False)
+    with pytest.raises(_Stop):
+        floatify.fit(tiny_model(), _loader(), checkpoint_dir=tmp_path, on_epoch_end=_stop_after(1), **kw)
+    with pytest.raises(ValueError, match=message):
+        floatify.fit(model(), loader(), checkpoint_dir=tmp_path, resume=True, tag=tag, **kw)
+
+
+@pytest.mark.parametrize("setting, message", [
+    (dict(grad_clip=0.0), "grad_clip must be a finite number > 0"),
+    (dict(grad_clip=-1.0), "grad_clip must be a finite number > 0"),
+    (dict(grad_clip=float("nan")), "grad_clip"),
+    (dict(steps=-5), "steps .* must be an int >= 1"),
+    (dict(steps=0), "steps"),
+    (dict(steps=2.5), "steps"),
+    (dict(step_size=0.0), "step_size"),
+    (dict(weight_decay=-1.0), "weight_decay"),
+    (dict(momentum=1.0), "momentum"),
+    (dict(warmup_epochs=-1.0), "warmup_epochs"),
+])
+def test_train_config_rejects_settings_that_cannot_train(setting, message):
+    with pytest.raises(ValueError, match=message):
+        floatify.TrainConfig(**setting)
+    assert floatify.TrainConfig(grad_clip=1.0, steps=1).grad_clip == 1.0
+
+
+def test_training_on_no_batches_is_an_error():
+    data = TensorDataset(torch.rand(5, 3, 6, 6), torch.randint(0, 3, (5,)))
+    with pytest.raises(ValueError, match="no batches"):
+        floatify.fit(tiny_model(), DataLoader(data, batch_size=8, drop_last=True), epochs=1, progress=False)

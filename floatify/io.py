@@ -1,0 +1,135 @@
+"""Every file floatify writes goes through here: atomic, never through a symlink, no leftovers.
+
+:func:`atomic_write` (bytes or text) and :func:`atomic_path` (a context manager that yields a temporary
+path for writers that want a file name, e.g. ``matplotlib``'s ``savefig``) both:
+
+* create a fresh temporary file in the target's folder under a random name, opened with
+  ``O_CREAT | O_EXCL | O_NOFOLLOW`` (a planted file or symlink is never followed or reused),
+* flush and ``fsync`` it, then ``os.replace`` it onto the target (a symlink at the target is replaced
+  itself, never followed; readers see the old file or the complete new one, never a half-written one),
+* remove the temporary on any failure.
+
+A process killed mid-write leaves its temporary behind; :func:`remove_stale_temporaries` (called at the
+start of every training run) removes those whose writer is gone. Their names are
+``.<target>.<pid>.<random>.floatify-tmp``.
+
+Example:
+    >>> from floatify.io import atomic_write, atomic_path
+    >>> _ = atomic_write("/tmp/floatify-doc.txt", "hello")
+    >>> with atomic_path("/tmp/floatify-doc.bin") as tmp:
+    ...     _ = tmp.write_bytes(b"written by name")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_write", "atomic_path", "remove_stale_temporaries", "TMP_SUFFIX"]
+
+TMP_SUFFIX = ".floatify-tmp"
+_TMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{16}" + re.escape(TMP_SUFFIX) + "$")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, exclusively created temporary beside ``path``: (open fd for writing, its path)."""
+    for _ in range(16):
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}{TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        return fd, tmp
+    raise FileExistsError(f"could not create a fresh temporary file beside {path}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # reason: not every platform/file system can fsync a directory
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (str is UTF-8 encoded) to ``path`` atomically; returns ``path``."""
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    fd, tmp = _create_temporary(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary path beside ``path``; on a clean exit it is fsynced and renamed onto ``path``.
+
+    The temporary exists (empty, created exclusively) when yielded: write into it by name, e.g.
+    ``fig.savefig(tmp)`` or ``safetensors.torch.save_file(state, tmp)``. On an exception it is removed
+    and ``path`` is untouched.
+    """
+    path = Path(path)
+    fd, tmp = _create_temporary(path)
+    os.close(fd)
+    try:
+        yield tmp
+        if tmp.is_symlink() or not tmp.is_file():
+            raise OSError(f"temporary file {tmp} was replaced while being written; {path} left unchanged")
+        fd = os.open(tmp, os.O_RDONLY | _NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # reason: e.g. PermissionError: the process exists (another user's)
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove floatify temporaries in ``folder`` left by writers that no longer run; returns them."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TMP_RE.match(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
