@@ -33,13 +33,21 @@ class Report:
     attacks: dict[str, str]  # label -> full description (attack, steps, noise draws, ...)
     scores: dict[str, dict[str, Score | None]]  # str(λ) -> label -> score (None: not applicable)
     meta: dict = field(default_factory=dict)
+    headline: str | None = None  # the label of the headline robust column (per-point worst case over attacks)
 
     def score(self, lam: float, label: str) -> Score | None:
         return self.scores[str(float(lam))][label]
 
-    def to_markdown(self) -> str:
+    def columns(self) -> list[str]:
+        """Labels in display order: clean first, then the headline, then the single attacks."""
         labels = list(self.attacks)
-        lines = ["| λ | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        first = [k for k in ("clean", self.headline) if k in labels]
+        return first + [k for k in labels if k not in first]
+
+    def to_markdown(self) -> str:
+        labels = self.columns()
+        heads = [f"**{k}**" if k == self.headline else k for k in labels]
+        lines = ["| λ | " + " | ".join(heads) + " |", "|---|" + "---|" * len(labels)]
         for v in self.lams:
             cells = []
             for label in labels:
@@ -49,20 +57,28 @@ class Report:
         lines.append("")
         lines.append("Accuracy in % (mean over test points of the expected accuracy over fresh noise draws, ± 95% CI).")
         lines.append("")
+        if self.headline:
+            lines.append(f"Headline robust accuracy: **{self.headline}** (bold column). Columns marked '(noise off)' "
+                         "attack and score a different, deterministic model and are not part of it.")
+            lines.append("")
         lines.append("Attacks:")
-        lines.extend(f"- **{label}**: {desc}" for label, desc in self.attacks.items())
+        lines.extend(f"- **{label}**: {self.attacks[label]}" for label in labels)
         if self.meta:
             lines.append("")
             lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in self.meta.items()))
         notes = {s.note for row in self.scores.values() for s in row.values() if s is not None and s.note}
         if any(s is None for row in self.scores.values() for s in row.values()):
-            notes.add("n/a: AutoAttack is run only where the model is deterministic (λ = 0 or noise off)")
+            notes.add("n/a: AutoAttack runs only where the model is deterministic (λ = 0 or noise off); a transfer "
+                      "attack from the noise-off model needs a randomised model (λ > 0)")
         lines.extend(f"\nNote: {n}" for n in sorted(notes))
         return "\n".join(lines) + "\n"
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(
-            {"lams": self.lams, "attacks": self.attacks, "meta": self.meta,
+            {"lams": self.lams, "headline": self.headline,
+             "headline_scores": {k: (None if row.get(self.headline) is None else asdict(row[self.headline]))
+                                 for k, row in self.scores.items()} if self.headline else None,
+             "attacks": {k: self.attacks[k] for k in self.columns()}, "meta": self.meta,
              "scores": {k: {a: (None if s is None else asdict(s)) for a, s in row.items()}
                         for k, row in self.scores.items()}},
             indent=2,
@@ -79,17 +95,19 @@ class Report:
         data = json.loads(text)
         scores = {k: {a: (None if s is None else Score(**s)) for a, s in row.items()}
                   for k, row in data["scores"].items()}
-        return cls([float(v) for v in data["lams"]], dict(data["attacks"]), scores, dict(data.get("meta", {})))
+        return cls([float(v) for v in data["lams"]], dict(data["attacks"]), scores, dict(data.get("meta", {})),
+                   headline=data.get("headline"))
 
     def plot(self, path: str | Path) -> Path:
-        """The trade-off curve: accuracy over λ for every attack (error bars: 95% CI)."""
+        """The dial at a glance: clean and headline robust accuracy over λ, and the trade-off curve."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, (ax_lam, ax_trade) = plt.subplots(1, 2, figsize=(11, 4.2))
-        for label in self.attacks:
+        fig, (ax_lam, ax_trade) = plt.subplots(1, 2, figsize=(11.5, 4.6))
+        robust = self.robust_label()
+        for label in self.columns():
             xs, ys, es = [], [], []
             for v in self.lams:
                 s = self.scores[str(float(v))].get(label)
@@ -97,33 +115,41 @@ class Report:
                     xs.append(v)
                     ys.append(100 * s.mean)
                     es.append(100 * s.ci95)
-            if xs:
-                ax_lam.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
-        ax_lam.set_xlabel("λ (operating point)")
+            if not xs:
+                continue
+            main = label in ("clean", robust)
+            name = {"clean": "clean accuracy", robust: f"robust accuracy: {label}"}.get(label, label)
+            ax_lam.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name, linewidth=2.4 if main else 0.9,
+                            linestyle="-" if main else "--", alpha=1.0 if main else 0.55,
+                            markersize=6 if main else 3)
+        ax_lam.set_xlabel("λ   (0 = most accurate  →  1 = most robust)")
         ax_lam.set_ylabel("accuracy (%)")
-        ax_lam.set_title("accuracy over λ")
+        ax_lam.set_title("one model, every operating point")
         ax_lam.grid(alpha=0.3)
-        ax_lam.legend(fontsize=8)
-        robust = self._strongest_label()
+        ax_lam.legend(fontsize=7.5)
         if robust and "clean" in self.attacks:
             cx = [100 * self.scores[str(float(v))]["clean"].mean for v in self.lams]
             ry = [100 * self.scores[str(float(v))][robust].mean for v in self.lams]
-            ax_trade.plot(cx, ry, marker="o")
+            ax_trade.plot(cx, ry, marker="o", linewidth=2.4)
             for v, a, b in zip(self.lams, cx, ry):
                 ax_trade.annotate(f"λ={v:g}", (a, b), textcoords="offset points", xytext=(4, 4), fontsize=8)
             ax_trade.set_xlabel("clean accuracy (%)")
-            ax_trade.set_ylabel(f"{robust} accuracy (%)")
-            ax_trade.set_title("accuracy–robustness trade-off")
+            ax_trade.set_ylabel("robust accuracy (%)")
+            ax_trade.set_title(f"the trade-off the dial offers\n(robust = {robust})", fontsize=10)
             ax_trade.grid(alpha=0.3)
-        fig.suptitle(str(self.meta.get("title", "floatify trade-off")), fontsize=10)
+        sub = f"eps={self.meta['eps']}, preset={self.meta.get('preset', 'custom')}" if "eps" in self.meta else ""
+        fig.suptitle(f"{self.meta.get('title', 'floatify trade-off')}   {sub}", fontsize=10)
         fig.tight_layout()
         path = Path(path)
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return path
 
-    def _strongest_label(self) -> str | None:
-        """The attack with the lowest mean accuracy across λ among those scored at every λ with noise on."""
+    def robust_label(self) -> str | None:
+        """The headline column; for reports without one, the attack with the lowest mean accuracy across λ
+        among those scored at every λ on the noisy model."""
+        if self.headline:
+            return self.headline
         best, best_mean = None, None
         for label in self.attacks:
             if label == "clean" or "noise off" in label:
