@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import secrets
+import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
-RUN_FILES = ("model.safetensors", "metrics.json", "report.md", "tradeoff.png", "train_state.pt", "history.json")
+RUN_FILES = ("model.safetensors", "metrics.json", "report.md", "tradeoff.png", "train_state.safetensors",
+             "train_state.pt", "history.json", "adversarial.safetensors")
+STATE_FILES = ("train_state.safetensors", "train_state.pt")
+_STAGING_RE = re.compile(r"^\.floatify-staging-(\d+)-[0-9a-f]{16}$")
 
 
 class CliError(Exception):
@@ -135,20 +141,99 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_out_dir(out: Path, overwrite: bool, resume: bool) -> None:
     if overwrite and resume:
         raise CliError("--overwrite and --resume exclude each other")
-    existing = [f for f in RUN_FILES if (out / f).exists()] if out.is_dir() else []
     if out.exists() and not out.is_dir():
-        raise CliError(f"--out {out} exists and is not a directory")
-    if resume and not (out / "train_state.pt").exists():
-        raise CliError(f"--resume: no train_state.pt in {out} to resume from")
+        raise CliError(f"--out {out} exists and is not a directory; choose another --out")
+    existing = [f for f in RUN_FILES if (out / f).exists()] if out.is_dir() else []
+    if resume and not any((out / f).exists() for f in STATE_FILES):
+        raise CliError(f"--resume: no train_state.safetensors in {out} to resume from; drop --resume to start a run")
     if existing and not (overwrite or resume):
         raise CliError(f"{out} already holds a run ({', '.join(existing)}); pass --overwrite to replace it or "
                        f"--resume to continue it")
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from floatify.io import atomic_write
+
+    atomic_write(path, text)
+
+
+def _positive(args, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name.lstrip("-").replace("-", "_"))
+        if value is not None and value < 1:
+            raise CliError(f"{name} must be at least 1, got {value}")
+
+
+def _validate_eval_options(args) -> None:
+    """Every evaluation option, checked before anything is trained or written."""
+    if not args.lams:
+        raise CliError("--lams is empty; give comma-separated values in [0, 1], e.g. --lams 0,0.5,1")
+    _positive(args, "--score-draws", "--eval-limit", "--eval-batch-size", "--eval-steps", "--eot-draws")
+
+
+def _validate_train_options(args) -> None:
+    _positive(args, "--epochs", "--batch-size", "--train-limit", "--image-size", "--steps")
+    if args.density is not None and not 0 < args.density <= 1:
+        raise CliError(f"--density must be in (0, 1] (fraction of weights kept, e.g. 0.1), got {args.density}")
+    if args.train_limit is not None and args.train_limit < args.batch_size:
+        raise CliError(f"--train-limit {args.train_limit} is smaller than --batch-size {args.batch_size}: no full "
+                       f"batch to train on; raise --train-limit or lower --batch-size")
+
+
+def _remove_stale_staging(out: Path) -> None:
+    from floatify.io import _alive
+
+    if not out.is_dir():
+        return
+    for entry in out.iterdir():
+        match = _STAGING_RE.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and not _alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _remove_own_staging(out: Path) -> None:
+    if out.is_dir() and not out.is_symlink():
+        for entry in out.iterdir():
+            match = _STAGING_RE.match(entry.name)
+            if match and int(match.group(1)) == os.getpid() and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _prepare_out(out: Path, stage: bool) -> Path:
+    """Create --out (checked writable now, not after training); with ``stage`` a hidden staging folder in it.
+
+    reason: --overwrite must leave the previous run intact until the new one is complete; the new run is
+    written into the staging folder and moved into place by :func:`_promote`.
+    """
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+        _remove_stale_staging(out)
+        if not stage:
+            return out
+        staging = out / f".floatify-staging-{os.getpid()}-{secrets.token_hex(8)}"
+        staging.mkdir()
+        return staging
+    except OSError as err:
+        raise CliError(f"--out {out} is not writable ({err.strerror or err}); choose another --out or fix its "
+                       f"permissions") from None
+
+
+def _promote(staging: Path, out: Path) -> None:
+    """Move a complete run from ``staging`` into ``out``; files of the replaced run not rewritten are removed."""
+    from floatify.io import _fsync_dir
+
+    new = [p.name for p in staging.iterdir() if p.is_file() and not p.is_symlink()]
+    order = sorted(new, key=lambda n: n != "model.safetensors")  # reason: the checkpoint first
+    for name in order:
+        os.replace(staging / name, out / name)
+    for name in RUN_FILES:
+        if name not in new and ((out / name).is_file() or (out / name).is_symlink()):
+            (out / name).unlink()
+    _fsync_dir(out)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _device(name: str | None):
@@ -207,6 +292,8 @@ def _train(args) -> None:
     from floatify.train import TrainConfig
 
     _attacks(args)  # reason: validate everything before touching --out
+    _validate_eval_options(args)
+    _validate_train_options(args)
     device = _device(args.device)
     _check_out_dir(args.out, args.overwrite, args.resume)
     try:
@@ -223,20 +310,24 @@ def _train(args) -> None:
                         seed=args.seed)
     torch.manual_seed(args.seed)
     model = floatify.convert(create_model(args.model, data.num_classes), convert_cfg).to(device)
-    if args.overwrite and args.out.is_dir():
-        for f in RUN_FILES + ("adversarial.safetensors",):
-            (args.out / f).unlink(missing_ok=True)
     if args.density is not None:
         snip_data = DataLoader(data.train, batch_size=args.batch_size, shuffle=False)
         floatify.sparsify(model, args.density, criterion=args.sparsity_criterion, data=snip_data, seed=args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.train_limit is not None:
         data.train = Subset(data.train, range(min(args.train_limit, len(data.train))))
+    if len(data.train) < args.batch_size:
+        raise CliError(f"{len(data.train)} training points is fewer than --batch-size {args.batch_size}: no full "
+                       f"batch to train on; lower --batch-size")
+    replacing = args.overwrite and args.out.is_dir() and any((args.out / f).exists() for f in RUN_FILES)
+    run_dir = _prepare_out(args.out, stage=replacing)
     gen = torch.Generator().manual_seed(args.seed)
     loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, generator=gen, drop_last=True)
     print(f"floatify: training {args.model} on {data.name} ({len(data.train)} train / {len(data.test)} test, "
           f"{data.image_size}px) for {cfg.epochs} epochs, strategy={cfg.strategy}, {cfg.attack} eps={cfg.eps:.4f}")
-    history = floatify.fit(model, loader, cfg, checkpoint_dir=args.out, resume=args.resume,
+    tag = {"model": args.model, "dataset": data.name, "image_size": data.image_size, "train_limit": args.train_limit,
+           "batch_size": args.batch_size, "alpha_init": args.alpha_init, "dual_bn": not args.no_dual_bn,
+           "density": args.density, "sparsity_criterion": args.sparsity_criterion if args.density else None}
+    history = floatify.fit(model, loader, cfg, checkpoint_dir=run_dir, resume=args.resume, tag=tag,
                            progress=not args.no_progress,
                            on_epoch_end=lambda e, r: print(f"  epoch {e}: loss {r['loss']:.3f} ({r['seconds']:.0f}s)"))
     meta = {"title": f"{args.model} on {data.name}", "model": args.model, "num_classes": data.num_classes,
@@ -250,9 +341,11 @@ def _train(args) -> None:
         meta["density"] = args.density
         extra = {"density": f"{rep.density:.4f}", "criterion": args.sparsity_criterion,
                  "compressed_MB": f"{rep.compressed_bytes / 1e6:.2f}", "dense_MB": f"{rep.dense_bytes / 1e6:.2f}"}
-    save_checkpoint(args.out / "model.safetensors", model, meta)
-    _evaluate_and_write(model, data, args, args.out, {"title": meta["title"], "model": args.model,
+    save_checkpoint(run_dir / "model.safetensors", model, meta)
+    _evaluate_and_write(model, data, args, run_dir, {"title": meta["title"], "model": args.model,
                                                       "dataset": data.name, "train_eps": f"{cfg.eps:.5f}", **extra})
+    if run_dir != args.out:
+        _promote(run_dir, args.out)
 
 
 def _eval(args) -> None:
@@ -263,26 +356,62 @@ def _eval(args) -> None:
     from floatify.data import load_dataset
     from floatify.models import create_model
 
+    _validate_eval_options(args)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise CliError(f"--out {args.out} exists and is not a directory; choose another --out")
     state, meta = load_checkpoint(args.checkpoint)
     for key in ("model", "num_classes", "image_size", "dataset", "convert"):
         if key not in meta:
             raise CheckpointError(f"{args.checkpoint} lacks '{key}' in its metadata: not written by 'floatify train'")
+    _check_meta(args.checkpoint, meta)
     args.eps = meta.get("train", {}).get("eps", 8 / 255)
     _attacks(args)
     out = args.out if args.out is not None else args.checkpoint.parent / "eval"
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{out} exists and is not a directory; pass --out with a folder for the evaluation")
     if out.is_dir() and any((out / f).exists() for f in ("report.md", "metrics.json")) and not args.overwrite:
         raise CliError(f"{out} already holds an evaluation; pass --overwrite or choose another --out")
     device = _device(args.device)
     data = load_dataset(meta["dataset"], image_size=meta["image_size"], root=args.data_root, download=args.download,
                         seed=meta.get("train", {}).get("seed", 0))
-    model = floatify.convert(create_model(meta["model"], meta["num_classes"]), floatify.FloatConfig(**meta["convert"]))
+    try:
+        convert_cfg = floatify.FloatConfig(**meta["convert"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{args.checkpoint} has an invalid 'convert' entry in its metadata ({err})") from None
+    model = floatify.convert(create_model(meta["model"], meta["num_classes"]), convert_cfg)
     # reason: a FLOATS checkpoint carries its masks; loading restores them into the dense model
     load_into(model, state, str(args.checkpoint))
     model.to(device)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _prepare_out(out, stage=False)
     torch.manual_seed(args.seed)
     _evaluate_and_write(model, data, args, out, {"title": f"{meta['model']} on {meta['dataset']}",
                                                  "checkpoint": str(args.checkpoint)})
+
+
+def _check_meta(path: Path, meta: dict) -> None:
+    """Reject crafted or damaged metadata with one line instead of a traceback deep inside."""
+    from floatify.checkpoint import CheckpointError
+
+    def bad(key: str, want: str):
+        return CheckpointError(f"{path} has an invalid '{key}' in its metadata (want {want}, got "
+                               f"{meta.get(key)!r}); was it written by 'floatify train'?")
+
+    if not isinstance(meta["model"], str) or not isinstance(meta["dataset"], str):
+        raise bad("model" if not isinstance(meta["model"], str) else "dataset", "a name")
+    for key in ("num_classes", "image_size"):
+        if isinstance(meta[key], bool) or not isinstance(meta[key], int) or meta[key] < 1:
+            raise bad(key, "an int >= 1")
+    if not isinstance(meta["convert"], dict):
+        raise bad("convert", "an object")
+    train = meta.get("train", {})
+    if not isinstance(train, dict):
+        raise bad("train", "an object")
+    eps = train.get("eps", 8 / 255)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
+        raise CheckpointError(f"{path} has an invalid train.eps in its metadata (want a number in [0, 1], got "
+                              f"{eps!r})")
+    if not isinstance(train.get("seed", 0), int):
+        raise CheckpointError(f"{path} has an invalid train.seed in its metadata (want an int)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,12 +423,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         {"train": _train, "eval": _eval}[args.command](args)
-    except (CliError, CheckpointError, FileNotFoundError) as err:
+    except (CliError, CheckpointError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
         print(f"floatify {args.command}: error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # unknown model/dataset, invalid settings
         print(f"floatify {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # permissions, a full disk, a path that cannot be created
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"floatify {args.command}: error: {err.strerror or err}{where}; check the path and its permissions",
+              file=sys.stderr)
+        return 2
+    finally:
+        if args.command == "train":
+            _remove_own_staging(args.out)  # reason: a failed or interrupted --overwrite leaves the old run as it was
     return 0
 
 

@@ -25,7 +25,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_end_to_end_train_writes_everything(trained_run):
-    for name in ("model.safetensors", "report.md", "metrics.json", "tradeoff.png", "train_state.pt"):
+    for name in ("model.safetensors", "report.md", "metrics.json", "tradeoff.png", "train_state.safetensors"):
         assert (trained_run / name).is_file(), name
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert set(metrics["scores"]) == {"0.0", "1.0"}
@@ -61,7 +61,7 @@ def test_refuses_an_output_dir_holding_a_run(trained_run, capsys):
         (["--dataset", "imagenet22k"], "unknown dataset"),
         (["--dataset", "cifar10", "--data-root", "/nonexistent"], "--download"),
         (["--eval-attacks", "clean,cw"], "unknown attack"),
-        (["--resume"], "no train_state.pt"),
+        (["--resume"], "no train_state.safetensors"),
         (["--overwrite", "--resume"], "exclude each other"),
     ],
 )
@@ -121,3 +121,118 @@ def test_help_explains_every_option(capsys):
     for option in ("--model", "--dataset", "--epochs", "--strategy", "--eps", "--lams", "--eval-attacks", "--resume",
                    "--overwrite", "--eot-draws", "--score-draws", "--density", "--sparsity-criterion"):
         assert option in text
+
+
+OLD_RUN = {"model.safetensors": b"old weights", "report.md": b"old report", "metrics.json": b"{}",
+           "adversarial.safetensors": b"old adversarial"}
+
+
+def _old_run(out):
+    out.mkdir()
+    for name, data in OLD_RUN.items():
+        (out / name).write_bytes(data)
+
+
+def _unchanged(out):
+    return sorted(p.name for p in out.iterdir()) == sorted(OLD_RUN) and all(
+        (out / n).read_bytes() == d for n, d in OLD_RUN.items())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--score-draws", "0"], "--score-draws must be at least 1"),
+    (["--lams", ","], "--lams is empty"),
+    (["--eval-limit", "0"], "--eval-limit must be at least 1"),
+    (["--eval-batch-size", "0"], "--eval-batch-size must be at least 1"),
+    (["--eval-steps", "0"], "steps must be"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--density", "0"], "--density must be in (0, 1]"),
+    (["--density", "1.5"], "--density must be in (0, 1]"),
+    (["--grad-clip", "0"], "grad_clip must be a finite number > 0"),
+    (["--grad-clip", "-1"], "grad_clip must be a finite number > 0"),
+    (["--steps", "-5"], "--steps must be at least 1"),
+    (["--train-limit", "10", "--batch-size", "64"], "--train-limit 10 is smaller than --batch-size 64"),
+    (["--batch-size", "4096"], "fewer than --batch-size 4096"),
+])
+def test_bad_options_are_refused_before_the_previous_run_is_touched(tmp_path, capsys, argv, message):
+    out = tmp_path / "run1"
+    _old_run(out)
+    code, err = _err(capsys, ["train", "--out", str(out), "--overwrite", "--model", "resnet10t", "--no-progress"]
+                     + argv)
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert _unchanged(out)
+
+
+def test_an_unwritable_out_is_found_before_training(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, err = _err(capsys, ["train", "--out", str(tmp_path / "file" / "run")] + TINY)
+    assert code == 2 and "not writable" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_failed_overwrite_keeps_the_old_run(tmp_path, monkeypatch):
+    out = tmp_path / "run1"
+    _old_run(out)
+
+    def killed(model, loader, cfg, checkpoint_dir, **kw):
+        assert checkpoint_dir != out and checkpoint_dir.parent == out  # the new run is staged
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(floatify, "fit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", "--out", str(out), "--overwrite"] + TINY)
+    assert _unchanged(out)  # the staging folder is gone too
+
+
+def test_overwrite_replaces_the_run_only_when_complete_and_never_follows_symlinks(tmp_path):
+    out = tmp_path / "run1"
+    _old_run(out)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    for planted in ("train_state.tmp", "report.md.tmp", "metrics.json.tmp", "history.json"):
+        (out / planted).symlink_to(victim)
+    assert main(["train", "--out", str(out), "--overwrite"] + TINY) == 0
+    assert victim.read_text() == "precious"
+    assert (out / "model.safetensors").read_bytes() != OLD_RUN["model.safetensors"]
+    assert not (out / "adversarial.safetensors").exists()  # a file of the replaced run is not left behind
+    assert not (out / "history.json").is_symlink()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--density", "0.5"], "density"),
+    (["--no-dual-bn"], "dual_bn"),
+    (["--alpha-init", "0.5"], "alpha_init"),
+    (["--train-limit", "200", "--batch-size", "100"], "changed"),
+])
+def test_resume_with_other_settings_is_refused(trained_run, tmp_path, capsys, argv, message):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(trained_run, out)
+    args = ["train", "--out", str(out), "--resume"] + TINY
+    code, err = _err(capsys, args + argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def _write_meta(path, **changes):
+    meta = {"model": "resnet10t", "num_classes": 10, "image_size": 8, "dataset": "digits",
+            "convert": {"alpha_init": 0.25, "dual_bn": True}, **changes}
+    save_checkpoint(path, torch.nn.Linear(2, 2), meta)
+
+
+@pytest.mark.parametrize("make, extra, message", [
+    (lambda p: p.mkdir(), [], "is a directory"),
+    (lambda p: _write_meta(p, convert={"bogus": 1}), [], "invalid 'convert' entry"),
+    (lambda p: _write_meta(p, image_size="8"), [], "invalid 'image_size'"),
+    (lambda p: _write_meta(p, train={"eps": "x"}), [], "invalid train.eps"),
+    (lambda p: _write_meta(p), ["--out", "FILE"], "is not a directory"),
+    (lambda p: _write_meta(p), ["--score-draws", "0"], "--score-draws must be at least 1"),
+])
+def test_eval_errors_are_one_line(tmp_path, capsys, make, extra, message):
+    path = tmp_path / "model.safetensors"
+    make(path)
+    (tmp_path / "FILE").write_text("x")
+    extra = [str(tmp_path / "FILE") if a == "FILE" else a for a in extra]
+    code, err = _err(capsys, ["eval", "--checkpoint", str(path), "--no-progress"] + extra)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
