@@ -23,7 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,8 +124,9 @@ def sparsify(
     density can only go down (asking for a higher density is an error). Works on converted models and
     on plain ones (their pruned layers get a mask but no noise).
     """
-    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
+    if isinstance(density, bool) or not isinstance(density, numbers.Real) or not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1] (fraction of weights kept), got {density!r}")
+    density = float(density)  # reason: numpy scalars (np.float32(.5)) are fine, but keep the arithmetic in Python
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion '{criterion}'; choose one of {', '.join(CRITERIA)}")
     if scope not in ("global", "layer"):
@@ -264,52 +267,84 @@ def _compress(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+SPARSE_KEY = "floatify-sparse"
+MASKS_KEY = "floatify-sparse-masks"  # reason: files written before masks were stored explicitly lack it
+
+
 def save_sparse(model: nn.Module, path: str | Path) -> Path:
     """Write ``model``'s state_dict with every sparse weight stored as kept values + bitmask (safetensors).
 
-    The file size scales with density. Masks of a converted model are not stored separately: the zero
-    pattern *is* the mask, and :func:`load_sparse` rebuilds it.
+    The file size scales with density. The masks of a sparse model are stored explicitly (bit-packed), so a
+    kept weight that happens to be exactly zero stays kept, and :func:`load_sparse` restores them even into
+    a dense converted model. Written atomically (:func:`floatify.io.atomic_write`).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from floatify.io import atomic_write
 
     path = Path(path)
-    shapes = {k: list(v.shape) for k, v in _plain_state(model).items()}
-    import json
-
-    save_file(_compress(_plain_state(model)), str(path), metadata={"floatify-sparse": json.dumps(shapes)})
-    return path
+    plain = _plain_state(model)
+    masks = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+             if k.endswith(MASK_SUFFIX)}
+    shapes = {k: list(v.shape) for k, v in plain.items()}
+    meta = {SPARSE_KEY: json.dumps(shapes), MASKS_KEY: json.dumps(sorted(masks))}
+    return atomic_write(path, save({**_compress(plain), **masks}, metadata=meta))
 
 
 def load_sparse(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a :func:`save_sparse` file into ``model`` (same architecture); restores masks if converted."""
-    import json
-
+    """Load a :func:`save_sparse` file into ``model`` (same architecture); restores the masks, also into a
+    dense converted model. A damaged or foreign file is a ``ValueError`` that names it."""
     from safetensors import safe_open
 
     from floatify.layers.conditioned import unpack_mask
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if "floatify-sparse" not in meta:
-            raise ValueError(f"{path} is not a floatify sparse export")
-        shapes = json.loads(meta["floatify-sparse"])
-        raw = {k: f.get_tensor(k) for k in f.keys()}
-    state = {}
-    for key, shape in shapes.items():
-        if key in raw:
-            state[key] = raw[key]
-        else:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"sparse file {path} does not exist or is not a file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            raw = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise ValueError(f"{path} is corrupted or not a safetensors file ({err})") from None
+    if SPARSE_KEY not in meta:
+        raise ValueError(f"{path} is not a floatify sparse export (no '{SPARSE_KEY}' header)")
+    try:
+        shapes = json.loads(meta[SPARSE_KEY])
+        mask_keys = json.loads(meta[MASKS_KEY]) if MASKS_KEY in meta else None
+        state = {}
+        for key, shape in shapes.items():
+            if key in raw:
+                state[key] = raw[key]
+                continue
             mask = unpack_mask(raw[key + _BITS], torch.Size(shape))
-            t = torch.zeros(shape, dtype=raw[key + _VALUES].dtype)
-            t[mask] = raw[key + _VALUES]
+            values = raw[key + _VALUES]
+            if values.numel() != int(mask.sum()):
+                raise ValueError(f"'{key}' has {values.numel()} stored values for {int(mask.sum())} kept weights")
+            t = torch.zeros(shape, dtype=values.dtype)
+            t[mask] = values
             state[key] = t
+        for key in mask_keys or ():
+            state[key] = raw[key]
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+        raise ValueError(f"{path} is corrupted ({type(err).__name__}: {err})") from None
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and not k.endswith(MASK_SUFFIX) and own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{path} does not fit this model: '{wrong[0]}' has shape {tuple(state[wrong[0]].shape)} "
+                         f"in the file but {tuple(own[wrong[0]].shape)} in the model")
     result = model.load_state_dict(state, strict=False)
     unexpected = result.unexpected_keys
     missing = [k for k in result.missing_keys if not k.endswith(MASK_SUFFIX)]
     if missing or unexpected:
         raise ValueError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    for _, module, name in _targets(model, None):
-        if is_conditioned(module) and name + MASK_SUFFIX in module._buffers:
+    stored = set(mask_keys or ())
+    for fqn, module, name in _targets(model, None):
+        key = f"{fqn}.{name}{MASK_SUFFIX}" if fqn else name + MASK_SUFFIX
+        if not is_conditioned(module) or name + MASK_SUFFIX not in module._buffers:
+            continue
+        if mask_keys is None:  # reason: an old file without stored masks: the zero pattern is all we have
             module._buffers[name + MASK_SUFFIX] = pack_mask(module._parameters[name].detach() != 0)
+        elif key not in stored:  # reason: the file is dense here; a mask left in the model would be stale
+            del module._buffers[name + MASK_SUFFIX]
     return model
-

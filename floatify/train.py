@@ -428,7 +428,7 @@ def _resume(inner, optimizer, scheduler, scaler, loader, cfg: TrainConfig, signa
     if old is not None:
         diff = sorted(k for k in signature if old.get(k) != signature[k])
         if diff:
-            raise ValueError(f"cannot resume: the training data changed since the checkpoint ("
+            raise ValueError("cannot resume: the training data changed since the checkpoint ("
                              + ", ".join(f"{k} {old.get(k)} -> {signature[k]}" for k in diff)
                              + "); use the original batch size and data (e.g. --train-limit)")
     if "tag" in state and state["tag"] != tag:  # reason: states written before tags existed have none

@@ -133,3 +133,72 @@ def test_plain_models_and_errors():
     assert sparsity_report(converted).density == pytest.approx(0.25, abs=0.01)
     floatify.sparsify(converted, 0.1)
     assert not (converted[0].floatify_mask("weight") & ~before).any(), "new mask must be a subset"
+
+
+def _sparse_with_a_kept_zero():
+    model, x, y = model_and_data()
+    floatify.sparsify(model, 0.3)
+    kept = model[3].floatify_mask("weight")
+    idx = kept.reshape(-1).nonzero()[0].item()
+    with torch.no_grad():
+        model[3]._parameters["weight"].view(-1)[idx] = 0.0  # a kept weight that is exactly zero
+    return model, x
+
+
+def test_load_sparse_restores_masks_into_a_dense_model_including_kept_zeros(tmp_path):
+    model, x = _sparse_with_a_kept_zero()
+    path = floatify.save_sparse(model, tmp_path / "s.safetensors")
+    dense, _, _ = model_and_data()
+    floatify.load_sparse(dense, path)
+    for i in (0, 3, 7):
+        assert torch.equal(dense[i].floatify_mask("weight"), model[i].floatify_mask("weight"))
+    dead = ~model[3].floatify_mask("weight")
+    with floatify.lam(1.0):
+        assert (dense[3].weight[dead] == 0).all()  # pruned weights get no noise
+    again, _, _ = model_and_data()
+    floatify.sparsify(again, 0.3)
+    floatify.load_sparse(again, path)  # a sparse model: the kept zero stays kept
+    assert torch.equal(again[3].floatify_mask("weight"), model[3].floatify_mask("weight"))
+    assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]
+
+
+def _bits_dropped(path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta, raw = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file({k: v for k, v in raw.items() if not k.endswith("::bitmask")}, str(path), metadata=meta)
+
+
+def _header(path, **meta):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:100]), "corrupted or not a safetensors file"),
+    (lambda p: p.write_bytes(b""), "corrupted or not a safetensors file"),
+    (lambda p: _header(p, other="1"), "not a floatify sparse export"),
+    (lambda p: _header(p, **{"floatify-sparse": "{oops"}), "is corrupted"),
+    (_bits_dropped, "is corrupted .*KeyError"),
+    (lambda p: p.unlink() or p.mkdir(), "not a file"),
+])
+def test_damaged_sparse_files_are_clear_errors(tmp_path, damage, message):
+    model, _, _ = model_and_data()
+    path = floatify.save_sparse(floatify.sparsify(model, 0.3), tmp_path / "s.safetensors")
+    damage(path)
+    with pytest.raises(ValueError, match=message) as err:
+        floatify.load_sparse(model_and_data()[0], path)
+    assert str(path) in str(err.value)
+
+
+def test_density_accepts_numpy_scalars_and_rejects_nan():
+    np = pytest.importorskip("numpy")
+    model, _, _ = model_and_data()
+    floatify.sparsify(model, np.float32(0.5))
+    assert abs(sparsity_report(model).density - 0.5) < 0.01
+    for bad in (float("nan"), np.float64("nan"), "0.5", True, 0):
+        with pytest.raises(ValueError, match="density must be in"):
+            floatify.sparsify(model_and_data()[0], bad)
