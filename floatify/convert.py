@@ -47,6 +47,14 @@ __all__ = [
 
 FilterFn = Callable[[nn.Module, str], bool]
 SKIPPED_ATTR = "_floatify_skipped"
+ALPHA_INIT_ATTR = "_floatify_alpha_init"  # reason: load_original_state_dict re-initialises α (meta-device workflow)
+_QUANTIZED_PREFIXES = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized",
+                       "torch.nn.intrinsic.quantized")
+
+
+def _is_quantized(module: nn.Module) -> bool:
+    """A quantized layer (dynamic or static int8 Linear/Conv, ...): packed weights floatify cannot condition."""
+    return type(module).__module__.startswith(_QUANTIZED_PREFIXES) and callable(getattr(module, "weight", None))
 
 
 class FloatifyWarning(UserWarning):
@@ -117,7 +125,13 @@ def _plan(model: nn.Module, filter_fn: FilterFn | None, dual_bn: bool) -> _Plan:
     batchnorms: list[str] = []
     skipped: list[tuple[str, str]] = []
     n_candidates = 0
+    quantized: list[str] = []
     for fqn, module in iter_modules(model):
+        if _is_quantized(module):
+            quantized.append(fqn)
+            skipped.append((fqn, f"quantized layer ({type(module).__module__}.{type(module).__name__}): not "
+                                 f"conditioned; convert the float model first, then quantize"))
+            continue
         names = conditioned_weight_names(module)
         bn = dual_bn and is_batchnorm(module)
         if not names and not bn:
@@ -161,6 +175,11 @@ def _plan(model: nn.Module, filter_fn: FilterFn | None, dual_bn: bool) -> _Plan:
             selected.append(name)
         if selected:
             weights.append((fqn, tuple(selected)))
+    if n_candidates == 0 and quantized:
+        raise ValueError(
+            f"{type(model).__name__} has no float Conv/Linear layer: its {len(quantized)} quantized layers (e.g. "
+            f"'{quantized[0]}') cannot be conditioned; convert the float model first, then quantize"
+        )
     if n_candidates == 0:
         raise ValueError(
             f"{type(model).__name__} has no Conv/Linear layer floatify can condition; register custom layer "
@@ -183,6 +202,7 @@ def _condition_weights(module: nn.Module, names: tuple[str, ...], alpha_init: fl
             alpha = nn.Parameter(torch.full((), alpha_init, dtype=weight.dtype, device=weight.device))
             shared[id(weight)] = alpha
         module.register_parameter(name + ALPHA_SUFFIX, alpha)
+    module.__dict__[ALPHA_INIT_ATTR] = float(alpha_init)
 
 
 def _make_dual_bn(module: nn.Module, adv: Mapping[str, torch.Tensor] | None = None) -> None:
@@ -276,8 +296,11 @@ def load_original_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
     """Load a checkpoint of the *unconverted* model into a converted one.
 
     Every original key must be present; floatify's own entries (α, adversarial BatchNorm) are
-    initialised from it: α keeps its value, each adversarial BatchNorm copies the clean one.
-    (Equivalently: load the checkpoint into the plain model first, then convert.)
+    initialised from it: α is set to the ``alpha_init`` it was converted with (so a model converted on the
+    meta device and materialised with ``to_empty`` gets real α values), each adversarial BatchNorm copies
+    the clean one. (Equivalently: load the checkpoint into the plain model first, then convert.)
+    A checkpoint of a *converted* model (with α or adversarial BatchNorm entries) is refused: load that
+    with ``model.load_state_dict``.
 
     Example:
         >>> import torch, floatify
@@ -285,6 +308,13 @@ def load_original_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
         >>> model = floatify.convert(plain)
         >>> floatify.load_original_state_dict(model, plain.state_dict())
     """
+    converted_keys = sorted(set(state_dict) & _floatify_keys(model))
+    if converted_keys:
+        raise ValueError(
+            f"this is a checkpoint of a converted floatify model (it holds floatify's own entries, e.g. "
+            f"'{converted_keys[0]}'); load it with model.load_state_dict(state_dict) instead of "
+            f"load_original_state_dict, which would overwrite them"
+        )
     result = model.load_state_dict(state_dict, strict=False)
     ours = (ALPHA_SUFFIX, ADV_SUFFIX, MASK_SUFFIX)
     missing = [k for k in result.missing_keys if not any(k.rsplit(".", 1)[-1].endswith(s) for s in ours)]
@@ -295,6 +325,12 @@ def load_original_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
         )
     with torch.no_grad():
         for _, module in iter_modules(model):
+            init = module.__dict__.get(ALPHA_INIT_ATTR)
+            if is_conditioned(module) and not is_batchnorm(module) and init is not None:
+                for name in type(module)._floatify_weights:
+                    alpha = module._parameters.get(name + ALPHA_SUFFIX)
+                    if alpha is not None:
+                        alpha.fill_(init)
             if is_conditioned(module) and is_batchnorm(module):
                 for name in BN_PARAMS:
                     if module._parameters.get(name + ADV_SUFFIX) is not None:
@@ -302,6 +338,19 @@ def load_original_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
                 for name in BN_BUFFERS:
                     if module._buffers.get(name + ADV_SUFFIX) is not None:
                         module._buffers[name + ADV_SUFFIX].copy_(module._buffers[name])
+
+
+def _floatify_keys(model: nn.Module) -> set[str]:
+    """state_dict keys of the entries floatify added (α, adversarial BatchNorm; masks excluded)."""
+    keys = set()
+    for fqn, module in model.named_modules(remove_duplicate=False):
+        if not is_conditioned(module):
+            continue
+        prefix = f"{fqn}." if fqn else ""
+        for name in list(module._parameters) + list(module._buffers):
+            if name.endswith(ALPHA_SUFFIX) or (is_batchnorm(module) and name.endswith(ADV_SUFFIX)):
+                keys.add(prefix + name)
+    return keys
 
 
 def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:

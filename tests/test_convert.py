@@ -297,3 +297,50 @@ def test_no_warning_for_clean_conversion():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         floatify.convert(CASES["cnn"][0]())
+
+
+def test_noise_std_follows_writes_through_data():
+    layer = floatify.convert(nn.Linear(16, 16))
+    s1 = layer.floatify_weight_std("weight").item()
+    layer.weight.data.mul_(100)  # does not bump weight._version
+    assert layer.floatify_weight_std("weight").item() == pytest.approx(100 * s1, rel=1e-5)
+    torch.manual_seed(0)
+    with floatify.lam(1.0):
+        noise = layer.weight - layer._parameters["weight"]
+    assert noise.std().item() > 10 * 0.25 * s1  # the noise scales with the new std
+
+
+def test_meta_device_workflow_initialises_alpha():
+    plain = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    with torch.device("meta"):
+        model = floatify.convert(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)),
+                                 floatify.FloatConfig(alpha_init=0.5))
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        model[0].weight_alpha.fill_(1.66e38)  # what uninitialised memory may hold
+    floatify.load_original_state_dict(model, plain.state_dict())
+    assert model[0].weight_alpha.item() == 0.5
+    assert torch.equal(model[1].running_var_adv, plain[1].running_var)
+
+
+@pytest.mark.parametrize("key", ["0.weight_alpha", "1.weight_adv", "1.running_mean_adv"])
+def test_load_original_state_dict_refuses_a_converted_checkpoint(key):
+    model = floatify.convert(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
+    state = {k: v.clone() for k, v in nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).state_dict().items()}
+    state[key] = model.state_dict()[key].clone() + 1
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=f"converted floatify model .*'{key}'.*model.load_state_dict"):
+        floatify.load_original_state_dict(model, state)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # nothing loaded
+
+
+def test_quantized_layers_are_reported_not_skipped_silently():
+    qlinear = torch.ao.nn.quantized.dynamic.Linear(8, 4)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), qlinear)
+    with pytest.warns(floatify.FloatifyWarning, match="3: quantized layer"):
+        converted = floatify.convert(model)
+    s = floatify.summary(converted)
+    assert [site for site, _ in s.skipped] == ["3"] and "quantize" in str(s)
+    assert [r.fqn for r in s.conditioned] == ["0.weight"]
+    with pytest.raises(ValueError, match="quantized layers .*convert the float model first"):
+        floatify.convert(nn.Sequential(torch.ao.nn.quantized.dynamic.Linear(8, 4)))

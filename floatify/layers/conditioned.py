@@ -129,18 +129,14 @@ class _ConditionedMixin:
         return hit[1]
 
     def floatify_weight_std(self, name: str) -> torch.Tensor:
-        """std(W) of weight ``name`` over its kept entries, detached, cached until W changes."""
-        weight = self._parameters[name]
-        mask = self.floatify_mask(name)
-        if torch.compiler.is_compiling():
-            return _weight_std(weight, mask)
-        key = (weight._version, weight.data_ptr(), None if mask is None else id(mask))
-        cache = self._floatify_cache()
-        hit = cache.get(name)
-        if hit is None or hit[0] != key:
-            hit = (key, _weight_std(weight, mask))
-            cache[name] = hit
-        return hit[1]
+        """std(W) of weight ``name`` over its kept entries, detached, computed on every call.
+
+        reason: not cached across reads: writes through ``weight.data`` (``w.data.mul_(100)``) change W
+        without changing ``weight._version``, so a version-keyed cache returned a stale std. The std is one
+        reduction over W, measured at ~1/4 of the Gaussian draw of the same size on CPU; inside
+        :func:`floatify.hold_noise` (training's default) the noisy weight is computed once per step anyway.
+        """
+        return _weight_std(self._parameters[name], self.floatify_mask(name))
 
     def floatify_noisy_weight(
         self, name: str, lam: torch.Tensor | float, generator=None, eta: torch.Tensor | None = None
