@@ -58,12 +58,17 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--lams", type=_lam_list, default=[0.0, 0.25, 0.5, 0.75, 1.0],
                    help="operating points to evaluate, comma-separated in [0, 1] (default: 0,0.25,0.5,0.75,1)")
-    g.add_argument("--eval-attacks", default="clean,fgsm,pgd,eot-pgd,pgd:nonoise",
-                   help="comma-separated: clean, fgsm, pgd, eot-pgd, autoattack; suffix ':nonoise' attacks and scores "
-                        "with the weight noise off (default: clean,fgsm,pgd,eot-pgd,pgd:nonoise)")
+    g.add_argument("--eval-attacks", default="quick",
+                   help="a preset — 'strong' (APGD-CE + APGD-DLR with EOT, transfer from the noise-off model, "
+                        "noise-off APGD; what to report) or 'quick' (FGSM, PGD, EOT-PGD, noise-off PGD; fast looks) — "
+                        "or a comma list of clean, fgsm, pgd, eot-pgd, apgd-ce, apgd-dlr, transfer, autoattack; "
+                        "suffix ':nonoise' attacks and scores with the weight noise off (default: quick)")
     g.add_argument("--eval-eps", type=_eps, default=None, help="L∞ eps for evaluation (default: the training eps)")
-    g.add_argument("--eval-steps", type=int, default=10, help="PGD / EOT-PGD steps (default: 10)")
-    g.add_argument("--eot-draws", type=int, default=8, help="noise draws averaged per EOT-PGD step (default: 8)")
+    g.add_argument("--eval-steps", type=int, default=None,
+                   help="attack iterations (default: the preset's: quick 10, strong 100)")
+    g.add_argument("--eot-draws", type=int, default=None,
+                   help="noise draws averaged per attack iteration on a randomised model (default: the preset's: "
+                        "quick 8, strong 20)")
     g.add_argument("--score-draws", type=int, default=8,
                    help="noise draws per point when scoring a randomised model (default: 8)")
     g.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N test points")
@@ -251,14 +256,14 @@ def _device(name: str | None):
 
 
 def _attacks(args):
-    from floatify.attacks import parse_attack
+    from floatify.attacks import PRESETS, parse_attacks
 
     eps = args.eval_eps if args.eval_eps is not None else args.eps
     try:
-        return [parse_attack(a.strip(), eps, args.eval_steps, args.eot_draws) for a in args.eval_attacks.split(",")
-                if a.strip()]
+        specs = parse_attacks(args.eval_attacks, eps, args.eval_steps, args.eot_draws)
     except ValueError as err:
         raise CliError(f"--eval-attacks: {err}") from None
+    return specs, args.eval_attacks.strip() if args.eval_attacks.strip() in PRESETS else "custom"
 
 
 def _evaluate_and_write(model, data, args, out: Path, meta: dict) -> None:
@@ -270,10 +275,11 @@ def _evaluate_and_write(model, data, args, out: Path, meta: dict) -> None:
     test = data.test if args.eval_limit is None else Subset(data.test, range(min(args.eval_limit, len(data.test))))
     loader = DataLoader(test, batch_size=args.eval_batch_size, shuffle=False)
     torch.manual_seed(args.seed)
-    report = evaluate(model, loader, args.lams, _attacks(args), score_draws=args.score_draws,
+    specs, preset = _attacks(args)
+    report = evaluate(model, loader, args.lams, specs, score_draws=args.score_draws,
                       num_classes=data.num_classes, progress=not args.no_progress,
                       save_adversarial=out / "adversarial.safetensors" if args.save_adversarial else None,
-                      meta=meta)
+                      meta={"preset": preset, **meta})
     _write_atomic(out / "report.md", f"# floatify run: {meta.get('title', '')}\n\n" + report.to_markdown())
     _write_atomic(out / "metrics.json", report.to_json())
     report.plot(out / "tradeoff.png")

@@ -28,10 +28,13 @@ from floatify.layers.conditioned import (
     ADV_SUFFIX,
     ALPHA_SUFFIX,
     BN_BUFFERS,
+    BN_MIXES,
     BN_PARAMS,
     MASK_SUFFIX,
     conditioned_class,
+    get_bn_mix,
     is_conditioned,
+    set_bn_mix,
 )
 from floatify.layers.registry import conditioned_weight_names, is_batchnorm
 
@@ -68,10 +71,15 @@ class FloatConfig:
     Attributes:
         alpha_init: initial value of every learnable noise scale α (0.25 in the FLOAT reference).
         dual_bn: give every BatchNorm a clean (λ = 0) and an adversarial (λ > 0) copy.
+        bn_mix: how a dual BatchNorm serves 0 < λ < 1. ``"interpolate"``: affine parameters and running
+            statistics are ``lerp(clean, adversarial, λ)``, so the BatchNorm moves with the dial as the noise
+            does; ``"switch"``: the adversarial copy at every λ > 0 (the FLOAT/OAT reference), which makes
+            λ = 0 → 0.1 carry most of the change. Chosen by benchmarks/tradeoff.py (RESULTS.md).
     """
 
     alpha_init: float = 0.25
     dual_bn: bool = True
+    bn_mix: str = "interpolate"
 
     def __post_init__(self) -> None:
         if isinstance(self.alpha_init, bool) or not isinstance(self.alpha_init, (int, float)):
@@ -80,6 +88,8 @@ class FloatConfig:
             raise ValueError(f"alpha_init must be a finite number >= 0, got {self.alpha_init!r}")
         if not isinstance(self.dual_bn, bool):
             raise TypeError(f"dual_bn must be True or False, got {self.dual_bn!r}")
+        if self.bn_mix not in BN_MIXES:
+            raise ValueError(f"bn_mix must be one of {', '.join(BN_MIXES)}, got {self.bn_mix!r}")
 
 
 def iter_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -205,7 +215,8 @@ def _condition_weights(module: nn.Module, names: tuple[str, ...], alpha_init: fl
     module.__dict__[ALPHA_INIT_ATTR] = float(alpha_init)
 
 
-def _make_dual_bn(module: nn.Module, adv: Mapping[str, torch.Tensor] | None = None) -> None:
+def _make_dual_bn(module: nn.Module, adv: Mapping[str, torch.Tensor] | None = None,
+                  bn_mix: str | None = None) -> None:
     for name in BN_PARAMS:
         tensor = module._parameters.get(name)
         if tensor is not None:
@@ -216,6 +227,8 @@ def _make_dual_bn(module: nn.Module, adv: Mapping[str, torch.Tensor] | None = No
         if tensor is not None:
             source = adv[name] if adv else tensor
             module.register_buffer(name + ADV_SUFFIX, source.detach().clone())
+    if bn_mix is not None:
+        set_bn_mix(module, bn_mix)
     module.__class__ = conditioned_class(type(module))
 
 
@@ -267,7 +280,7 @@ def convert(
     for fqn, names in plan.weights:
         _condition_weights(model.get_submodule(fqn), names, config.alpha_init, shared)
     for fqn in plan.batchnorms:
-        _make_dual_bn(model.get_submodule(fqn))
+        _make_dual_bn(model.get_submodule(fqn), bn_mix=config.bn_mix)
     previous = [s for s in model.__dict__.get(SKIPPED_ATTR, []) if s not in plan.skipped]
     model.__dict__[SKIPPED_ATTR] = [s for s in previous if not _now_conditioned(model, s[0])] + plan.skipped
     problems = [f"{site}: {reason}" for site, reason in plan.skipped if reason != "excluded by filter_fn"]
@@ -359,14 +372,16 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
     torch's converter copies only the clean statistics; this restores the adversarial ones.
     """
     adversarial: dict[str, dict[str, torch.Tensor]] = {}
+    mixes: dict[str, str] = {}
     for fqn, module in iter_modules(model):
         if is_conditioned(module) and is_batchnorm(module):
             store = {**module._parameters, **module._buffers}
             names = [n for n in BN_PARAMS + BN_BUFFERS if store.get(n + ADV_SUFFIX) is not None]
             adversarial[fqn] = {n: store[n + ADV_SUFFIX] for n in names}
+            mixes[fqn] = get_bn_mix(module)
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
     for fqn, adv in adversarial.items():
         module = converted.get_submodule(fqn)
         if not is_conditioned(module):
-            _make_dual_bn(module, adv)
+            _make_dual_bn(module, adv, bn_mix=mixes[fqn])
     return converted

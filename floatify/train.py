@@ -42,7 +42,7 @@ from floatify.summary import param_groups
 
 __all__ = ["LamSampler", "float_loss", "float_step_loss", "fit", "TrainConfig", "STRATEGIES", "DEFAULT_STRATEGY"]
 
-STRATEGIES = ("binary", "oat", "uniform")
+STRATEGIES = ("binary", "oat", "uniform", "fixed")
 NOISE_DRAWS = ("step", "forward")
 # Chosen by benchmarks/tradeoff.py (best curve score over 3 seeds on digits; RESULTS.md).
 DEFAULT_STRATEGY = "binary"
@@ -61,6 +61,9 @@ class LamSampler:
             clean BatchNorm only trains at exactly λ = 0; a pure U[0, 1] never hits it and λ = 0 stayed at
             chance accuracy in benchmarks/tradeoff.py.)
 
+        ``"fixed"``: always ``values[0]``: a model dedicated to one operating point (the anchor a once-for-all
+            model is compared with).
+
     ``sampler(step)`` returns the list of λ for the step (one per equal batch chunk). It depends only on
     ``(seed, step)``, never on global RNG state, so every rank of a DDP job draws the same λ.
     """
@@ -78,6 +81,8 @@ class LamSampler:
     def __call__(self, step: int) -> list[float]:
         if self.strategy == "binary":
             return [0.0, 1.0]
+        if self.strategy == "fixed":
+            return [self.values[0]]
         rng = random.Random(self.seed * 1_000_003 + int(step))
         if self.strategy == "uniform":
             return [0.0] if rng.random() < self.zero_share else [1.0 - rng.random()]  # U(0, 1]
@@ -179,6 +184,7 @@ class TrainConfig:
     amp: bool = False  # bf16/fp16 autocast on CUDA only
     seed: int = 0
     warmup_epochs: float = 0.0
+    fixed_lam: float = 1.0  # the operating point of strategy "fixed" (a dedicated model)
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -189,6 +195,7 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown λ-sampling strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
+        validate_lam(self.fixed_lam, "fixed_lam")
         if self.attack not in ("pgd", "fgsm"):
             raise ValueError(f"training attack must be 'pgd' or 'fgsm', got {self.attack!r}")
         if self.noise_draw not in NOISE_DRAWS:
@@ -338,7 +345,8 @@ def fit(
                          "nothing would be trained")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    sampler = LamSampler(cfg.strategy, seed=cfg.seed, zero_share=cfg.zero_share)
+    sampler = LamSampler(cfg.strategy, seed=cfg.seed, zero_share=cfg.zero_share,
+                         **({"values": (cfg.fixed_lam,)} if cfg.strategy == "fixed" else {}))
     optimizer = _make_optimizer(model, cfg)
     total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)

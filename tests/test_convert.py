@@ -216,7 +216,8 @@ def test_unconvertible_weight_is_warned_about_and_reported():
     assert "0.weight" in skipped and "not a registered Parameter" in skipped["0.weight"]
 
 
-@pytest.mark.parametrize("bad", [dict(alpha_init=-1.0), dict(alpha_init=float("nan")), dict(dual_bn="yes")])
+@pytest.mark.parametrize("bad", [dict(alpha_init=-1.0), dict(alpha_init=float("nan")), dict(dual_bn="yes"),
+                                 dict(bn_mix="average")])
 def test_config_is_validated(bad):
     with pytest.raises((TypeError, ValueError)):
         floatify.FloatConfig(**bad)
@@ -245,6 +246,32 @@ def test_dual_bn_uses_clean_set_at_zero_and_adversarial_set_above():
     assert bn.running_mean is bn._buffers["running_mean"]
     no_dual = floatify.convert(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), floatify.FloatConfig(dual_bn=False))
     assert "1.weight_adv" not in no_dual.state_dict()
+
+
+@pytest.mark.parametrize("mix,lam,weight,mean", [
+    ("interpolate", 0.0, 1.0, 0.0), ("interpolate", 0.25, 1.5, 0.5), ("interpolate", 0.5, 2.0, 1.0),
+    ("interpolate", 1.0, 3.0, 2.0), ("switch", 0.25, 3.0, 2.0), ("switch", 1.0, 3.0, 2.0), ("switch", 0.0, 1.0, 0.0),
+])
+def test_bn_mix_in_eval(mix, lam, weight, mean):
+    model = floatify.convert(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)), floatify.FloatConfig(bn_mix=mix))
+    with torch.no_grad():
+        model[1].weight_adv.fill_(3.0)
+        model[1].running_mean_adv.fill_(2.0)
+    for m in (model, copy.deepcopy(model), floatify.convert_sync_batchnorm(model)):  # the mix travels along
+        m.eval()
+        with floatify.lam(lam):
+            assert torch.equal(m[1].weight, torch.full((4,), weight)), (m, lam)
+            assert torch.equal(m[1].running_mean, torch.full((4,), mean))
+
+
+def test_bn_mix_interpolate_trains_both_affine_sets_and_updates_adversarial_statistics():
+    model = floatify.convert(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))).train()
+    with floatify.lam(0.25):
+        model(torch.rand(16, 4)).sum().backward()
+    bn = model[1]
+    assert int(bn.num_batches_tracked_adv) == 1 and int(bn._buffers["num_batches_tracked"]) == 0
+    # d/dw of lerp(w_c, w_a, 0.25) is 0.75 for the clean set and 0.25 for the adversarial one
+    assert torch.allclose(bn._parameters["weight"].grad, 3 * bn.weight_adv.grad)
 
 
 def test_sync_batchnorm_conversion_keeps_dual_bn():

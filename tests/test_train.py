@@ -129,6 +129,7 @@ def test_sampler_distributions():
     assert uni.count(0.0) / len(uni) == pytest.approx(0.25, abs=0.02)  # the clean BN must train too
     assert max(positive) <= 1 and sum(positive) / len(positive) == pytest.approx(0.5, abs=0.02)
     assert LamSampler("binary")(7) == [0.0, 1.0]
+    assert {LamSampler("fixed", values=[0.3])(i)[0] for i in range(20)} == {0.3}  # a dedicated model
     # identical on every rank: depends only on (seed, step)
     assert [LamSampler("oat", seed=3)(i) for i in range(50)] == [LamSampler("oat", seed=3)(i) for i in range(50)]
     with pytest.raises(ValueError, match="strategy"):

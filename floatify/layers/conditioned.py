@@ -50,6 +50,9 @@ __all__ = [
     "BN_BUFFERS",
     "unpack_mask",
     "pack_mask",
+    "BN_MIXES",
+    "get_bn_mix",
+    "set_bn_mix",
 ]
 
 ALPHA_SUFFIX = "_alpha"
@@ -58,6 +61,8 @@ ADV_SUFFIX = "_adv"
 BN_PARAMS = ("weight", "bias")
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 _CACHE_ATTR = "_floatify_cached"
+BN_MIXES = ("interpolate", "switch")
+_BN_MIX_ATTR = "_floatify_bn_mix"
 _CLASSES: dict[type, type] = {}
 
 
@@ -69,6 +74,18 @@ def is_conditioned(module: nn.Module) -> bool:
 def original_class(module: nn.Module) -> type:
     """The class ``module`` had before conversion."""
     return type(module).__dict__.get("_floatify_base", type(module))
+
+
+def set_bn_mix(module: nn.Module, mix: str) -> None:
+    """How the dual BatchNorm ``module`` serves 0 < λ < 1: ``"interpolate"`` or ``"switch"``."""
+    if mix not in BN_MIXES:
+        raise ValueError(f"bn_mix must be one of {', '.join(BN_MIXES)}, got {mix!r}")
+    module.__dict__[_BN_MIX_ATTR] = mix  # reason: instance state, so deepcopy and pickle carry it
+
+
+def get_bn_mix(module: nn.Module) -> str:
+    """The dual-BatchNorm mix of ``module`` (``"switch"`` for layers converted before the option existed)."""
+    return module.__dict__.get(_BN_MIX_ATTR, "switch")
 
 
 # ---------------------------------------------------------------------------------- masks
@@ -259,17 +276,27 @@ def _weight_property(name: str) -> property:
 
 def _bn_property(name: str, is_buffer: bool) -> property:
     adv_key = name + ADV_SUFFIX
+    interpolable = name != "num_batches_tracked"
 
     def get(self):
         store = self._buffers if is_buffer else self._parameters
-        if _LAM.get().active and adv_key in store and not is_fx_tracing():
-            return store[adv_key]
+        state = _LAM.get()
+        if state.active and adv_key in store and not is_fx_tracing():
+            adv = store[adv_key]
+            if (adv is None or not interpolable or self.__dict__.get(_BN_MIX_ATTR) != "interpolate"
+                    or (is_buffer and self.training)):
+                # reason: in training the running statistics are updated in place, so they must be the
+                # adversarial buffers themselves, not an interpolated copy
+                return adv
+            # lerp(clean, adv, λ): exactly the adversarial set at λ = 1 (torch.lerp's w ≥ 0.5 branch)
+            return torch.lerp(store[name], adv, state.tensor.to(device=adv.device, dtype=adv.dtype))
         try:
             return store[name]
         except KeyError:
             raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'") from None
 
-    return property(get, doc=f"dual BatchNorm ``{name}``: clean at λ = 0, ``{adv_key}`` at λ > 0.")
+    return property(get, doc=f"dual BatchNorm ``{name}``: clean at λ = 0, ``{adv_key}`` at λ > 0 "
+                             f"(interpolated by λ in between with bn_mix='interpolate').")
 
 
 def _class_name(base: type) -> str:
