@@ -107,7 +107,7 @@ def float_loss(
     attack: str | Callable | None = "pgd",
     eps: float = 8 / 255,
     steps: int = 7,
-    step_size: float | None = 2 / 255,
+    step_size: float | None = None,
     noise_draw: str = "step",
 ) -> torch.Tensor:
     """``(1 - λ)·CE(model_λ(x), y) + λ·CE(model_λ(x_adv), y)``, with x_adv from torchattacks at the same λ.
@@ -178,7 +178,7 @@ class TrainConfig:
     attack: str = "pgd"
     eps: float = 8 / 255
     steps: int = 7
-    step_size: float = 2 / 255
+    step_size: float | None = None  # None: 2.5·eps/steps (Madry et al.), the rule the evaluation attacks use too
     noise_draw: str = "step"  # "step": one weight-noise draw per training step; "forward": one per forward
     grad_clip: float | None = None
     amp: bool = False  # bf16/fp16 autocast on CUDA only
@@ -204,7 +204,7 @@ class TrainConfig:
             raise ValueError(f"eps must be in [0, 1] (pixel units), got {self.eps!r}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps (training attack iterations) must be an int >= 1, got {self.steps!r}")
-        if not (isinstance(self.step_size, (int, float)) and 0 < self.step_size <= 1):
+        if self.step_size is not None and not (isinstance(self.step_size, (int, float)) and 0 < self.step_size <= 1):
             raise ValueError(f"step_size must be in (0, 1] (pixel units), got {self.step_size!r}")
         if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0
                                                and math.isfinite(self.grad_clip)):

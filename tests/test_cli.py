@@ -29,8 +29,11 @@ def test_end_to_end_train_writes_everything(trained_run):
         assert (trained_run / name).is_file(), name
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert set(metrics["scores"]) == {"0.0", "1.0"}
-    assert set(metrics["attacks"]) == {"clean", "pgd-2", "eot-pgd-2x2", "pgd-2 (noise off)"}
+    assert list(metrics["attacks"]) == ["clean", "worst case (2 attacks)", "pgd-2", "eot-pgd-2x2", "pgd-2 (noise off)"]
+    assert metrics["headline"] == "worst case (2 attacks)" and metrics["meta"]["preset"] == "custom"
     assert "EOT-PGD" in (trained_run / "report.md").read_text()
+    # digits defaults to its own threat model (eps 0.1), recorded with the run
+    assert metrics["meta"]["eps"] == "0.10000"
 
 
 def test_eval_reruns_from_checkpoint(trained_run, tmp_path):
@@ -61,6 +64,7 @@ def test_refuses_an_output_dir_holding_a_run(trained_run, capsys):
         (["--dataset", "imagenet22k"], "unknown dataset"),
         (["--dataset", "cifar10", "--data-root", "/nonexistent"], "--download"),
         (["--eval-attacks", "clean,cw"], "unknown attack"),
+        (["--eval-attacks", "strongest"], "unknown attack"),
         (["--resume"], "no train_state.safetensors"),
         (["--overwrite", "--resume"], "exclude each other"),
     ],
