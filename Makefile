@@ -12,7 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m floatify train --model resnet18 --dataset digits --out runs/demo --overwrite --eot-draws 4
+	$(PY) -m floatify train --model resnet18 --dataset digits --out runs/demo --overwrite \
+		--eval-attacks strong --eval-steps 20 --eot-draws 5 --eval-limit 200
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -1,6 +1,6 @@
 """`make bench`: rerun every benchmark, then regenerate benchmarks/RESULTS.md from benchmarks/results/.
 
-On the 2-core CPU machine the whole run takes about 2 hours (trade-off: 3 seeds × 7 methods); the
+On the 2-core CPU machine the whole run takes several hours (trade-off: 3 seeds × 10 methods, dedicated models per λ); the
 trade-off script resumes from benchmarks/results/tradeoff.jsonl, so delete that file for a fresh run.
 """
 
@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ("coverage.py", "overhead.py", "cost.py", "tradeoff.py", "floats.py", "write_results.py")
+SCRIPTS = ("coverage.py", "overhead.py", "cost.py", "threat_model.py", "attack_strength.py", "tradeoff.py", "floats.py",
+           "write_results.py")
 for script in SCRIPTS:
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)

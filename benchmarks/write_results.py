@@ -46,28 +46,18 @@ def curves(results: list[dict]) -> dict[str, dict]:
     for r in results:
         out.setdefault(r["method"], []).append(r)
     summary = {}
-    order = list(FLOAT_STRATEGIES) + ["float-binary-fwd", "film-oat", "standard", "pgd-at"]
+    order = [f"{m}{v}" for m in FLOAT_STRATEGIES for v in ("", "-switch")] + ["dedicated", "film-oat", "standard",
+                                                                               "pgd-at"]
     for method, rows in sorted(out.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
-        lams = list(rows[0]["clean"])
+        lams = list(dict.fromkeys(v for r in rows for v in r["clean"]))
         summary[method] = {
             "lams": lams, "seeds": len(rows),
-            "clean": [_mean_sd([100 * r["clean"][v] for r in rows]) for v in lams],
-            "robust": [_mean_sd([100 * r["robust"][v] for r in rows]) for v in lams],
+            "clean": [_mean_sd([100 * r["clean"][v] for r in rows if v in r["clean"]]) for v in lams],
+            "robust": [_mean_sd([100 * r["robust"][v] for r in rows if v in r["robust"]]) for v in lams],
             "train_s": statistics.median(r["train_s"] for r in rows),
             "rows": rows,
         }
     return summary
-
-
-def within_spread(a: dict, b: dict) -> bool:
-    """Every per-λ mean difference (clean and robust) is at most the larger of the two seed sds there."""
-    pairs = list(zip(a["clean"], b["clean"])) + list(zip(a["robust"], b["robust"]))
-    return all(abs(x[0] - y[0]) <= max(x[1], y[1]) for x, y in pairs)
-
-
-def trade_off_score(c: dict) -> float:
-    """Mean over the λ grid of (clean + EOT-PGD) / 2: one number for a whole curve (higher is better)."""
-    return statistics.mean((cl[0] + rb[0]) / 2 for cl, rb in zip(c["clean"], c["robust"]))
 
 
 def cost_section(cost) -> list[str]:
@@ -108,75 +98,96 @@ def cost_section(cost) -> list[str]:
     return lines
 
 
-def tradeoff_section(trade, results_dir: Path) -> tuple[list[str], dict]:
-    lines = ["## Trade-off quality (`benchmarks/tradeoff.py`)", ""]
+def tradeoff_section(trade, results_dir: Path, tag: str = "tradeoff") -> tuple[list[str], dict]:
+    title = "Trade-off: is λ a dial?" if tag == "tradeoff" else f"Screening run (`{tag}`)"
+    lines = [f"## {title} (`benchmarks/tradeoff.py`)", ""]
     if trade is None or not trade["results"]:
         return lines + _missing("tradeoff.py"), {}
     a, c = trade["args"], curves(trade["results"])
-    first = trade["results"][0]
+    first = next(r for r in trade["results"] if r["method"] != "dedicated")
     lines += [f"{a['model']} on {a['dataset']} ({a['image_size']} px), every method trained with the same budget: "
               f"{a['epochs']} epochs, batch {a['batch_size']}, SGD lr {a['lr']} cosine, PGD-{a['steps']} "
-              f"eps {a['eps'] * 255:.0f}/255 (OAT/FiLM and FLOAT `oat` use OAT's λ set). Seeds {a['seeds']}. "
-              f"Evaluation on {first['eval_points']} test points; attack: {first['attack']}; scored as expected "
-              f"accuracy over {first['score_draws']} fresh noise draws per point. Values: mean ± sd over seeds (%).",
-              "", "![trade-off](results/tradeoff.png)", "",
-              "| method | " + " | ".join(f"λ={v}" for v in max((v["lams"] for v in c.values()), key=len))
-              + " | median train s |"]
-    width = max(len(v["lams"]) for v in c.values())
-    lines.append("|---|" + "---|" * (width + 1))
-    for method, v in c.items():
-        cells = [f"{cl[0]:.1f}±{cl[1]:.1f} / {rb[0]:.1f}±{rb[1]:.1f}" for cl, rb in zip(v["clean"], v["robust"])]
-        cells += [""] * (width - len(cells))
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {v['train_s']:.0f} |")
-    lines += ["", "Cells: clean / EOT-PGD accuracy. `standard` and `pgd-at` are single-operating-point models "
-              "(evaluated at λ = 0 since they have no λ); `train s` includes any other load on the machine.", ""]
-    if "standard" in c:
-        lines += [f"Caveat: digits at 8/255 is an easy task — the standard (non-adversarial) model already keeps "
-                  f"{c['standard']['robust'][0][0]:.1f}% under EOT-PGD, so the curves are close and differences of "
-                  "about one point are within the seed spread. CIFAR-10 (commands at the end) separates the methods "
-                  "more.", ""]
-    ranked = sorted((m for m in FLOAT_STRATEGIES if m in c), key=lambda m: -trade_off_score(c[m]))
-    facts = {"curves": c, "ranked": ranked}
-    complete = len(ranked) == len(FLOAT_STRATEGIES) and len({c[m]["seeds"] for m in ranked}) == 1
-    if ranked and not complete:
-        lines += ["No winner declared: not every λ strategy has results for the same seeds.", ""]
-    if complete:
-        lines += ["Curve score (mean over λ of (clean + EOT-PGD) / 2): " +
-                  ", ".join(f"{m} {trade_off_score(c[m]):.2f}" for m in ranked) +
-                  f". Winner: **{ranked[0]}**; the library default is `{DEFAULT_STRATEGY}`" +
-                  ("." if ranked[0] == f"float-{DEFAULT_STRATEGY}" else " — **out of date, update DEFAULT_STRATEGY**.")
-                  + (" The runner-up's curve is within the seed spread of the winner's at every λ, so the ranking is "
-                     "weak evidence on this easy task." if within_spread(c[ranked[0]], c[ranked[1]]) else
-                     " Winner and runner-up differ by more than the seed spread at some λ (either way; see the "
-                     "table)."), ""]
-    default = f"float-{DEFAULT_STRATEGY}"
-    if default in c and "float-binary-fwd" in c and DEFAULT_STRATEGY == "binary":
-        d, f = c[default], c["float-binary-fwd"]
-        diffs = [(x[0] - y[0], p[0] - q[0]) for x, y, p, q in zip(d["clean"], f["clean"], d["robust"], f["robust"])]
-        lines += [f"Noise drawn once per step vs once per forward (binary): clean difference per λ "
-                  f"{', '.join(f'{dc:+.1f}' for dc, _ in diffs)}; EOT-PGD difference "
-                  f"{', '.join(f'{dr:+.1f}' for _, dr in diffs)} points (positive: per-step better); training time "
-                  f"{d['train_s']:.0f} s vs {f['train_s']:.0f} s (median). Largest difference "
-                  f"{max(abs(x) for pair in diffs for x in pair):.1f} points vs a largest seed sd of "
-                  f"{max(x[1] for x in d['clean'] + d['robust'] + f['clean'] + f['robust']):.1f}: "
-                  + ("**within the seed spread**." if within_spread(d, f) else "**outside the seed spread**."), ""]
-        facts["draw_diffs"] = diffs
-    rows = [r for r in trade["results"] if "at_1" in r]
-    if rows:
-        lines += ["### How much is randomness, and PGD vs EOT-PGD at λ = 1", "",
-                  "| method | PGD noise off | PGD (1 draw/step) | EOT-PGD | seeds |", "|---|---|---|---|---|"]
-        for method in c:
-            mr = [r for r in rows if r["method"] == method]
-            if not mr:
-                continue
-            off = _mean_sd([100 * r["at_1"]["pgd-10 (noise off)"] for r in mr])
-            pgd = _mean_sd([100 * r["at_1"]["pgd-10"] for r in mr])
-            eot = _mean_sd([100 * r["robust"]["1.0"] for r in mr])  # reason: λ = 1 by key, not by position
-            lines.append(f"| {method} | {off[0]:.1f}±{off[1]:.1f} | {pgd[0]:.1f}±{pgd[1]:.1f} | "
-                         f"{eot[0]:.1f}±{eot[1]:.1f} | {len(mr)} |")
-        lines += ["", "Noise off: same λ, same (adversarial) BatchNorm, weights without noise, attacked and scored "
-                  "deterministically; the gap to the noisy columns is what the randomness adds.", ""]
+              f"eps {a['eps']:.3g} (step 2.5·eps/steps). Seeds {a['seeds']}. Evaluation on {first['eval_points']} test "
+              f"points with the `{a['preset']}` preset"
+              + (f" ({a['eval_steps']} iterations, {a['eot']} draws)" if a.get("eval_steps") else "")
+              + f"; robust = the headline: {first['headline']}. Values: clean / robust, mean ± sd over seeds (%).",
+              "", f"![trade-off](results/{tag}.png)", "", Path(results_dir / f"{tag}.md").read_text().strip()
+              if (results_dir / f"{tag}.md").exists() else "", "",
+              "Monotone: clean never rises and robust never falls between neighbouring λ beyond the 95% CI (failing "
+              "steps listed). Largest step: the largest change between neighbouring λ as a share of the total change "
+              "from λ = 0 to 1 (a dial keeps it ≤ 50%; a switch puts nearly all of it in one step). `dedicated`: one "
+              "model per λ trained only there with (1-λ)·CE + λ·CE_adv.", ""]
+    facts = {"curves": c}
+    if "dedicated" in c:
+        rows = []
+        for m in (k for k in c if k.startswith("float-")):
+            gaps = []
+            for v in c[m]["lams"]:
+                if v in c["dedicated"]["lams"]:
+                    i, j = c[m]["lams"].index(v), c["dedicated"]["lams"].index(v)
+                    gaps.append((v, c[m]["clean"][i][0] - c["dedicated"]["clean"][j][0],
+                                 c[m]["robust"][i][0] - c["dedicated"]["robust"][j][0]))
+            worst = min(min(g[1], g[2]) for g in gaps)
+            rows.append(f"| {m} | " + " | ".join(f"{g[1]:+.1f} / {g[2]:+.1f}" for g in gaps)
+                        + f" | {_verdict(worst >= -2.0)} |")
+        lams = c["dedicated"]["lams"]
+        lines += ["Against the dedicated models (FLOAT minus dedicated, clean / robust points; target: no point more "
+                  "than 2 below):", "", "| method | " + " | ".join(f"λ={v}" for v in lams) + " | within 2 |",
+                  "|---|" + "---|" * (len(lams) + 1)] + rows + [""]
     return lines, facts
+
+
+def attack_strength_section(strength) -> list[str]:
+    lines = ["## Attack strength and convergence (`benchmarks/attack_strength.py`)", ""]
+    if not strength:
+        return lines + _missing("attack_strength.py")
+    a = strength["args"]
+    lines += [f"One FLOAT model ({a['model']}, digits 16 px, eps {a['eps']}, binary, {a['epochs']} epochs), "
+              f"{strength['points']} test points, every kept point re-scored with {strength['score_draws']} fresh "
+              "noise draws. Robust accuracy (%) of PGD-CE (EOT-PGD), APGD-CE, APGD-DLR and the APGD ensemble "
+              "(per-point worst case).", ""]
+    kinds = ("pgd-ce", "apgd-ce", "apgd-dlr", "ensemble (apgd-ce+dlr)")
+    for section, title in (("vs_iterations", "vs iterations"), ("vs_draws", "vs EOT draws per iteration"),
+                           ("check", "convergence check")):
+        lines += [f"**{title}**", "", "| setting | " + " | ".join(kinds) + " | seconds (apgd-ce) |",
+                  "|---|" + "---|" * (len(kinds) + 1)]
+        for key, row in strength[section].items():
+            lines.append(f"| {key} | " + " | ".join(f"{100 * row[k]:.1f}" for k in kinds)
+                         + f" | {row['apgd-ce_s']:.1f} |")
+        lines.append("")
+    chk = strength["check"]
+    cand, dbl = chk["check candidate"], chk["check doubled"]
+    gap = 100 * (cand["ensemble (apgd-ce+dlr)"] - dbl["ensemble (apgd-ce+dlr)"])
+    lines += [f"Strong-preset candidate {cand['iterations']}×{cand['draws']} vs doubled {dbl['iterations']}×"
+              f"{dbl['draws']} (ensemble): {gap:+.1f} points — {_verdict(abs(gap) <= 1.0)} (within 1 point).", ""]
+    lines += ["**cost** (seconds per 100 points at one λ > 0, the whole preset incl. scoring)", "",
+              "| preset | s / 100 points / λ |", "|---|---|"]
+    lines += [f"| {k} | {v['seconds_per_100_points_per_lam']:.1f} |" for k, v in strength["cost"].items()] + [""]
+    return lines
+
+
+def threat_model_section(results: Path) -> list[str]:
+    lines = ["## Threat model for the embedded digits (`benchmarks/threat_model.py`)", ""]
+    rows = []
+    for name in ("threat_model.json", "threat_model_resnet18.json"):
+        data = _load(results, name)
+        rows += data["rows"] if data else []
+    if not rows:
+        return lines + _missing("threat_model.py")
+    lines += ["Standard and PGD-AT models (same budget), attacked with the worst case of APGD-CE and APGD-DLR "
+              "(50 iterations; deterministic models), 200 test points. Target: standard ≤ 40% robust, PGD-AT ≥ 25 "
+              "points above it.", "", "| model | eps | epochs | standard clean / robust | PGD-AT clean / robust | "
+              "target |", "|---|---|---|---|---|---|"]
+    keys = sorted({(r["model"], r["eps"], r["epochs"]) for r in rows}, key=lambda k: (k[0], k[1]))
+    for model, eps, epochs in keys:
+        std = next((r for r in rows if (r["model"], r["eps"], r["method"]) == (model, eps, "standard")), None)
+        adv = next((r for r in rows if (r["model"], r["eps"], r["method"]) == (model, eps, "pgd-at")), None)
+        if std is None or adv is None:
+            continue
+        ok = std["robust"] <= 0.40 and adv["robust"] - std["robust"] >= 0.25
+        lines.append(f"| {model} | {eps:.4g} | {epochs} | {100 * std['clean']:.1f} / {100 * std['robust']:.1f} | "
+                     f"{100 * adv['clean']:.1f} / {100 * adv['robust']:.1f} | {_verdict(ok)} |")
+    return lines + ["", "The digits default is eps = 0.1 (`floatify.data.default_eps`); CIFAR/SVHN keep 8/255.", ""]
 
 
 def floats_section(floats) -> list[str]:
@@ -265,7 +276,7 @@ def claims_section(cost, facts, overhead) -> list[str]:
     if default in c and "pgd-at" in c:
         at_one = c[default]["lams"].index("1.0")
         gap = c["pgd-at"]["robust"][0][0] - c[default]["robust"][at_one][0]
-        lines.append(f"- FLOAT at λ = 1 within 2 points of PGD-AT's EOT-robust accuracy: "
+        lines.append(f"- FLOAT at λ = 1 within 2 points of PGD-AT's headline robust accuracy: "
                      f"{c[default]['robust'][at_one][0]:.1f} vs {c['pgd-at']['robust'][0][0]:.1f} (gap {gap:+.1f}) — "
                      f"{_verdict(gap <= 2.0)}.")
     if default in c and "film-oat" in c:
@@ -273,7 +284,7 @@ def claims_section(cost, facts, overhead) -> list[str]:
         worse = [lam for lam, fc, oc, fr, orb in zip(f["lams"], f["clean"], o["clean"], f["robust"], o["robust"])
                  if fc[0] < oc[0] or fr[0] < orb[0]]
         lines.append(f"- Better clean and robust accuracy than OAT/FiLM at every λ: FLOAT below FiLM on at least "
-                     f"one of the two at λ ∈ {worse or 'none'} — {_verdict(not worse)} (mean EOT-PGD over λ "
+                     f"one of the two at λ ∈ {worse or 'none'} — {_verdict(not worse)} (mean robust over λ "
                      f"{statistics.mean(x[0] for x in f['robust']):.1f} vs "
                      f"{statistics.mean(x[0] for x in o['robust']):.1f}"
                      f"; mean clean {statistics.mean(x[0] for x in f['clean']):.1f} vs "
@@ -301,12 +312,15 @@ def main() -> None:
     cost, trade, floats = _load(r, "cost.json"), _load(r, "tradeoff.json"), _load(r, "floats.json")
     overhead, cov = _load(r, "overhead.json"), _load(r, "coverage.json")
     trade_lines, facts = tradeoff_section(trade, r)
+    screen = _load(r, "tradeoff-screen.json")
+    screen_lines = tradeoff_section(screen, r, "tradeoff-screen")[0] if screen else []
     lines = ["# Benchmark results", "",
              f"Generated by `benchmarks/write_results.py` (`make bench` runs every script, then this) on "
              f"{platform.machine()} ({os.cpu_count()} CPUs), torch {torch.__version__}, "
              f"timm {timm.__version__}. Every verdict below is computed from the JSON in `benchmarks/results/`.", ""]
     lines += claims_section(cost, facts, overhead)
-    lines += cost_section(cost) + trade_lines + floats_section(floats) + overhead_section(overhead)
+    lines += threat_model_section(r) + attack_strength_section(_load(r, "attack_strength.json"))
+    lines += trade_lines + screen_lines + cost_section(cost) + floats_section(floats) + overhead_section(overhead)
     lines += coverage_section(cov) + demo_section(r)
     lines += ["## CIFAR-10 on a GPU", "",
               "The same scripts take `--dataset cifar10 --download --device cuda` (trade-off) and `--device cuda` "

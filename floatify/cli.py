@@ -58,11 +58,11 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--lams", type=_lam_list, default=[0.0, 0.25, 0.5, 0.75, 1.0],
                    help="operating points to evaluate, comma-separated in [0, 1] (default: 0,0.25,0.5,0.75,1)")
-    g.add_argument("--eval-attacks", default="quick",
+    g.add_argument("--eval-attacks", default="strong",
                    help="a preset — 'strong' (APGD-CE + APGD-DLR with EOT, transfer from the noise-off model, "
                         "noise-off APGD; what to report) or 'quick' (FGSM, PGD, EOT-PGD, noise-off PGD; fast looks) — "
                         "or a comma list of clean, fgsm, pgd, eot-pgd, apgd-ce, apgd-dlr, transfer, autoattack; "
-                        "suffix ':nonoise' attacks and scores with the weight noise off (default: quick)")
+                        "suffix ':nonoise' attacks and scores with the weight noise off (default: strong)")
     g.add_argument("--eval-eps", type=_eps, default=None, help="L∞ eps for evaluation (default: the training eps)")
     g.add_argument("--eval-steps", type=int, default=None,
                    help="attack iterations (default: the preset's: quick 10, strong 100)")

@@ -63,7 +63,7 @@ def evaluate(
         lams: operating points to evaluate.
         attacks: a preset name (``"strong"``: APGD-CE/DLR with EOT, transfer, noise-off APGD — what to
             report; ``"quick"``: FGSM/PGD/EOT-PGD, fast looks) built at ``eps``, or a list of
-            :class:`~floatify.attacks.AttackSpec`. Default: ``"quick"``.
+            :class:`~floatify.attacks.AttackSpec`. Default: ``"strong"``.
         eps: the L∞ budget of a preset (pixel units).
         score_draws: noise draws per point when scoring a randomised model (λ > 0, noise on).
         save_adversarial: if given, a safetensors file receiving the kept adversarial inputs per (λ, attack).
@@ -74,7 +74,7 @@ def evaluate(
         raise ValueError("lams must name at least one operating point")
     preset = "custom"
     if attacks is None:
-        attacks = "quick"
+        attacks = "strong"
     if isinstance(attacks, str):
         if attacks not in PRESETS:
             raise ValueError(f"unknown attack preset '{attacks}'; choose one of {', '.join(PRESETS)}")

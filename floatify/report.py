@@ -44,10 +44,27 @@ class Report:
         first = [k for k in ("clean", self.headline) if k in labels]
         return first + [k for k in labels if k not in first]
 
+    def dial_summary(self) -> str:
+        """One sentence a newcomer can read: what turning λ from its lowest to its highest value buys and costs."""
+        robust = self.robust_label()
+        if robust is None or "clean" not in self.attacks or len(self.lams) < 2:
+            return ""
+        lo, hi = str(float(min(self.lams))), str(float(max(self.lams)))
+        c0, c1 = self.scores[lo]["clean"], self.scores[hi]["clean"]
+        r0, r1 = self.scores[lo].get(robust), self.scores[hi].get(robust)
+        if None in (c0, c1, r0, r1):
+            return ""
+        return (f"Turning the dial from λ = {float(lo):g} to λ = {float(hi):g} moves clean accuracy "
+                f"{100 * c0.mean:.1f}% → {100 * c1.mean:.1f}% and robust accuracy (under attack, eps "
+                f"{self.meta.get('eps', '?')}) {100 * r0.mean:.1f}% → {100 * r1.mean:.1f}%. Pick the λ whose row fits "
+                f"your deployment: `with floatify.lam(v): model(x)`.")
+
     def to_markdown(self) -> str:
         labels = self.columns()
         heads = [f"**{k}**" if k == self.headline else k for k in labels]
-        lines = ["| λ | " + " | ".join(heads) + " |", "|---|" + "---|" * len(labels)]
+        summary = self.dial_summary()
+        lines = ([summary, ""] if summary else []) + ["| λ | " + " | ".join(heads) + " |",
+                                                      "|---|" + "---|" * len(labels)]
         for v in self.lams:
             cells = []
             for label in labels:

@@ -24,6 +24,8 @@ def test_evaluate_report_round_trip_markdown_and_plot(tmp_path):
     again = Report.from_json(report.to_json())
     assert again == report
     md = report.to_markdown()
+    assert md.startswith("Turning the dial from λ = 0 to λ = 1 moves clean accuracy "
+                         f"{100 * clean0.mean:.1f}% → {100 * clean1.mean:.1f}%")
     assert "| λ |" in md and "n/a" in md and "pgd-2" in md and "2 steps" in md and "score_draws=3" in md
     as_json = json.loads(report.to_json())
     assert as_json["meta"]["points"] == 12 and as_json["headline"] == report.headline
