@@ -1,7 +1,7 @@
 """`make bench`: rerun every benchmark, then regenerate benchmarks/RESULTS.md from benchmarks/results/.
 
-On the 2-core CPU machine the whole run takes several hours (trade-off: 3 seeds × 10 methods, dedicated models per λ); the
-trade-off script resumes from benchmarks/results/tradeoff.jsonl, so delete that file for a fresh run.
+On the 2-core CPU machine the whole run takes several hours (trade-off: 3 seeds × 10 methods, dedicated
+models per λ); the trade-off script resumes from benchmarks/results/tradeoff.jsonl, so delete that file for a fresh run.
 """
 
 import subprocess
