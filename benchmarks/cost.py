@@ -36,10 +36,6 @@ from baselines import filmify  # noqa: E402
 VARIANTS = ("plain", "float", "float-fwd", "film")
 
 
-def params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def build(arch: str, variant: str, device: str) -> torch.nn.Module:
     torch.manual_seed(0)
     base = timm.create_model(arch, num_classes=10)

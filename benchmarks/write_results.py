@@ -222,8 +222,9 @@ def overhead_section(overhead) -> list[str]:
         lines.append(f"| {r['model']} | {r['median_ms']['original']:.1f} | {r['latency_ratio_lam0']:.3f} | "
                      f"{r['latency_ratio_lam1']:.2f} | {r['lam1_extra_ms']:.0f} | {r['noise_floor_ms']:.0f} | "
                      f"{r['param_overhead_percent']:.3f}% |")
-    lines += ["", "The λ = 0 ratio is within this machine's timing noise (about ±3% between runs of the same "
-              "script); a conditioned attribute read costs ≈ 0.6 µs.", ""]
+    lat = max(r["latency_ratio_lam0"] for r in overhead)
+    lines += ["", f"Worst λ = 0 ratio {lat:.3f} (judged against a 1.03 tolerance; the run-to-run spread of these "
+              "timings is not measured by `overhead.py`).", ""]
     return lines
 
 
@@ -264,7 +265,7 @@ def claims_section(cost, facts, overhead) -> list[str]:
     if overhead:
         lat = max(r["latency_ratio_lam0"] for r in overhead)
         lines.append(f"- No latency increase at λ = 0: worst ratio {lat:.3f} over {len(overhead)} models — "
-                     f"{_verdict(lat <= 1.03)} within timing noise (±3%); at λ > 0 the per-forward Gaussian draw "
+                     f"{_verdict(lat <= 1.03)} (tolerance 1.03); at λ > 0 the per-forward Gaussian draw "
                      "costs real time on CPU (overhead table), unless one draw is baked in with `freeze`.")
     c = facts.get("curves", {})
     default = f"float-{DEFAULT_STRATEGY}"

@@ -25,12 +25,12 @@ import contextlib
 import contextvars
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["lam", "get_lam", "validate_lam", "LamState", "current_state", "hold_noise", "held_noise"]
+__all__ = ["lam", "get_lam", "validate_lam", "LamState", "lam_state", "hold_noise", "held_draws"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,13 @@ class LamState:
 _ZERO = LamState(0.0, torch.zeros((), dtype=torch.float32), False)
 _LAM: contextvars.ContextVar[LamState] = contextvars.ContextVar("floatify_lam", default=_ZERO)
 _HELD: contextvars.ContextVar[dict | None] = contextvars.ContextVar("floatify_held_noise", default=None)
+
+# The accessors the conditioned layers read on every weight access: the ContextVars' own bound ``get``
+# methods, so the hot path costs exactly one ContextVar lookup.
+lam_state: Callable[[], LamState] = _LAM.get
+"""The :class:`LamState` of the calling thread/task."""
+held_draws: Callable[[], dict | None] = _HELD.get
+"""The noise draws of the innermost :func:`hold_noise` block (None outside one)."""
 
 
 def validate_lam(value: object, name: str = "lam") -> float:
@@ -63,11 +70,6 @@ def validate_lam(value: object, name: str = "lam") -> float:
     if math.isnan(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1] (0 = clean, 1 = most robust), got {value!r}")
     return value
-
-
-def current_state() -> LamState:
-    """The :class:`LamState` of the calling thread/task (used by the conditioned layers)."""
-    return _LAM.get()
 
 
 def get_lam() -> float:
@@ -125,8 +127,3 @@ def hold_noise() -> Iterator[None]:
         yield
     finally:
         _HELD.reset(token)
-
-
-def held_noise() -> dict | None:
-    """The draws of the innermost :func:`hold_noise` block (None outside one); used by the layers."""
-    return _HELD.get()

@@ -27,15 +27,14 @@ import torch.nn as nn
 from floatify.layers.conditioned import (
     ADV_SUFFIX,
     ALPHA_SUFFIX,
-    BN_BUFFERS,
     BN_MIXES,
-    BN_PARAMS,
-    MASK_SUFFIX,
     conditioned_class,
+    dual_bn_entries,
     get_bn_mix,
     is_conditioned,
     set_bn_mix,
 )
+from floatify.layers.masks import MASK_SUFFIX
 from floatify.layers.registry import conditioned_weight_names, is_batchnorm
 
 __all__ = [
@@ -217,16 +216,13 @@ def _condition_weights(module: nn.Module, names: tuple[str, ...], alpha_init: fl
 
 def _make_dual_bn(module: nn.Module, adv: Mapping[str, torch.Tensor] | None = None,
                   bn_mix: str | None = None) -> None:
-    for name in BN_PARAMS:
-        tensor = module._parameters.get(name)
-        if tensor is not None:
-            source = adv[name] if adv else tensor
-            module.register_parameter(name + ADV_SUFFIX, nn.Parameter(source.detach().clone(), tensor.requires_grad))
-    for name in BN_BUFFERS:
-        tensor = module._buffers.get(name)
-        if tensor is not None:
-            source = adv[name] if adv else tensor
-            module.register_buffer(name + ADV_SUFFIX, source.detach().clone())
+    for store, name, adv_name in list(dual_bn_entries(module)):
+        tensor = store[name]
+        source = (adv[name] if adv else tensor).detach().clone()
+        if store is module._parameters:
+            module.register_parameter(adv_name, nn.Parameter(source, tensor.requires_grad))
+        else:
+            module.register_buffer(adv_name, source)
     if bn_mix is not None:
         set_bn_mix(module, bn_mix)
     module.__class__ = conditioned_class(type(module))
@@ -345,12 +341,9 @@ def load_original_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
                     if alpha is not None:
                         alpha.fill_(init)
             if is_conditioned(module) and is_batchnorm(module):
-                for name in BN_PARAMS:
-                    if module._parameters.get(name + ADV_SUFFIX) is not None:
-                        module._parameters[name + ADV_SUFFIX].copy_(module._parameters[name])
-                for name in BN_BUFFERS:
-                    if module._buffers.get(name + ADV_SUFFIX) is not None:
-                        module._buffers[name + ADV_SUFFIX].copy_(module._buffers[name])
+                for store, name, adv_name in dual_bn_entries(module):
+                    if store.get(adv_name) is not None:
+                        store[adv_name].copy_(store[name])
 
 
 def _floatify_keys(model: nn.Module) -> set[str]:
@@ -375,9 +368,8 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
     mixes: dict[str, str] = {}
     for fqn, module in iter_modules(model):
         if is_conditioned(module) and is_batchnorm(module):
-            store = {**module._parameters, **module._buffers}
-            names = [n for n in BN_PARAMS + BN_BUFFERS if store.get(n + ADV_SUFFIX) is not None]
-            adversarial[fqn] = {n: store[n + ADV_SUFFIX] for n in names}
+            adversarial[fqn] = {name: store[adv_name] for store, name, adv_name in dual_bn_entries(module)
+                                if store.get(adv_name) is not None}
             mixes[fqn] = get_bn_mix(module)
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
     for fqn, adv in adversarial.items():

@@ -17,8 +17,9 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
 
 import torch
@@ -35,6 +36,14 @@ __all__ = ["evaluate"]
 def _device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def _length(loader: Iterable) -> int | None:
+    """``len(loader)`` where it has one (a DataLoader over an IterableDataset raises TypeError)."""
+    try:
+        return len(loader) if isinstance(loader, Sized) else None
+    except TypeError:
+        return None
 
 
 def _in_headline(spec: AttackSpec) -> bool:
@@ -99,16 +108,23 @@ def evaluate(
     correct: dict[tuple[float, str], list[torch.Tensor] | None] = {(v, k): [] for v in lams for k in keys}
     draws: dict[tuple[float, str], list[tuple[int, list[float]]]] = {k: [] for k in correct}
     kept: dict[str, list[torch.Tensor]] = {}
-    batches = list(loader) if max_batches is None else [b for _, b in zip(range(max_batches), loader)]
-    if not batches or not any(len(b[1]) for b in batches):
-        raise ValueError("the evaluation loader yielded no data")
+    # reason: the loader is streamed, never held in memory as a whole (a test set need not fit)
+    batches: Iterable = loader if max_batches is None else itertools.islice(loader, max_batches)
+    n_batches = _length(loader)
+    if max_batches is not None:
+        n_batches = max_batches if n_batches is None else min(n_batches, max_batches)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(batches) * len(lams) * len(attacks), desc="evaluate", disable=not progress, leave=False)
+    bar = tqdm(total=None if n_batches is None else n_batches * len(lams) * len(attacks), desc="evaluate",
+               disable=not progress, leave=False)
+    points = 0
     try:
         for x, y in batches:
+            if len(y) == 0:
+                continue
             x, y = x.to(device), y.to(device)
             _check_batch(x, y, num_classes)
+            points += len(y)
             for v in lams:
                 candidates = []
                 for spec in attacks:
@@ -134,6 +150,8 @@ def evaluate(
     finally:
         bar.close()
         model.train(was_training)
+    if points == 0:
+        raise ValueError("the evaluation loader yielded no data")
     scores: dict[str, dict[str, Score | None]] = {}
     for v in lams:
         row = {}
@@ -142,7 +160,7 @@ def evaluate(
             row[key] = None if parts is None else _score(torch.cat(parts), draws[(v, key)])
         scores[str(float(v))] = row
     info = {"preset": preset, "score_draws": score_draws, "eps": f"{attacks[0].eps:.5f}",
-            "points": int(sum(len(b[1]) for b in batches))}
+            "points": points}
     if max_batches is not None:
         info["max_batches"] = max_batches
     info.update(meta or {})
@@ -152,10 +170,14 @@ def evaluate(
         descriptions = {headline: f"per point, the worst case over {names} (and the clean input), re-scored with "
                                   f"fresh noise draws: the headline robust accuracy", **descriptions}
     if save_adversarial is not None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file({k: torch.cat(v).contiguous() for k, v in kept.items()}, str(save_adversarial))
-    return Report(lams, descriptions, scores, info, headline=headline)
+        from floatify.io import atomic_write
+
+        atomic_write(save_adversarial, save({k: torch.cat(v).contiguous() for k, v in kept.items()}))
+    clean = next((a.label for a in attacks if a.kind == "clean"), None)
+    return Report(lams, descriptions, scores, info, headline=headline, clean_label=clean,
+                  noise_off=[a.label for a in attacks if not a.noise])
 
 
 def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int | None) -> None:

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -23,15 +24,13 @@ import torch.nn as nn
 from floatify.context import validate_lam
 from floatify.convert import SKIPPED_ATTR, iter_modules
 from floatify.layers.conditioned import (
-    _CACHE_ATTR,
-    ADV_SUFFIX,
     ALPHA_SUFFIX,
-    BN_BUFFERS,
-    BN_PARAMS,
-    MASK_SUFFIX,
+    dual_bn_entries,
     is_conditioned,
+    is_floatify_layer,
     original_class,
 )
+from floatify.layers.masks import bake_mask, clear_cache
 from floatify.layers.registry import is_batchnorm
 
 __all__ = ["freeze"]
@@ -62,37 +61,29 @@ def freeze(model: nn.Module, lam: float, seed: int | None = None, *, inplace: bo
 
     with torch.no_grad():
         for _, module in iter_modules(model):
-            if not is_conditioned(module):
+            if not is_floatify_layer(module):
                 continue
             if is_batchnorm(module):
                 _freeze_batchnorm(module, lam > 0)
             else:
                 _freeze_weights(module, lam, generator)
-            module.__dict__.pop(_CACHE_ATTR, None)
+            clear_cache(module)
             module.__class__ = original_class(module)
     model.__dict__.pop(SKIPPED_ATTR, None)
     return model
 
 
-def _freeze_weights(module: nn.Module, lam: float, generator) -> None:
-    for name in type(module)._floatify_weights:
-        if name + ALPHA_SUFFIX not in module._parameters:
-            if module.floatify_mask(name) is not None:  # a pruned layer without noise
-                module._parameters[name].mul_(module.floatify_mask(name))
-                module._buffers.pop(name + MASK_SUFFIX)
-            continue
+def _freeze_weights(module: nn.Module, lam: float, generator: Callable[[torch.device], torch.Generator | None]) -> None:
+    for name in type(module)._floatify_weights:  # type: ignore[attr-defined]
         weight = module._parameters[name]
-        if lam > 0:
-            weight.copy_(module.floatify_noisy_weight(name, lam, generator=generator(weight.device)))
-        elif module.floatify_mask(name) is not None:
-            weight.mul_(module.floatify_mask(name))
-        del module._parameters[name + ALPHA_SUFFIX]
-        module._buffers.pop(name + MASK_SUFFIX, None)
+        if lam > 0 and name + ALPHA_SUFFIX in module._parameters and weight is not None:
+            weight.copy_(module.floatify_noisy_weight(name, lam, generator=generator(weight.device)))  # type: ignore[operator]
+        module._parameters.pop(name + ALPHA_SUFFIX, None)
+        bake_mask(module, name)  # reason: pruned weights stay exactly zero (the noisy weight is masked already)
 
 
 def _freeze_batchnorm(module: nn.Module, adversarial: bool) -> None:
-    for store, names in ((module._parameters, BN_PARAMS), (module._buffers, BN_BUFFERS)):
-        for name in names:
-            adv = store.pop(name + ADV_SUFFIX, None)
-            if adversarial and adv is not None:
-                store[name].copy_(adv)
+    for store, name, adv_name in list(dual_bn_entries(module)):
+        adv = store.pop(adv_name, None)
+        if adversarial and adv is not None:
+            store[name].copy_(adv)

@@ -25,14 +25,14 @@ import torch.fx
 import torch.nn as nn
 
 from floatify.convert import iter_modules
-from floatify.layers.conditioned import _CLASSES, is_conditioned
+from floatify.layers.conditioned import generated_classes, is_floatify_layer
 
 __all__ = ["leaf_modules", "restore_conditioned_reads", "symbolic_trace", "create_feature_extractor"]
 
 
 def leaf_modules() -> list[type]:
     """The conditioned layer classes created so far (pass as ``leaf_modules`` to an FX tracer)."""
-    return list(_CLASSES.values())
+    return generated_classes()
 
 
 def restore_conditioned_reads(graph_module: torch.fx.GraphModule, model: nn.Module) -> torch.fx.GraphModule:
@@ -46,7 +46,7 @@ def restore_conditioned_reads(graph_module: torch.fx.GraphModule, model: nn.Modu
         ``graph_module``, modified in place. Raises ``ValueError`` if a node reads an attribute of a
         conditioned layer that is not in ``model``.
     """
-    owners = {fqn: m for fqn, m in iter_modules(model) if is_conditioned(m)}
+    owners = {fqn: m for fqn, m in iter_modules(model) if is_floatify_layer(m)}
     for node in graph_module.graph.nodes:
         if node.op != "get_attr":
             continue

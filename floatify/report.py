@@ -13,6 +13,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Report", "Score"]
 
@@ -29,11 +33,16 @@ class Score:
 
 @dataclass
 class Report:
+    """Scores per λ and column. What a column means is stored, never read off its label: ``clean_label`` is
+    the no-attack column, ``noise_off`` the columns that attack the noise-off (deterministic) model."""
+
     lams: list[float]
     attacks: dict[str, str]  # label -> full description (attack, steps, noise draws, ...)
     scores: dict[str, dict[str, Score | None]]  # str(λ) -> label -> score (None: not applicable)
     meta: dict = field(default_factory=dict)
     headline: str | None = None  # the label of the headline robust column (per-point worst case over attacks)
+    clean_label: str | None = "clean"  # the column without an attack (None: there is none)
+    noise_off: list[str] = field(default_factory=list)  # columns measured on the noise-off model
 
     def score(self, lam: float, label: str) -> Score | None:
         return self.scores[str(float(lam))][label]
@@ -41,18 +50,18 @@ class Report:
     def columns(self) -> list[str]:
         """Labels in display order: clean first, then the headline, then the single attacks."""
         labels = list(self.attacks)
-        first = [k for k in ("clean", self.headline) if k in labels]
+        first = [k for k in (self.clean_label, self.headline) if k in labels]
         return first + [k for k in labels if k not in first]
 
     def dial_summary(self) -> str:
         """One sentence a newcomer can read: what turning λ from its lowest to its highest value buys and costs."""
-        robust = self.robust_label()
-        if robust is None or "clean" not in self.attacks or len(self.lams) < 2:
+        robust, clean = self.robust_label(), self.clean_label
+        if robust is None or clean is None or clean not in self.attacks or len(self.lams) < 2:
             return ""
         lo, hi = str(float(min(self.lams))), str(float(max(self.lams)))
-        c0, c1 = self.scores[lo]["clean"], self.scores[hi]["clean"]
+        c0, c1 = self.scores[lo].get(clean), self.scores[hi].get(clean)
         r0, r1 = self.scores[lo].get(robust), self.scores[hi].get(robust)
-        if None in (c0, c1, r0, r1):
+        if c0 is None or c1 is None or r0 is None or r1 is None:
             return ""
         return (f"Turning the dial from λ = {float(lo):g} to λ = {float(hi):g} moves clean accuracy "
                 f"{100 * c0.mean:.1f}% → {100 * c1.mean:.1f}% and robust accuracy (under attack, eps "
@@ -75,8 +84,9 @@ class Report:
         lines.append("Accuracy in % (mean over test points of the expected accuracy over fresh noise draws, ± 95% CI).")
         lines.append("")
         if self.headline:
-            lines.append(f"Headline robust accuracy: **{self.headline}** (bold column). Columns marked '(noise off)' "
-                         "attack and score a different, deterministic model and are not part of it.")
+            off = f" Columns {', '.join(self.noise_off)} attack and score a different, deterministic model (the " \
+                  "weight noise off) and are not part of it." if self.noise_off else ""
+            lines.append(f"Headline robust accuracy: **{self.headline}** (bold column).{off}")
             lines.append("")
         lines.append("Attacks:")
         lines.extend(f"- **{label}**: {self.attacks[label]}" for label in labels)
@@ -91,8 +101,10 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def to_json(self, path: str | Path | None = None) -> str:
+        """The report as JSON (also written to ``path``, atomically, when given)."""
         text = json.dumps(
-            {"lams": self.lams, "headline": self.headline,
+            {"lams": self.lams, "headline": self.headline, "clean_label": self.clean_label,
+             "noise_off": self.noise_off,
              "headline_scores": {k: (None if row.get(self.headline) is None else asdict(row[self.headline]))
                                  for k, row in self.scores.items()} if self.headline else None,
              "attacks": {k: self.attacks[k] for k in self.columns()}, "meta": self.meta,
@@ -101,7 +113,9 @@ class Report:
             indent=2,
         )
         if path is not None:
-            Path(path).write_text(text)
+            from floatify.io import atomic_write
+
+            atomic_write(path, text)
         return text
 
     @classmethod
@@ -112,18 +126,39 @@ class Report:
         data = json.loads(text)
         scores = {k: {a: (None if s is None else Score(**s)) for a, s in row.items()}
                   for k, row in data["scores"].items()}
-        return cls([float(v) for v in data["lams"]], dict(data["attacks"]), scores, dict(data.get("meta", {})),
-                   headline=data.get("headline"))
+        attacks = dict(data["attacks"])
+        if "noise_off" in data:
+            clean, noise_off = data.get("clean_label"), list(data["noise_off"])
+        else:  # reason: reports written before the column meanings were stored: their labels follow the defaults
+            clean = "clean" if "clean" in attacks else None
+            noise_off = [label for label in attacks if label.endswith("(noise off)")]
+        return cls([float(v) for v in data["lams"]], attacks, scores, dict(data.get("meta", {})),
+                   headline=data.get("headline"), clean_label=clean, noise_off=noise_off)
 
     def plot(self, path: str | Path) -> Path:
-        """The dial at a glance: clean and headline robust accuracy over λ, and the trade-off curve."""
+        """Write :meth:`figure` to ``path`` (any format matplotlib writes, chosen by the suffix), atomically."""
+        from floatify.io import atomic_path
+
+        fig = self.figure()
+        import matplotlib.pyplot as plt
+
+        path = Path(path)
+        try:
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+        finally:
+            plt.close(fig)
+        return path
+
+    def figure(self) -> Figure:
+        """The dial at a glance: clean and headline robust accuracy over λ (left), the trade-off curve (right)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         fig, (ax_lam, ax_trade) = plt.subplots(1, 2, figsize=(11.5, 4.6))
-        robust = self.robust_label()
+        robust, clean = self.robust_label(), self.clean_label
         for label in self.columns():
             xs, ys, es = [], [], []
             for v in self.lams:
@@ -134,8 +169,8 @@ class Report:
                     es.append(100 * s.ci95)
             if not xs:
                 continue
-            main = label in ("clean", robust)
-            name = {"clean": "clean accuracy", robust: f"robust accuracy: {label}"}.get(label, label)
+            main = label in (clean, robust)
+            name = "clean accuracy" if label == clean else f"robust accuracy: {label}" if label == robust else label
             ax_lam.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name, linewidth=2.4 if main else 0.9,
                             linestyle="-" if main else "--", alpha=1.0 if main else 0.55,
                             markersize=6 if main else 3)
@@ -144,9 +179,11 @@ class Report:
         ax_lam.set_title("one model, every operating point")
         ax_lam.grid(alpha=0.3)
         ax_lam.legend(fontsize=7.5)
-        if robust and "clean" in self.attacks:
-            cx = [100 * self.scores[str(float(v))]["clean"].mean for v in self.lams]
-            ry = [100 * self.scores[str(float(v))][robust].mean for v in self.lams]
+        clean_row = [self.scores[str(float(v))].get(clean) for v in self.lams] if clean else []
+        robust_row = [self.scores[str(float(v))].get(robust) for v in self.lams] if robust else []
+        if clean_row and robust_row and all(s is not None for s in clean_row + robust_row):
+            cx = [100 * s.mean for s in clean_row if s is not None]
+            ry = [100 * s.mean for s in robust_row if s is not None]
             ax_trade.plot(cx, ry, marker="o", linewidth=2.4)
             for v, a, b in zip(self.lams, cx, ry):
                 ax_trade.annotate(f"λ={v:g}", (a, b), textcoords="offset points", xytext=(4, 4), fontsize=8)
@@ -157,10 +194,7 @@ class Report:
         sub = f"eps={self.meta['eps']}, preset={self.meta.get('preset', 'custom')}" if "eps" in self.meta else ""
         fig.suptitle(f"{self.meta.get('title', 'floatify trade-off')}   {sub}", fontsize=10)
         fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return fig
 
     def robust_label(self) -> str | None:
         """The headline column; for reports without one, the attack with the lowest mean accuracy across λ
@@ -169,7 +203,7 @@ class Report:
             return self.headline
         best, best_mean = None, None
         for label in self.attacks:
-            if label == "clean" or "noise off" in label:
+            if label == self.clean_label or label in self.noise_off:
                 continue
             row = [self.scores[str(float(v))].get(label) for v in self.lams]
             if any(s is None for s in row):

@@ -35,12 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from floatify.convert import iter_modules
-from floatify.layers.conditioned import (
-    MASK_SUFFIX,
-    conditioned_class,
-    is_conditioned,
-    pack_mask,
-)
+from floatify.layers.conditioned import conditioned_class, is_floatify_layer
+from floatify.layers.masks import MASK_SUFFIX, get_mask, has_mask, pack_mask, set_mask, unpack_mask
 from floatify.layers.registry import conditioned_weight_names, is_batchnorm
 
 __all__ = ["sparsify", "sparsity_report", "SparsityReport", "save_sparse", "load_sparse", "CRITERIA"]
@@ -65,10 +61,10 @@ def _targets(model: nn.Module, filter_fn) -> list[tuple[str, nn.Module, str]]:
 
 
 def _current_mask(module: nn.Module, name: str) -> torch.Tensor | None:
-    return module.floatify_mask(name) if is_conditioned(module) else None
+    return get_mask(module, name) if is_floatify_layer(module) else None  # reason: not torch.nn.utils.prune's
 
 
-def _scores(targets, criterion: str, data, seed: int) -> list[torch.Tensor]:
+def _scores(targets, criterion: str, seed: int) -> list[torch.Tensor]:
     if criterion == "magnitude":
         return [m._parameters[n].detach().abs().float() for _, m, n in targets]
     if criterion == "random":
@@ -146,7 +142,7 @@ def sparsify(
             f"current mask, so density can only go down (asked for {density})"
         )
     scores = _snip_scores(model, targets, data, snip_batches) if criterion == "snip" else \
-        _scores(targets, criterion, data, seed)
+        _scores(targets, criterion, seed)
     scores = [s.reshape(-1).clone() for s in scores]
     for s, c in zip(scores, current):
         if c is not None:
@@ -157,16 +153,9 @@ def sparsify(
     else:
         masks = _global_masks(scores, sizes, target_total)
     for (_, module, name), mask in zip(targets, masks):
-        if not is_conditioned(module):
-            module.__class__ = conditioned_class(type(module))
-        mask = mask.view(module._parameters[name].shape).to(module._parameters[name].device)
-        packed = pack_mask(mask)
-        if name + MASK_SUFFIX in module._buffers:
-            module._buffers[name + MASK_SUFFIX] = packed
-        else:
-            module.register_buffer(name + MASK_SUFFIX, packed)
-        with torch.no_grad():
-            module._parameters[name].mul_(mask.to(module._parameters[name].dtype))
+        if not is_floatify_layer(module):
+            module.__class__ = conditioned_class(type(module))  # reason: its weight property applies the mask
+        set_mask(module, name, mask)
     return model
 
 
@@ -296,8 +285,6 @@ def load_sparse(model: nn.Module, path: str | Path) -> nn.Module:
     dense converted model. A damaged or foreign file is a ``ValueError`` that names it."""
     from safetensors import safe_open
 
-    from floatify.layers.conditioned import unpack_mask
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"sparse file {path} does not exist or is not a file")
@@ -341,7 +328,7 @@ def load_sparse(model: nn.Module, path: str | Path) -> nn.Module:
     stored = set(mask_keys or ())
     for fqn, module, name in _targets(model, None):
         key = f"{fqn}.{name}{MASK_SUFFIX}" if fqn else name + MASK_SUFFIX
-        if not is_conditioned(module) or name + MASK_SUFFIX not in module._buffers:
+        if not is_floatify_layer(module) or not has_mask(module, name):
             continue
         if mask_keys is None:  # reason: an old file without stored masks: the zero pattern is all we have
             module._buffers[name + MASK_SUFFIX] = pack_mask(module._parameters[name].detach() != 0)

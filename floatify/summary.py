@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from floatify.convert import SKIPPED_ATTR, iter_modules
 from floatify.layers.conditioned import ADV_SUFFIX, ALPHA_SUFFIX, is_conditioned, original_class
+from floatify.layers.masks import get_mask
 from floatify.layers.registry import is_batchnorm
 
 __all__ = ["ConversionSummary", "SiteRow", "summary", "param_groups", "floatify_parameters"]
@@ -66,11 +67,7 @@ def summary(model: nn.Module) -> ConversionSummary:
     """List every conditioned weight, every dual BatchNorm, every site left alone and the overhead."""
     out = ConversionSummary(skipped=list(model.__dict__.get(SKIPPED_ATTR, [])))
     extra_ids = {id(p) for p in floatify_parameters(model)}
-    seen: set[int] = set()
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
+    for p in model.parameters():  # reason: parameters() yields a shared parameter once
         if id(p) in extra_ids:
             out.added_params += p.numel()
         else:
@@ -86,7 +83,7 @@ def summary(model: nn.Module) -> ConversionSummary:
             alpha = module._parameters.get(name + ALPHA_SUFFIX)
             if alpha is None:
                 continue
-            mask = module.floatify_mask(name)
+            mask = get_mask(module, name)
             density = None if mask is None else mask.float().mean().item()
             site = f"{fqn}.{name}" if fqn else name
             out.conditioned.append(
@@ -127,11 +124,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for _, module in iter_modules(model):
         if isinstance(module, _NORMS) or "norm" in type(module).__name__.lower():
             no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
-    decay, no_decay, seen = [], [], set()
-    for _, p in model.named_parameters():
-        if id(p) in seen or not p.requires_grad:
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for p in model.parameters():  # reason: parameters() yields a shared parameter once
+        if not p.requires_grad:
             continue
-        seen.add(id(p))
         (no_decay if id(p) in no_decay_ids or p.ndim <= 1 else decay).append(p)
     return [
         {"params": decay, "weight_decay": float(weight_decay)},

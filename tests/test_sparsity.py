@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 
 import pytest
@@ -10,8 +11,8 @@ import torch
 import torch.nn as nn
 
 import floatify
-from floatify.layers.conditioned import MASK_SUFFIX
-from floatify.sparsity import sparsity_report
+from floatify.layers.masks import MASK_SUFFIX
+from floatify.sparsity import LAYER_FLOOR, sparsity_report
 
 
 def model_and_data():
@@ -34,17 +35,18 @@ def pruned(model):
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
 @pytest.mark.parametrize("criterion", ["magnitude", "random", "snip"])
-@pytest.mark.parametrize("density", [0.5, 0.1])
+@pytest.mark.parametrize("density", [0.5, 0.1, 0.005])  # at 0.005 the floor binds (ceil(1.6) = 2 for the Linear)
 def test_exact_density(scope, criterion, density):
     model, x, y = model_and_data()
     floatify.sparsify(model, density, criterion=criterion, scope=scope, data=[(x, y)])
     rep = sparsity_report(model)
-    if scope == "global":
-        assert abs(rep.kept - round(density * rep.total)) <= len(rep.layers)
-    for layer in rep.layers:
-        assert layer.kept >= max(1, int(0.01 * layer.total))  # the per-layer floor
+    floors = [max(1, math.ceil(LAYER_FLOOR * layer.total)) for layer in rep.layers]
+    if scope == "global":  # exactly the target, unless the per-layer floors alone exceed it
+        assert rep.kept == max(round(density * rep.total), sum(floors))
+    for layer, floor in zip(rep.layers, floors):
+        assert layer.kept >= floor  # the per-layer floor
         if scope == "layer":
-            assert abs(layer.kept - max(round(density * layer.total), 1)) <= 1
+            assert layer.kept == max(round(density * layer.total), floor)
 
 
 def test_pruned_weights_stay_zero_at_every_lam_through_training():
@@ -126,7 +128,7 @@ def test_plain_models_and_errors():
         floatify.sparsify(converted, 0.8)
     with pytest.raises(ValueError, match="needs data"):
         floatify.sparsify(converted, 0.2, criterion="snip")
-    with pytest.raises(ValueError, match="nothing|no Conv/Linear"):
+    with pytest.raises(ValueError, match="Sequential has no Conv/Linear weight to prune"):
         floatify.sparsify(nn.Sequential(nn.ReLU()), 0.5)
     floatify.sparsify(converted, 0.25)  # re-prune from the current mask
     before = converted[0].floatify_mask("weight")
@@ -202,3 +204,18 @@ def test_density_accepts_numpy_scalars_and_rejects_nan():
     for bad in (float("nan"), np.float64("nan"), "0.5", True, 0):
         with pytest.raises(ValueError, match="density must be in"):
             floatify.sparsify(model_and_data()[0], bad)
+
+
+def test_pruned_but_never_converted_is_not_conditioned():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    plain = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3))
+    floatify.sparsify(plain, 0.5)
+    assert not any(floatify.is_conditioned(m) for m in plain.modules())
+    with pytest.raises(ValueError, match="expects a converted model"):
+        floatify.freeze(plain, 0.0)
+    loader = DataLoader(TensorDataset(torch.rand(8, 8), torch.randint(0, 3, (8,))), batch_size=4)
+    with pytest.raises(ValueError, match="expects a model converted"):
+        floatify.fit(plain, loader, epochs=1, progress=False)
+    converted = floatify.convert(plain)
+    assert all(floatify.is_conditioned(m) for m in converted)

@@ -14,7 +14,7 @@ subclass in which the conditioned attributes are properties:
   adversarial set (``*_adv``, extra entries in the state_dict) at λ > 0: dual BatchNorm.
 
 Extra state per conditioned weight ``w``: the learnable scalar ``w_alpha`` and, for sparse models,
-a bit-packed ``w_mask`` buffer (see :mod:`floatify.sparsity`).
+a bit-packed ``w_mask`` buffer (all mask handling is in :mod:`floatify.layers.masks`).
 
 Example:
     >>> import torch, floatify
@@ -26,7 +26,8 @@ Example:
 from __future__ import annotations
 
 import importlib
-import math
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -36,39 +37,68 @@ try:  # reason: plain is_fx_tracing() also answers True under torch.export and w
 except ImportError:  # pragma: no cover - older torch
     from torch.fx._symbolic_trace import is_fx_tracing
 
-from floatify.context import _HELD, _LAM
+from floatify.context import held_draws, lam_state
+from floatify.layers.masks import CACHE_ATTR, MASK_SUFFIX, add_mask_buffers, get_mask
 from floatify.layers.registry import conditioned_weight_names_for_class, is_batchnorm
 
 __all__ = [
     "conditioned_class",
+    "generated_classes",
     "is_conditioned",
+    "is_floatify_layer",
     "original_class",
+    "dual_bn_entries",
     "ALPHA_SUFFIX",
-    "MASK_SUFFIX",
     "ADV_SUFFIX",
     "BN_PARAMS",
     "BN_BUFFERS",
-    "unpack_mask",
-    "pack_mask",
     "BN_MIXES",
     "get_bn_mix",
     "set_bn_mix",
 ]
 
 ALPHA_SUFFIX = "_alpha"
-MASK_SUFFIX = "_mask"
 ADV_SUFFIX = "_adv"
 BN_PARAMS = ("weight", "bias")
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-_CACHE_ATTR = "_floatify_cached"
 BN_MIXES = ("interpolate", "switch")
 _BN_MIX_ATTR = "_floatify_bn_mix"
+_RESET_VALUE = {"running_mean": 0, "running_var": 1, "num_batches_tracked": 0}
 _CLASSES: dict[type, type] = {}
 
 
-def is_conditioned(module: nn.Module) -> bool:
-    """True for a layer :func:`floatify.convert` has conditioned (weight noise or dual BN)."""
+def is_floatify_layer(module: nn.Module) -> bool:
+    """True when ``module``'s class was swapped for a generated one: conditioned, pruned, or both."""
     return "_floatify_base" in type(module).__dict__
+
+
+def is_conditioned(module: nn.Module) -> bool:
+    """True for a layer :func:`floatify.convert` has conditioned: a weight with an α, or a dual BatchNorm.
+
+    A layer that :func:`floatify.sparsify` pruned but that was never converted is not conditioned.
+    """
+    if "_floatify_base" not in type(module).__dict__:
+        return False
+    if is_batchnorm(module):
+        return any(store.get(adv) is not None for store, _, adv in dual_bn_entries(module))
+    return any(name + ALPHA_SUFFIX in module._parameters for name in type(module)._floatify_weights)
+
+
+def generated_classes() -> list[type]:
+    """Every conditioned class generated so far (for :mod:`floatify.fx`'s leaf-module list)."""
+    return list(_CLASSES.values())
+
+
+def dual_bn_entries(module: nn.Module) -> Iterator[tuple[dict[str, Any], str, str]]:
+    """``(store, clean name, adversarial name)`` for each BatchNorm parameter and buffer ``module`` has.
+
+    ``store`` is the module's ``_parameters`` or ``_buffers`` dict; the adversarial entry may be absent
+    (a BatchNorm not made dual yet). The one loop every dual-BatchNorm operation uses.
+    """
+    for store, names in ((module._parameters, BN_PARAMS), (module._buffers, BN_BUFFERS)):
+        for name in names:
+            if store.get(name) is not None:
+                yield store, name, name + ADV_SUFFIX
 
 
 def original_class(module: nn.Module) -> type:
@@ -88,24 +118,6 @@ def get_bn_mix(module: nn.Module) -> str:
     return module.__dict__.get(_BN_MIX_ATTR, "switch")
 
 
-# ---------------------------------------------------------------------------------- masks
-def pack_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Bit-pack a boolean mask into a flat uint8 tensor (8 weights per byte)."""
-    flat = mask.reshape(-1).to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=flat.device)
-    return (flat.view(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
-
-
-def unpack_mask(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Inverse of :func:`pack_mask`: a boolean tensor of ``shape``."""
-    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
-    bits = (packed.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(-1)[: math.prod(shape)].reshape(shape).bool()
-
-
 # ----------------------------------------------------------------------------- the mixin
 class _ConditionedMixin:
     """Behaviour shared by every generated conditioned class (first in the MRO)."""
@@ -118,32 +130,13 @@ class _ConditionedMixin:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.pop(_CACHE_ATTR, None)  # reason: caches are keyed on storage and must not travel
+        state.pop(CACHE_ATTR, None)  # reason: caches are keyed on storage and must not travel
         return state
 
     # -- weight noise ------------------------------------------------------------------
-    def _floatify_cache(self) -> dict:
-        cache = self.__dict__.get(_CACHE_ATTR)
-        if cache is None:
-            cache = {}
-            self.__dict__[_CACHE_ATTR] = cache
-        return cache
-
     def floatify_mask(self, name: str) -> torch.Tensor | None:
-        """The boolean keep-mask of weight ``name`` (None when dense)."""
-        packed = self._buffers.get(name + MASK_SUFFIX)
-        if packed is None:
-            return None
-        weight = self._parameters[name]
-        if torch.compiler.is_compiling():
-            return unpack_mask(packed, weight.shape)
-        key = ("mask", name, packed._version, packed.data_ptr(), weight.shape)
-        cache = self._floatify_cache()
-        hit = cache.get(name + MASK_SUFFIX)
-        if hit is None or hit[0] != key:
-            hit = (key, unpack_mask(packed, weight.shape))
-            cache[name + MASK_SUFFIX] = hit
-        return hit[1]
+        """The boolean keep-mask of weight ``name`` (None when dense); see :mod:`floatify.layers.masks`."""
+        return get_mask(self, name)  # type: ignore[arg-type]
 
     def floatify_weight_std(self, name: str) -> torch.Tensor:
         """std(W) of weight ``name`` over its kept entries, detached, computed on every call.
@@ -204,21 +197,18 @@ class _ConditionedMixin:
 
     # -- dual BN -------------------------------------------------------------------------
     def reset_running_stats(self) -> None:
-        if not is_batchnorm(self):
-            return super().reset_running_stats()
-        for suffix in ("", ADV_SUFFIX):
-            if self._buffers.get("running_mean" + suffix) is not None:
-                self._buffers["running_mean" + suffix].zero_()
-                self._buffers["running_var" + suffix].fill_(1)
-                self._buffers["num_batches_tracked" + suffix].zero_()
+        if not is_batchnorm(self):  # type: ignore[arg-type]
+            return super().reset_running_stats()  # type: ignore[misc]
+        for store, name, adv in dual_bn_entries(self):  # type: ignore[arg-type]
+            if name in _RESET_VALUE:  # reason: clean and adversarial statistics, never an interpolated copy
+                for key in (name, adv):
+                    if store.get(key) is not None:
+                        store[key].fill_(_RESET_VALUE[name])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # reason: a sparse checkpoint loaded into a dense model brings its masks along.
-        for name in self._floatify_weights:
-            key = prefix + name + MASK_SUFFIX
-            if key in state_dict and name + MASK_SUFFIX not in self._buffers:
-                self.register_buffer(name + MASK_SUFFIX, torch.empty_like(state_dict[key]))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        add_mask_buffers(self, self._floatify_weights, state_dict, prefix)  # type: ignore[arg-type]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
 
 
 class _HeldNoisyWeight(torch.autograd.Function):
@@ -259,14 +249,14 @@ def _weight_property(name: str) -> property:
             raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
         if alpha_key not in params:  # reason: not conditioned (filtered out, or a pruned plain layer)
             return weight if mask_key not in self._buffers else weight * self.floatify_mask(name)
-        state = _LAM.get()
+        state = lam_state()
         if not (state.active and state.noise) or is_fx_tracing():
             # reason: λ = 0 is the original computation; FX traces must not bake a λ in
             # (floatify.fx re-installs the layer so the traced read stays conditioned).
             if mask_key not in self._buffers:
                 return weight
             return weight * self.floatify_mask(name)
-        held = _HELD.get()
+        held = held_draws()
         if held is None or torch.compiler.is_compiling():
             return self.floatify_noisy_weight(name, state.tensor)
         return self.floatify_held_weight(name, state, held)
@@ -280,7 +270,7 @@ def _bn_property(name: str, is_buffer: bool) -> property:
 
     def get(self):
         store = self._buffers if is_buffer else self._parameters
-        state = _LAM.get()
+        state = lam_state()
         if state.active and adv_key in store and not is_fx_tracing():
             adv = store[adv_key]
             if (adv is None or not interpolable or self.__dict__.get(_BN_MIX_ATTR) != "interpolate"
