@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from floatify.context import lam as lam_context
 from floatify.context import validate_lam
 
-__all__ = ["AttackSpec", "PRESETS", "attack_and_score", "expected_correct", "make_attack", "parse_attacks",
+__all__ = ["AttackSpec", "PRESETS", "attack_and_score", "expected_correct", "make_attack", "parse_attacks", "strongest",
            "quick", "strong"]
 
 KINDS = ("clean", "fgsm", "pgd", "eot-pgd", "apgd-ce", "apgd-dlr", "transfer", "autoattack")
@@ -51,6 +51,9 @@ APGD_KINDS = ("apgd-ce", "apgd-dlr")
 # Chosen by benchmarks/attack_strength.py (see benchmarks/RESULTS.md): AutoAttack-'rand''s iterations and draws.
 STRONG_STEPS = 100
 STRONG_DRAWS = 20
+QUICK_STEPS = 10  # the quick preset's PGD iterations
+QUICK_DRAWS = 8  # the quick preset's EOT-PGD noise draws per step
+SCORE_DRAWS = 8  # fresh noise draws per point when scoring a randomised model
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ class AttackSpec:
                 f"{draws}, {start}, strongest iterate per point kept{off}")
 
 
-def quick(eps: float = 8 / 255, steps: int = 10, eot_draws: int = 8) -> list[AttackSpec]:
+def quick(eps: float = 8 / 255, steps: int = QUICK_STEPS, eot_draws: int = QUICK_DRAWS) -> list[AttackSpec]:
     """Fast looks: clean, FGSM, PGD, EOT-PGD and PGD with the noise off (cross-entropy only).
 
     Understates a randomised model's weakness (benchmarks/RESULTS.md, attack strength): use :func:`strong`
@@ -171,8 +174,8 @@ def parse_attacks(text: str, eps: float, steps: int | None = None, eot_draws: in
     """CLI form: a preset (``strong``, ``quick``) or a comma list of ``clean``, ``fgsm``, ``pgd``, ``eot-pgd``,
     ``apgd-ce``, ``apgd-dlr``, ``transfer``, ``autoattack``, each with an optional ``:nonoise`` suffix.
 
-    ``steps``/``eot_draws`` of None take the preset's (or, in a list, the strong preset's for APGD and
-    10/8 for PGD) defaults.
+    ``steps``/``eot_draws`` of None take the preset's defaults (in a list: the strong preset's for APGD and
+    transfer, the quick preset's for PGD).
     """
     text = text.strip()
     if text in PRESETS:
@@ -186,8 +189,8 @@ def parse_attacks(text: str, eps: float, steps: int | None = None, eot_draws: in
         if flag not in ("", "nonoise"):
             raise ValueError(f"unknown attack modifier ':{flag}' in '{item}' (only ':nonoise')")
         apgd = kind in APGD_KINDS or kind == "transfer"
-        n = steps if steps is not None else (STRONG_STEPS if apgd else 10)
-        d = eot_draws if eot_draws is not None else (STRONG_DRAWS if apgd else 8)
+        n = steps if steps is not None else (STRONG_STEPS if apgd else QUICK_STEPS)
+        d = eot_draws if eot_draws is not None else (STRONG_DRAWS if apgd else QUICK_DRAWS)
         draws = d if kind in APGD_KINDS + ("eot-pgd",) and flag != "nonoise" else 1
         specs.append(AttackSpec(kind, eps, n, eot_draws=max(draws, 2) if kind == "eot-pgd" else draws,
                                 noise=flag != "nonoise"))
@@ -241,7 +244,7 @@ def attack_and_score(
     x: torch.Tensor,
     y: torch.Tensor,
     lam: float,
-    score_draws: int = 10,
+    score_draws: int = SCORE_DRAWS,
     num_classes: int | None = None,
     per_draw: list | None = None,
     select_draws: int = 2,
@@ -280,7 +283,7 @@ def attack_and_score(
                                     spec.eot_draws if randomised else 1, spec.restarts)
         elif spec.kind == "transfer":
             with lam_context(lam, noise=False):  # reason: the source is the deterministic, noise-off model
-                best, _ = _strongest([apgd(model, x, y, spec.eps, spec.steps, loss, 1, spec.restarts)
+                best, _ = strongest([apgd(model, x, y, spec.eps, spec.steps, loss, 1, spec.restarts)
                                       for loss in ("ce", "dlr")])
             return best, expected_correct(model, best, y, draws, per_draw)
         else:
@@ -293,7 +296,7 @@ def attack_and_score(
         return best, best_score
 
 
-def _strongest(candidates: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def strongest(candidates: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per point, the candidate input with the lowest score (the first on ties)."""
     best, best_score = candidates[0][0].clone(), candidates[0][1].clone()
     for x_c, score in candidates[1:]:
@@ -315,7 +318,7 @@ def _iterate_attack(model, spec: AttackSpec, x, y, select: int) -> tuple[torch.T
         iterates = _pgd_iterates(model, spec, x, y)
     best, best_score = x.clone(), expected_correct(model, x, y, select)
     for x_t in iterates:
-        best, best_score = _strongest([(best, best_score), (x_t, expected_correct(model, x_t, y, select))])
+        best, best_score = strongest([(best, best_score), (x_t, expected_correct(model, x_t, y, select))])
     return best, best_score
 
 

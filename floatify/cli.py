@@ -15,7 +15,7 @@ import re
 import secrets
 import shutil
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -54,33 +54,95 @@ def _eps(text: str) -> float:
     return value
 
 
+# Help texts of the options built from the config dataclasses. The defaults are NOT here: each option's default
+# is the dataclass field's (TrainConfig, FloatConfig, EvalConfig), so a default exists once.
+_TRAIN_HELP = {
+    "epochs": "epochs",
+    "lr": "peak learning rate (linear warm-up, then cosine decay)",
+    "optimizer": "optimizer (sgd: momentum, nesterov)",
+    "weight_decay": "weight decay, on Conv/Linear weights only",
+    "momentum": "SGD momentum",
+    "strategy": "λ sampling during training",
+    "zero_share": "share of λ = 0 steps for the oat and uniform strategies",
+    "attack": "training attack",
+    "eps": "L∞ budget in pixel units",
+    "steps": "training attack iterations",
+    "step_size": "training PGD step, e.g. 2/255 (the OAT/FLOAT CIFAR recipe)",
+    "noise_draw": "weight noise during training: one draw per step (attack + loss) or a fresh one per forward "
+                  "(reference code, slower)",
+    "grad_clip": "clip the gradient norm to this value",
+    "amp": "mixed precision (CUDA only)",
+    "seed": "seed for init, data order and λ sampling",
+    "warmup_epochs": "epochs of linear learning-rate warm-up",
+    "fixed_lam": "the operating point of --strategy fixed (a model dedicated to one λ)",
+}
+_CONVERT_HELP = {
+    "alpha_init": "initial noise scale α",
+    "dual_bn": "share one BatchNorm across λ",
+    "bn_mix": "how the dual BatchNorm serves 0 < λ < 1: interpolate clean and adversarial sets by λ, or switch to "
+              "the adversarial set at any λ > 0 (reference)",
+}
+_EVAL_HELP = {
+    "lams": "operating points to evaluate, comma-separated in [0, 1]",
+    "attacks": "a preset — 'strong' (APGD-CE + APGD-DLR with EOT, transfer from the noise-off model, noise-off "
+               "APGD; what to report) or 'quick' (FGSM, PGD, EOT-PGD, noise-off PGD; fast looks) — or a comma list "
+               "of clean, fgsm, pgd, eot-pgd, apgd-ce, apgd-dlr, transfer, autoattack; suffix ':nonoise' attacks "
+               "and scores with the weight noise off",
+    "eps": "L∞ eps for evaluation",
+    "steps": "attack iterations",
+    "eot_draws": "noise draws averaged per attack iteration on a randomised model",
+    "score_draws": "noise draws per point when scoring a randomised model",
+    "limit": "evaluate only the first N test points",
+    "batch_size": "evaluation batch size; large batches amortise the per-forward noise draw",
+}
+_EVAL_FLAGS = {"attacks": "--eval-attacks", "eps": "--eval-eps", "steps": "--eval-steps", "limit": "--eval-limit",
+               "batch_size": "--eval-batch-size"}
+
+
+def _add_config_options(group, config_cls: type, helps: dict[str, str], *, flags: dict[str, str] | None = None,
+                        special: dict[str, dict] | None = None) -> None:
+    """One option per field of dataclass ``config_cls``; its default (and type, unless ``special``) is the field's."""
+    import dataclasses
+
+    types = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
+    for f in dataclasses.fields(config_cls):
+        flag = (flags or {}).get(f.name, "--" + f.name.replace("_", "-"))
+        kwargs: dict = {"default": f.default, "dest": flag.lstrip("-").replace("-", "_"),
+                        **(special or {}).get(f.name, {})}
+        if f.type == "bool" and f.default is False:
+            kwargs["action"] = "store_true"
+        elif f.type == "bool":  # a feature on by default: the flag turns it off
+            flag, kwargs["action"] = f"--no-{f.name.replace('_', '-')}", "store_false"
+            kwargs["dest"] = f.name
+        elif "type" not in kwargs:
+            kwargs["type"] = types[str(f.type)]
+        shown = kwargs.pop("default_text", None)
+        if shown is None:
+            shown = "off" if f.default is None else f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
+        tail = "" if kwargs.get("action") else f" (default: {shown})"
+        group.add_argument(flag, help=helps[f.name] + tail, **kwargs)
+
+
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    from floatify.attacks import QUICK_DRAWS, QUICK_STEPS, STRONG_DRAWS, STRONG_STEPS
+    from floatify.evaluate import EvalConfig
+
     g = p.add_argument_group("evaluation")
-    g.add_argument("--lams", type=_lam_list, default=[0.0, 0.25, 0.5, 0.75, 1.0],
-                   help="operating points to evaluate, comma-separated in [0, 1] (default: 0,0.25,0.5,0.75,1)")
-    g.add_argument("--eval-attacks", default="strong",
-                   help="a preset — 'strong' (APGD-CE + APGD-DLR with EOT, transfer from the noise-off model, "
-                        "noise-off APGD; what to report) or 'quick' (FGSM, PGD, EOT-PGD, noise-off PGD; fast looks) — "
-                        "or a comma list of clean, fgsm, pgd, eot-pgd, apgd-ce, apgd-dlr, transfer, autoattack; "
-                        "suffix ':nonoise' attacks and scores with the weight noise off (default: strong)")
-    g.add_argument("--eval-eps", type=_eps, default=None, help="L∞ eps for evaluation (default: the training eps)")
-    g.add_argument("--eval-steps", type=int, default=None,
-                   help="attack iterations (default: the preset's: quick 10, strong 100)")
-    g.add_argument("--eot-draws", type=int, default=None,
-                   help="noise draws averaged per attack iteration on a randomised model (default: the preset's: "
-                        "quick 8, strong 20)")
-    g.add_argument("--score-draws", type=int, default=8,
-                   help="noise draws per point when scoring a randomised model (default: 8)")
-    g.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N test points")
-    g.add_argument("--eval-batch-size", type=int, default=512,
-                   help="evaluation batch size; large batches amortise the per-forward noise draw (default: 512)")
+    _add_config_options(g, EvalConfig, _EVAL_HELP, flags=_EVAL_FLAGS, special={
+        "lams": {"type": _lam_list, "default": list(EvalConfig.lams),
+                 "default_text": ",".join(f"{v:g}" for v in EvalConfig.lams)},
+        "eps": {"type": _eps, "default_text": "the training eps"},
+        "steps": {"default_text": f"the preset's: quick {QUICK_STEPS}, strong {STRONG_STEPS}"},
+        "eot_draws": {"default_text": f"the preset's: quick {QUICK_DRAWS}, strong {STRONG_DRAWS}"},
+        "limit": {"default_text": "all"},
+    })
     g.add_argument("--save-adversarial", action="store_true", help="also write adversarial.safetensors")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from floatify.convert import FloatConfig
     from floatify.layers.conditioned import BN_MIXES
-    from floatify.train import DEFAULT_STRATEGY, NOISE_DRAWS, STRATEGIES
+    from floatify.train import NOISE_DRAWS, STRATEGIES, TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="floatify",
@@ -104,35 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     g = t.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=6, help="epochs (default: 6)")
     g.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
-    g.add_argument("--lr", type=float, default=0.1, help="peak learning rate, cosine schedule (default: 0.1)")
-    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="default: sgd (momentum 0.9)")
-    g.add_argument("--weight-decay", type=float, default=5e-4, help="on Conv/Linear weights only (default: 5e-4)")
-    g.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
-                   help=f"λ sampling during training (default: {DEFAULT_STRATEGY})")
-    g.add_argument("--attack", choices=("pgd", "fgsm"), default="pgd", help="training attack (default: pgd)")
-    g.add_argument("--eps", type=_eps, default=None,
-                   help="L∞ budget in pixel units (default: 0.1 for digits, where 8/255 barely perturbs 8×8 digits "
-                        "and a standard model keeps most of its accuracy; 8/255 otherwise)")
-    g.add_argument("--steps", type=int, default=7, help="training PGD steps (default: 7)")
-    g.add_argument("--step-size", type=_eps, default=None,
-                   help="training PGD step (default: 2.5·eps/steps; the OAT/FLOAT CIFAR recipe uses 2/255)")
-    g.add_argument("--noise-draw", choices=NOISE_DRAWS, default="step",
-                   help="weight noise during training: one draw per step (attack + loss) or a fresh one per forward "
-                        "(reference code, slower) (default: step)")
-    g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: off)")
-    g.add_argument("--alpha-init", type=float, default=0.25, help="initial noise scale α (default: 0.25)")
-    g.add_argument("--bn-mix", choices=BN_MIXES, default=FloatConfig.bn_mix,
-                   help="how the dual BatchNorm serves 0 < λ < 1: interpolate clean and adversarial sets by λ, or "
-                        f"switch to the adversarial set at any λ > 0 (reference) (default: {FloatConfig.bn_mix})")
+    _add_config_options(g, TrainConfig, _TRAIN_HELP, special={
+        "optimizer": {"choices": ("sgd", "adamw")},
+        "strategy": {"choices": STRATEGIES},
+        "attack": {"choices": ("pgd", "fgsm")},
+        "noise_draw": {"choices": NOISE_DRAWS},
+        "eps": {"type": _eps, "default": None,
+                "default_text": "0.1 for digits, where 8/255 barely perturbs 8×8 digits and a standard model keeps "
+                                "most of its accuracy; 8/255 otherwise"},
+        "step_size": {"type": _eps, "default_text": "2.5·eps/steps"},
+        "fixed_lam": {"type": float},
+    })
+    _add_config_options(g, FloatConfig, _CONVERT_HELP, special={"bn_mix": {"choices": BN_MIXES}})
     g.add_argument("--density", type=float, default=None,
                    help="FLOATS: prune once to this fraction of Conv/Linear weights kept, e.g. 0.1 (default: dense)")
     g.add_argument("--sparsity-criterion", choices=("magnitude", "random", "snip"), default="magnitude",
                    help="how the FLOATS mask is chosen (snip uses 4 training batches) (default: magnitude)")
-    g.add_argument("--no-dual-bn", action="store_true", help="share one BatchNorm across λ")
-    g.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    g.add_argument("--seed", type=int, default=0, help="seed for init, data order and λ sampling (default: 0)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_eval_options(t)
@@ -313,12 +363,8 @@ def _train(args) -> None:
     device = _device(args.device)
     _check_out_dir(args.out, args.overwrite, args.resume)
     try:
-        cfg = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                          strategy=args.strategy, attack=args.attack, eps=args.eps, steps=args.steps,
-                          step_size=args.step_size, noise_draw=args.noise_draw, grad_clip=args.grad_clip,
-                          amp=args.amp, seed=args.seed)
-        convert_cfg = floatify.FloatConfig(alpha_init=args.alpha_init, dual_bn=not args.no_dual_bn,
-                                           bn_mix=args.bn_mix)
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+        convert_cfg = floatify.FloatConfig(**{f.name: getattr(args, f.name) for f in fields(floatify.FloatConfig)})
     except (TypeError, ValueError) as err:
         raise CliError(str(err)) from None
     if args.image_size is None:
@@ -342,7 +388,7 @@ def _train(args) -> None:
     print(f"floatify: training {args.model} on {data.name} ({len(data.train)} train / {len(data.test)} test, "
           f"{data.image_size}px) for {cfg.epochs} epochs, strategy={cfg.strategy}, {cfg.attack} eps={cfg.eps:.4f}")
     tag = {"model": args.model, "dataset": data.name, "image_size": data.image_size, "train_limit": args.train_limit,
-           "batch_size": args.batch_size, "alpha_init": args.alpha_init, "dual_bn": not args.no_dual_bn,
+           "batch_size": args.batch_size, "alpha_init": args.alpha_init, "dual_bn": args.dual_bn,
            "density": args.density, "sparsity_criterion": args.sparsity_criterion if args.density else None}
     history = floatify.fit(model, loader, cfg, checkpoint_dir=run_dir, resume=args.resume, tag=tag,
                            progress=not args.no_progress,

@@ -20,17 +20,43 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Sequence, Sized
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from floatify.attacks import PRESETS, AttackSpec, _strongest, attack_and_score, expected_correct
+from floatify.attacks import PRESETS, SCORE_DRAWS, AttackSpec, attack_and_score, expected_correct, strongest
 from floatify.context import lam as lam_context
 from floatify.context import validate_lam
 from floatify.report import Report, Score
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "EvalConfig"]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation settings and their defaults: :func:`evaluate`'s and the CLI's (one source).
+
+    Attributes:
+        lams: operating points to evaluate.
+        attacks: a preset (``"strong"``, ``"quick"``) or, on the command line, a comma list of attacks.
+        eps: L∞ budget of the attacks in pixel units (None: the training eps).
+        steps: attack iterations (None: the preset's).
+        eot_draws: noise draws averaged per attack iteration on a randomised model (None: the preset's).
+        score_draws: fresh noise draws per point when scoring a randomised model.
+        limit: evaluate only the first N test points (None: all).
+        batch_size: evaluation batch size; large batches amortise the per-forward noise draw.
+    """
+
+    lams: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    attacks: str = "strong"
+    eps: float | None = None
+    steps: int | None = None
+    eot_draws: int | None = None
+    score_draws: int = SCORE_DRAWS
+    limit: int | None = None
+    batch_size: int = 512
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -53,11 +79,11 @@ def _in_headline(spec: AttackSpec) -> bool:
 def evaluate(
     model: nn.Module,
     loader: Iterable,
-    lams: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    lams: Sequence[float] = EvalConfig.lams,
     attacks: Sequence[AttackSpec] | str | None = None,
     *,
     eps: float = 8 / 255,
-    score_draws: int = 10,
+    score_draws: int = EvalConfig.score_draws,
     num_classes: int | None = None,
     save_adversarial: str | Path | None = None,
     max_batches: int | None = None,
@@ -83,7 +109,7 @@ def evaluate(
         raise ValueError("lams must name at least one operating point")
     preset = "custom"
     if attacks is None:
-        attacks = "strong"
+        attacks = EvalConfig.attacks
     if isinstance(attacks, str):
         if attacks not in PRESETS:
             raise ValueError(f"unknown attack preset '{attacks}'; choose one of {', '.join(PRESETS)}")
@@ -200,7 +226,7 @@ def _worst_case(model, candidates, x, y, lam, score_draws, per_draw_log) -> tupl
     if not any(torch.equal(c[0], x) for c in candidates):
         with lam_context(lam):
             candidates = [(x, expected_correct(model, x, y, score_draws if lam > 0 else 1)), *candidates]
-    worst, worst_score = _strongest(candidates)
+    worst, worst_score = strongest(candidates)
     batch_draws: list[float] = []
     if lam > 0:
         with lam_context(lam):

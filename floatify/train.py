@@ -168,7 +168,7 @@ def _touch_unused(model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
 class TrainConfig:
     """Settings of :func:`fit` (also written next to every checkpoint)."""
 
-    epochs: int = 10
+    epochs: int = 6
     lr: float = 0.1
     optimizer: str = "sgd"  # "sgd" (momentum 0.9, nesterov) or "adamw"
     weight_decay: float = 5e-4

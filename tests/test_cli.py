@@ -238,3 +238,25 @@ def test_eval_errors_are_one_line(tmp_path, capsys, make, extra, message):
     extra = [str(tmp_path / "FILE") if a == "FILE" else a for a in extra]
     code, err = _err(capsys, ["eval", "--checkpoint", str(path), "--no-progress"] + extra)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_option_defaults_are_the_configs_defaults():
+    """Every TrainConfig/FloatConfig/EvalConfig field is an option whose default is the field's (one source)."""
+    from dataclasses import fields
+
+    from floatify.cli import build_parser
+    from floatify.evaluate import EvalConfig
+    from floatify.train import TrainConfig
+
+    args = vars(build_parser().parse_args(["train", "--out", "x"]))
+    dataset_dependent = {"eps"}  # None on the command line: floatify.data.default_eps(--dataset)
+    for cls in (TrainConfig, floatify.FloatConfig):
+        for f in fields(cls):
+            if f.name not in dataset_dependent:
+                assert args[f.name] == f.default, (cls.__name__, f.name, args[f.name], f.default)
+    flags = {"attacks": "eval_attacks", "eps": "eval_eps", "steps": "eval_steps", "limit": "eval_limit",
+             "batch_size": "eval_batch_size"}
+    for f in fields(EvalConfig):
+        value = args[flags.get(f.name, f.name)]
+        assert (tuple(value) if f.name == "lams" else value) == f.default, (f.name, value, f.default)
+    assert build_parser().parse_args(["train", "--out", "x", "--no-dual-bn"]).dual_bn is False
