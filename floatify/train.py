@@ -26,8 +26,9 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -40,7 +41,8 @@ from floatify.convert import iter_modules
 from floatify.layers.conditioned import is_conditioned
 from floatify.summary import param_groups
 
-__all__ = ["LamSampler", "float_loss", "float_step_loss", "fit", "TrainConfig", "STRATEGIES", "DEFAULT_STRATEGY"]
+__all__ = ["LamSampler", "float_loss", "float_step_loss", "fit", "TrainConfig", "STRATEGIES", "DEFAULT_STRATEGY",
+           "make_scheduler", "train_one_epoch"]
 
 STRATEGIES = ("binary", "oat", "uniform", "fixed")
 NOISE_DRAWS = ("step", "forward")
@@ -336,6 +338,60 @@ def fit(
     cfg = config if config is not None else TrainConfig()
     if overrides:
         cfg = TrainConfig(**{**asdict(cfg), **overrides})
+    run = _set_up(model, train_loader, cfg, checkpoint_dir, tag)
+    if resume:
+        _resume_run(run)
+    for epoch in range(run.start_epoch, cfg.epochs):
+        record = train_one_epoch(run, epoch, progress=progress)
+        run.history.append(record)
+        if run.checkpoint_dir is not None and _is_main_process():
+            _save_checkpoint(run, epoch)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, record)
+    return run.history
+
+
+@dataclass
+class _Run:
+    """What one :func:`fit` run carries from epoch to epoch."""
+
+    model: nn.Module  # as given (possibly DDP-wrapped)
+    inner: nn.Module  # the converted model itself
+    loader: Any
+    cfg: TrainConfig
+    sampler: LamSampler
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    use_amp: bool
+    steps_per_epoch: int
+    checkpoint_dir: Path | None
+    signature: dict
+    tag: dict | None
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: ``warmup_epochs`` of linear warm-up ((s+1)/warm-up steps), then cosine decay to 0."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    if warmup == 0:
+        return cosine
+    # reason: total_iters = warmup - 1 makes LinearLR's factor exactly (s + 1) / warmup, reaching 1 at the last
+    # warm-up step; the cosine starts at the full learning rate at step `warmup`
+    linear = LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup - 1)
+    return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+
+
+def _set_up(model: nn.Module, train_loader, cfg: TrainConfig, checkpoint_dir: str | Path | None,
+            tag: dict | None) -> _Run:
+    """Check the model and data, seed, and build the λ sampler, optimizer, schedule and gradient scaler."""
     inner = _unwrap(model)
     if not any(is_conditioned(m) for _, m in iter_modules(inner)):
         raise ValueError("fit() expects a model converted with floatify.convert(model)")
@@ -348,79 +404,77 @@ def fit(
     sampler = LamSampler(cfg.strategy, seed=cfg.seed, zero_share=cfg.zero_share,
                          **({"values": (cfg.fixed_lam,)} if cfg.strategy == "fixed" else {}))
     optimizer = _make_optimizer(model, cfg)
-    total = cfg.epochs * steps_per_epoch
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-
-    def lr_lambda(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     device = next(inner.parameters()).device
     use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    history: list[dict] = []
-    start_epoch = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    signature = _data_signature(train_loader, steps_per_epoch)
     if ckpt_dir is not None and _is_main_process():
         from floatify.io import remove_stale_temporaries
 
         remove_stale_temporaries(ckpt_dir)  # reason: temporaries of a killed earlier run
-    if resume:
-        if ckpt_dir is None:
-            raise FileNotFoundError("resume=True needs checkpoint_dir (where train_state.safetensors is)")
-        state, path = _read_state(ckpt_dir)
-        _resume(inner, optimizer, scheduler, scaler, train_loader, cfg, signature, tag, state, path)
-        history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
+    return _Run(model, inner, train_loader, cfg, sampler, optimizer, make_scheduler(optimizer, cfg, steps_per_epoch),
+                torch.amp.GradScaler("cuda", enabled=use_amp), device, use_amp, steps_per_epoch, ckpt_dir,
+                _data_signature(train_loader, steps_per_epoch), tag)
+
+
+def _resume_run(run: _Run) -> None:
+    if run.checkpoint_dir is None:
+        raise FileNotFoundError("resume=True needs checkpoint_dir (where train_state.safetensors is)")
+    state, path = _read_state(run.checkpoint_dir)
+    _resume(run.inner, run.optimizer, run.scheduler, run.scaler, run.loader, run.cfg, run.signature, run.tag, state,
+            path)
+    run.history, run.start_epoch = list(state["history"]), int(state["epoch"]) + 1
+
+
+def train_one_epoch(run: _Run, epoch: int, *, progress: bool = True) -> dict:
+    """One pass over the training data (``epoch`` counts from 0); returns the epoch's record."""
     from tqdm.auto import tqdm
 
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
-        t0, total_loss, n, lam_counts = time.perf_counter(), 0.0, 0, {}
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for i, (x, y) in enumerate(bar):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            lams = sampler(epoch * steps_per_epoch + i)
-            for v in lams:
-                key = f"{v:.2f}"
-                lam_counts[key] = lam_counts.get(key, 0) + 1
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = float_step_loss(model, x, y, lams, attack=cfg.attack, eps=cfg.eps, steps=cfg.steps,
-                                       step_size=cfg.step_size, noise_draw=cfg.noise_draw)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total_loss += loss.item() * len(y)
-            n += len(y)
-            bar.set_postfix(loss=f"{total_loss / n:.3f}", lam=",".join(f"{v:.2f}" for v in lams))
-        if n == 0:
-            raise ValueError(f"epoch {epoch + 1} got no batches from the training data: nothing was trained")
-        record = {"epoch": epoch + 1, "loss": total_loss / n, "lam_counts": lam_counts,
-                  "seconds": time.perf_counter() - t0, "lr": scheduler.get_last_lr()[0]}
-        history.append(record)
-        if ckpt_dir is not None and _is_main_process():
-            from floatify.checkpoint import save_state
-            from floatify.io import atomic_write
+    cfg, loader, device = run.cfg, run.loader, run.device
+    run.model.train()
+    if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    t0, total_loss, n, lam_counts = time.perf_counter(), 0.0, 0, {}
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+    for i, (x, y) in enumerate(bar):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        lams = run.sampler(epoch * run.steps_per_epoch + i)
+        for v in lams:
+            key = f"{v:.2f}"
+            lam_counts[key] = lam_counts.get(key, 0) + 1
+        with torch.autocast(device.type, enabled=run.use_amp):
+            loss = float_step_loss(run.model, x, y, lams, attack=cfg.attack, eps=cfg.eps, steps=cfg.steps,
+                                   step_size=cfg.step_size, noise_draw=cfg.noise_draw)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if cfg.grad_clip is not None:
+            run.scaler.unscale_(run.optimizer)
+            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        total_loss += loss.item() * len(y)
+        n += len(y)
+        bar.set_postfix(loss=f"{total_loss / n:.3f}", lam=",".join(f"{v:.2f}" for v in lams))
+    if n == 0:
+        raise ValueError(f"epoch {epoch + 1} got no batches from the training data: nothing was trained")
+    return {"epoch": epoch + 1, "loss": total_loss / n, "lam_counts": lam_counts,
+            "seconds": time.perf_counter() - t0, "lr": run.scheduler.get_last_lr()[0]}
 
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            save_state(ckpt_dir / STATE_FILE, {
-                "model": inner.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
-                "rng": _rng_state(train_loader), "config": asdict(cfg), "data": signature, "tag": tag})
-            (ckpt_dir / LEGACY_STATE_FILE).unlink(missing_ok=True)  # reason: superseded; never read again
-            atomic_write(ckpt_dir / "history.json", json.dumps(history, indent=2))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, record)
-    return history
+
+def _save_checkpoint(run: _Run, epoch: int) -> None:
+    """``train_state.safetensors`` (everything to resume exactly) and ``history.json``, both atomic."""
+    from floatify.checkpoint import save_state
+    from floatify.io import atomic_write
+
+    assert run.checkpoint_dir is not None
+    run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    save_state(run.checkpoint_dir / STATE_FILE, {
+        "model": run.inner.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "epoch": epoch,
+        "history": run.history, "rng": _rng_state(run.loader), "config": asdict(run.cfg), "data": run.signature,
+        "tag": run.tag})
+    (run.checkpoint_dir / LEGACY_STATE_FILE).unlink(missing_ok=True)  # reason: superseded; never read again
+    atomic_write(run.checkpoint_dir / "history.json", json.dumps(run.history, indent=2))
 
 
 def _resume(inner, optimizer, scheduler, scaler, loader, cfg: TrainConfig, signature: dict, tag, state: dict,
@@ -453,14 +507,32 @@ def _resume(inner, optimizer, scheduler, scaler, loader, cfg: TrainConfig, signa
                               f"density setting?): missing {missing}, unexpected {extra}")
     try:
         inner.load_state_dict(stored)
+        _load_scheduler(scheduler, state["scheduler"])  # reason: first; a replayed old schedule moves the lr
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], loader)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
         raise CheckpointError(f"training state {path} is corrupted or from another run ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}); delete it to start afresh") from None
+
+
+def _load_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict) -> None:
+    """Load a schedule's state; a state of the hand-written LambdaLR schedule of earlier versions is replayed.
+
+    reason: runs checkpointed before the schedule was built from torch's LinearLR/CosineAnnealingLR stored a
+    LambdaLR state; both compute the same learning rates, so stepping the new schedule to the stored step
+    restores it. Runs before the optimizer's state is loaded, which then sets the stored learning rate.
+    """
+    if "lr_lambdas" not in state:
+        scheduler.load_state_dict(state)
+        return
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # reason: "scheduler.step() before optimizer.step()" does not apply here
+        for _ in range(int(state["last_epoch"])):
+            scheduler.step()
 
 
 def _is_main_process() -> bool:

@@ -346,3 +346,70 @@ def test_training_on_no_batches_is_an_error():
     data = TensorDataset(torch.rand(5, 3, 6, 6), torch.randint(0, 3, (5,)))
     with pytest.raises(ValueError, match="no batches"):
         floatify.fit(tiny_model(), DataLoader(data, batch_size=8, drop_last=True), epochs=1, progress=False)
+
+
+def _lrs(cfg, steps_per_epoch):
+    from floatify.train import make_scheduler
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = make_scheduler(opt, cfg, steps_per_epoch)
+    lrs = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize("warmup_epochs", [0, 0.5, 1])
+def test_schedule_is_linear_warm_up_then_cosine(warmup_epochs):
+    import math
+
+    from floatify.train import TrainConfig
+
+    cfg = TrainConfig(epochs=2, lr=0.1, warmup_epochs=warmup_epochs)
+    warm, total = int(warmup_epochs * 4), 8
+    want = [0.1 * (s + 1) / warm if s < warm else 0.05 * (1 + math.cos(math.pi * (s - warm) / (total - warm)))
+            for s in range(total)]
+    assert _lrs(cfg, 4) == pytest.approx(want, abs=1e-12)
+
+
+def test_fit_warmup_grad_clip_and_adamw_reach_the_optimizer(tmp_path):
+    kw = dict(epochs=2, steps=1, progress=False)
+    warm = floatify.fit(tiny_model(), _loader(), warmup_epochs=1, **kw)  # 4 steps per epoch
+    assert warm[0]["lr"] == pytest.approx(0.1) and warm[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    plain = floatify.fit(tiny_model(), _loader(), **kw)
+    assert plain[0]["lr"] == pytest.approx(0.05)  # cosine half way
+    before = tiny_model().state_dict()
+    clipped = tiny_model()
+    floatify.fit(clipped, _loader(), grad_clip=1e-9, lr=0.1, momentum=0.0, weight_decay=0.0, **kw)
+    moved = max((clipped.state_dict()[k] - v).abs().max().item() for k, v in before.items() if v.is_floating_point()
+                and "running" not in k)
+    assert moved < 1e-8  # 8 steps of lr 0.1 × gradient norm 1e-9
+    adamw = tiny_model()
+    floatify.fit(adamw, _loader(), optimizer="adamw", lr=1e-3, checkpoint_dir=tmp_path, **kw)
+    opt_state = load_state(tmp_path / STATE_FILE)["optimizer"]
+    assert all("exp_avg_sq" in s for s in opt_state["state"].values())  # AdamW's moments were checkpointed
+
+
+def test_amp_is_a_no_op_on_cpu():
+    a, b = tiny_model(), tiny_model()
+    floatify.fit(a, _loader(), epochs=1, steps=1, progress=False, amp=True)
+    floatify.fit(b, _loader(), epochs=1, steps=1, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_resume_from_a_state_of_the_earlier_hand_written_schedule(tmp_path):
+    kw = dict(epochs=3, steps=1, strategy="uniform", progress=False)
+    straight = tiny_model()
+    floatify.fit(straight, _loader(), **kw)
+    with pytest.raises(_Stop):
+        floatify.fit(tiny_model(), _loader(), checkpoint_dir=tmp_path, on_epoch_end=_stop_after(1), **kw)
+    state = load_state(tmp_path / STATE_FILE)
+    steps = state["scheduler"]["last_epoch"]
+    state["scheduler"] = {"base_lrs": [0.1, 0.1], "last_epoch": steps, "verbose": False, "_step_count": steps + 1,
+                          "_get_lr_called_within_step": False, "_last_lr": [0.1, 0.1], "lr_lambdas": [None, None]}
+    save_state(tmp_path / STATE_FILE, state)
+    resumed = tiny_model()
+    floatify.fit(resumed, _loader(), checkpoint_dir=tmp_path, resume=True, **kw)
+    assert all(torch.equal(p, q) for p, q in zip(straight.state_dict().values(), resumed.state_dict().values()))
