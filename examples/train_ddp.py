@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import floatify
 from floatify.data import load_dataset
+from floatify.models import create_model
 
 
 def main() -> None:
@@ -46,7 +47,7 @@ def main() -> None:
     data = load_dataset(args.dataset, image_size=args.image_size)
     if args.max_steps is not None:
         data.train = torch.utils.data.Subset(data.train, range(args.max_steps * args.batch_size * world))
-    model = floatify.convert(floatify.create_model(args.model, data.num_classes)).to(device)
+    model = floatify.convert(create_model(args.model, data.num_classes)).to(device)
     model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=0)
     loader = DataLoader(data.train, batch_size=args.batch_size, sampler=sampler, drop_last=True)

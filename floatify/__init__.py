@@ -1,5 +1,9 @@
 """floatify: one model, a dial between clean accuracy and adversarial robustness (FLOAT, WACV 2023).
 
+The top level holds the verbs and their configs; helpers live in the submodules (``floatify.context``,
+``floatify.layers``, ``floatify.models``, ``floatify.summary``, ``floatify.sparsity``, ``floatify.train``,
+``floatify.attacks``, ``floatify.report``, ``floatify.checkpoint``, ``floatify.data``).
+
 Example:
     >>> import torch, timm, floatify
     >>> model = floatify.convert(timm.create_model("resnet18", num_classes=10))
@@ -8,51 +12,61 @@ Example:
     >>> plain = floatify.freeze(model, lam=0.3, seed=0)
 """
 
-from floatify.context import get_lam, hold_noise, lam
-from floatify.convert import (
-    FloatConfig,
-    FloatifyWarning,
-    convert,
-    convert_sync_batchnorm,
-    load_original_state_dict,
-)
-from floatify.evaluate import evaluate
+import importlib
+import warnings
+
+from floatify.attacks import AttackSpec
+from floatify.context import lam
+from floatify.convert import FloatConfig, convert
+from floatify.evaluate import EvalConfig, evaluate
 from floatify.freeze import freeze
-from floatify.layers import is_conditioned, register_conditioned_weights
-from floatify.models import Normalized, create_model
-from floatify.report import Report
-from floatify.sparsity import load_sparse, save_sparse, sparsify, sparsity_report
-from floatify.summary import ConversionSummary, param_groups, summary
-from floatify.train import LamSampler, TrainConfig, fit, float_loss, float_step_loss
+from floatify.sparsity import sparsify
+from floatify.summary import summary
+from floatify.train import TrainConfig, fit, float_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConversionSummary",
-    "LamSampler",
-    "Normalized",
-    "Report",
+    "AttackSpec",
+    "EvalConfig",
+    "FloatConfig",
     "TrainConfig",
-    "create_model",
+    "convert",
     "evaluate",
     "fit",
     "float_loss",
-    "float_step_loss",
-    "FloatConfig",
-    "FloatifyWarning",
-    "convert",
-    "convert_sync_batchnorm",
     "freeze",
-    "get_lam",
-    "hold_noise",
-    "is_conditioned",
     "lam",
-    "load_original_state_dict",
-    "param_groups",
-    "register_conditioned_weights",
-    "summary",
     "sparsify",
-    "sparsity_report",
-    "save_sparse",
-    "load_sparse",
+    "summary",
 ]
+
+# Names that were top-level before the API was trimmed to the verbs: still importable from here (with a
+# DeprecationWarning) so existing code keeps running; their home is the submodule named.
+_MOVED = {
+    "ConversionSummary": "floatify.summary",
+    "FloatifyWarning": "floatify.convert",
+    "LamSampler": "floatify.train",
+    "Normalized": "floatify.models",
+    "Report": "floatify.report",
+    "convert_sync_batchnorm": "floatify.convert",
+    "create_model": "floatify.models",
+    "float_step_loss": "floatify.train",
+    "get_lam": "floatify.context",
+    "hold_noise": "floatify.context",
+    "is_conditioned": "floatify.layers",
+    "load_original_state_dict": "floatify.convert",
+    "load_sparse": "floatify.sparsity",
+    "param_groups": "floatify.summary",
+    "register_conditioned_weights": "floatify.layers",
+    "save_sparse": "floatify.sparsity",
+    "sparsity_report": "floatify.sparsity",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _MOVED.get(name)
+    if home is None:
+        raise AttributeError(f"module 'floatify' has no attribute {name!r}")
+    warnings.warn(f"floatify.{name} moved to {home}.{name}; import it from there", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(home), name)

@@ -12,10 +12,11 @@ and λ > 0).
 
 Example:
     >>> import floatify
-    >>> floatify.get_lam()
+    >>> from floatify.context import get_lam
+    >>> get_lam()
     0.0
     >>> with floatify.lam(0.3):
-    ...     floatify.get_lam()
+    ...     get_lam()
     0.3
 """
 
@@ -118,7 +119,8 @@ def hold_noise() -> Iterator[None]:
         >>> import torch, floatify
         >>> model = floatify.convert(torch.nn.Linear(4, 2))
         >>> x = torch.rand(3, 4)
-        >>> with floatify.lam(1.0), floatify.hold_noise():
+        >>> from floatify.context import hold_noise
+        >>> with floatify.lam(1.0), hold_noise():
         ...     torch.equal(model(x), model(x))
         True
     """

@@ -192,7 +192,7 @@ def _plan(model: nn.Module, filter_fn: FilterFn | None, dual_bn: bool) -> _Plan:
     if n_candidates == 0:
         raise ValueError(
             f"{type(model).__name__} has no Conv/Linear layer floatify can condition; register custom layer "
-            f"types with floatify.register_conditioned_weights(cls, 'weight')"
+            f"types with floatify.layers.register_conditioned_weights(cls, 'weight')"
         )
     if not weights and not any(is_conditioned(m) and not is_batchnorm(m) for _, m in iter_modules(model)):
         raise ValueError(
@@ -315,7 +315,8 @@ def load_original_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
         >>> import torch, floatify
         >>> plain = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
         >>> model = floatify.convert(plain)
-        >>> floatify.load_original_state_dict(model, plain.state_dict())
+        >>> from floatify.convert import load_original_state_dict
+        >>> load_original_state_dict(model, plain.state_dict())
     """
     converted_keys = sorted(set(state_dict) & _floatify_keys(model))
     if converted_keys:

@@ -17,7 +17,8 @@ Example:
     >>> import torch, floatify
     >>> model = floatify.convert(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 10)))
     >>> model = floatify.sparsify(model, 0.2)
-    >>> round(floatify.sparsity_report(model).density, 2)
+    >>> from floatify.sparsity import sparsity_report
+    >>> round(sparsity_report(model).density, 2)
     0.2
 """
 

@@ -114,7 +114,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     Example:
         >>> import torch, floatify
         >>> model = floatify.convert(torch.nn.Linear(4, 2))
-        >>> opt = torch.optim.SGD(floatify.param_groups(model, 5e-4), lr=0.1)
+        >>> from floatify.summary import param_groups
+        >>> opt = torch.optim.SGD(param_groups(model, 5e-4), lr=0.1)
         >>> [len(g["params"]) for g in opt.param_groups]
         [1, 2]
     """

@@ -11,10 +11,12 @@ so eps is in pixel units.
 Example (your own loop):
     >>> import torch, floatify
     >>> model = floatify.convert(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)))
-    >>> opt = torch.optim.SGD(floatify.param_groups(model, 5e-4), lr=0.1)
-    >>> sampler = floatify.LamSampler("binary", seed=0)
+    >>> from floatify.summary import param_groups
+    >>> from floatify.train import LamSampler, float_step_loss
+    >>> opt = torch.optim.SGD(param_groups(model, 5e-4), lr=0.1)
+    >>> sampler = LamSampler("binary", seed=0)
     >>> x, y = torch.rand(8, 3, 2, 2), torch.randint(0, 3, (8,))
-    >>> loss = floatify.float_step_loss(model, x, y, sampler(step=0), eps=8 / 255, steps=2)
+    >>> loss = float_step_loss(model, x, y, sampler(step=0), eps=8 / 255, steps=2)
     >>> loss.backward(); opt.step()
 """
 
@@ -121,7 +123,7 @@ def float_loss(
     term (weight 0) is not computed.
 
     ``noise_draw``: ``"step"`` (default) draws the weight noise once for the call — the attack iterations
-    and the loss see the same draw (:func:`floatify.hold_noise`); ``"forward"`` draws it afresh on every
+    and the loss see the same draw (:func:`floatify.context.hold_noise`); ``"forward"`` draws it afresh on every
     forward, like the FLOAT/PNI reference code, at about 1.4× the step time on CPU (benchmarks/RESULTS.md
     compares the two).
     """
@@ -317,7 +319,7 @@ def fit(
 ) -> list[dict]:
     """Train a converted model once-for-all with FLOAT.
 
-    SGD (or AdamW) on :func:`floatify.param_groups` (no weight decay on α or norms), cosine schedule
+    SGD (or AdamW) on :func:`floatify.summary.param_groups` (no weight decay on α or norms), cosine schedule
     (optional linear warm-up), optional gradient clipping, optional AMP on CUDA, a checkpoint every epoch
     (``checkpoint_dir/train_state.safetensors``: tensors in safetensors, everything else JSON, no pickle) and
     ``resume=True`` to continue from it. Reproducible on CPU for a fixed ``seed`` (also the λ sampling), and a

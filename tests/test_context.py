@@ -7,18 +7,19 @@ import pytest
 import torch
 
 import floatify
+from floatify.context import get_lam, hold_noise
 
 
 def test_default_and_nesting_restore_outer_value_even_on_error():
-    assert floatify.get_lam() == 0.0
+    assert get_lam() == 0.0
     with floatify.lam(0.3):
-        assert floatify.get_lam() == 0.3
+        assert get_lam() == 0.3
         with pytest.raises(RuntimeError):
             with floatify.lam(1):
-                assert floatify.get_lam() == 1.0
+                assert get_lam() == 1.0
                 raise RuntimeError("boom")
-        assert floatify.get_lam() == 0.3
-    assert floatify.get_lam() == 0.0
+        assert get_lam() == 0.3
+    assert get_lam() == 0.0
 
 
 @pytest.mark.parametrize(
@@ -39,14 +40,14 @@ def test_invalid_lam_is_rejected_with_a_clear_error(bad, error):
     with pytest.raises(error, match="lam"):
         with floatify.lam(bad):
             pass
-    assert floatify.get_lam() == 0.0
+    assert get_lam() == 0.0
 
 
 def test_scalar_tensor_and_int_are_accepted():
     with floatify.lam(torch.tensor(0.5)):
-        assert floatify.get_lam() == 0.5
+        assert get_lam() == 0.5
     with floatify.lam(1):
-        assert floatify.get_lam() == 1.0
+        assert get_lam() == 1.0
 
 
 def test_threads_see_their_own_lam_and_new_threads_start_at_zero():
@@ -56,7 +57,7 @@ def test_threads_see_their_own_lam_and_new_threads_start_at_zero():
     def worker(value):
         with floatify.lam(value):
             barrier.wait()
-            seen[value] = floatify.get_lam()
+            seen[value] = get_lam()
 
     threads = [threading.Thread(target=worker, args=(v,)) for v in (0.2, 0.8)]
     for t in threads:
@@ -67,11 +68,11 @@ def test_threads_see_their_own_lam_and_new_threads_start_at_zero():
 
     inside = {}
     with floatify.lam(0.7):
-        t = threading.Thread(target=lambda: inside.setdefault("plain", floatify.get_lam()))
+        t = threading.Thread(target=lambda: inside.setdefault("plain", get_lam()))
         t.start()
         t.join()
         ctx = contextvars.copy_context()
-        t = threading.Thread(target=lambda: ctx.run(lambda: inside.setdefault("copied", floatify.get_lam())))
+        t = threading.Thread(target=lambda: ctx.run(lambda: inside.setdefault("copied", get_lam())))
         t.start()
         t.join()
     assert inside == {"plain": 0.0, "copied": 0.7}
@@ -81,7 +82,7 @@ def test_asyncio_tasks_see_their_own_lam():
     async def task(value):
         with floatify.lam(value):
             await asyncio.sleep(0.01)
-            return floatify.get_lam()
+            return get_lam()
 
     async def main():
         return await asyncio.gather(task(0.1), task(0.9), task(0.0))
@@ -97,9 +98,9 @@ def noisy_linear():
 def test_hold_noise_reuses_one_draw_per_block_and_only_inside_it():
     layer, x = noisy_linear(), torch.rand(2, 6)
     with floatify.lam(1.0):
-        with floatify.hold_noise():
+        with hold_noise():
             a, b = layer(x), layer(x)
-        with floatify.hold_noise():
+        with hold_noise():
             c = layer(x)
         d, e = layer(x), layer(x)
     assert torch.equal(a, b)
@@ -110,7 +111,7 @@ def test_hold_noise_reuses_one_draw_per_block_and_only_inside_it():
 def test_hold_noise_follows_weight_and_lam_changes_with_the_same_draw():
     layer = noisy_linear()
     raw = layer._parameters["weight"]
-    with floatify.hold_noise():
+    with hold_noise():
         with floatify.lam(1.0):
             w1 = layer.weight.detach().clone()
         with floatify.lam(0.5):
@@ -134,7 +135,7 @@ def test_held_weight_gives_exact_gradients_after_any_attack_backward_calls(densi
         if density < 1:
             floatify.sparsify(layer, density)
         torch.manual_seed(1)
-        with floatify.lam(0.7), floatify.hold_noise():
+        with floatify.lam(0.7), hold_noise():
             for _ in range(3 if attack != "none" else 0):
                 xi = x.clone().requires_grad_(True)
                 loss = torch.nn.functional.cross_entropy(layer(xi), y)

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 
 import floatify
+from floatify.convert import FloatifyWarning, convert_sync_batchnorm, load_original_state_dict
+from floatify.layers import is_conditioned
 
 from cases import CASES, SharedBlock, TiedLinears
 from helpers import alpha_grads_at, alphas, wake_up
@@ -165,7 +167,7 @@ def test_filter_fn_keeps_classifier_clean_and_reports_it():
     s = floatify.summary(model)
     assert ("7", "excluded by filter_fn") in s.skipped
     assert "7.weight" not in [r.fqn for r in s.conditioned]
-    assert not floatify.is_conditioned(model[7])
+    assert not is_conditioned(model[7])
 
 
 def test_filter_matching_nothing_is_an_error_and_changes_nothing():
@@ -173,7 +175,7 @@ def test_filter_matching_nothing_is_an_error_and_changes_nothing():
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match="filter_fn excluded all"):
         floatify.convert(model, filter_fn=lambda m, fqn: False, inplace=True)
-    assert not any(floatify.is_conditioned(m) for m in model.modules())
+    assert not any(is_conditioned(m) for m in model.modules())
     assert set(model.state_dict()) == set(before)
 
 
@@ -210,7 +212,7 @@ def test_lazy_uninitialised_layer_is_an_error():
 
 def test_unconvertible_weight_is_warned_about_and_reported():
     model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 4)), nn.Linear(4, 2))
-    with pytest.warns(floatify.FloatifyWarning, match="0.weight"):
+    with pytest.warns(FloatifyWarning, match="0.weight"):
         converted = floatify.convert(model)
     skipped = dict(floatify.summary(converted).skipped)
     assert "0.weight" in skipped and "not a registered Parameter" in skipped["0.weight"]
@@ -226,9 +228,9 @@ def test_config_is_validated(bad):
 def test_inplace_false_leaves_original_untouched_and_inplace_true_converts_it():
     model = CASES["cnn"][0]()
     converted = floatify.convert(model)
-    assert converted is not model and not floatify.is_conditioned(model[0])
+    assert converted is not model and not is_conditioned(model[0])
     same = floatify.convert(model, inplace=True)
-    assert same is model and floatify.is_conditioned(model[0])
+    assert same is model and is_conditioned(model[0])
 
 
 def test_dual_bn_uses_clean_set_at_zero_and_adversarial_set_above():
@@ -257,7 +259,7 @@ def test_bn_mix_in_eval(mix, lam, weight, mean):
     with torch.no_grad():
         model[1].weight_adv.fill_(3.0)
         model[1].running_mean_adv.fill_(2.0)
-    for m in (model, copy.deepcopy(model), floatify.convert_sync_batchnorm(model)):  # the mix travels along
+    for m in (model, copy.deepcopy(model), convert_sync_batchnorm(model)):  # the mix travels along
         m.eval()
         with floatify.lam(lam):
             assert torch.equal(m[1].weight, torch.full((4,), weight)), (m, lam)
@@ -278,8 +280,8 @@ def test_sync_batchnorm_conversion_keeps_dual_bn():
     model = floatify.convert(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)))
     with torch.no_grad():
         model[1].weight_adv.fill_(3.0)
-    synced = floatify.convert_sync_batchnorm(model)
-    assert isinstance(synced[1], nn.SyncBatchNorm) and floatify.is_conditioned(synced[1])
+    synced = convert_sync_batchnorm(model)
+    assert isinstance(synced[1], nn.SyncBatchNorm) and is_conditioned(synced[1])
     assert torch.equal(synced[1].weight_adv, torch.full((4,), 3.0))
     with floatify.lam(1.0):
         assert torch.equal(synced[1].weight, torch.full((4,), 3.0))
@@ -291,13 +293,13 @@ def test_load_original_checkpoint_into_converted_model():
     with torch.no_grad():
         for p in original.parameters():
             p.add_(0.01)
-    floatify.load_original_state_dict(model, original.state_dict())
+    load_original_state_dict(model, original.state_dict())
     original.eval()
     model.eval()
     assert torch.equal(model(x), original(x))
     assert torch.equal(model.bn1.weight_adv, original.bn1.weight)
     with pytest.raises(KeyError, match="different architecture"):
-        floatify.load_original_state_dict(model, CASES["mlp"][0]().state_dict())
+        load_original_state_dict(model, CASES["mlp"][0]().state_dict())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -345,7 +347,7 @@ def test_meta_device_workflow_initialises_alpha():
     model = model.to_empty(device="cpu")
     with torch.no_grad():
         model[0].weight_alpha.fill_(1.66e38)  # what uninitialised memory may hold
-    floatify.load_original_state_dict(model, plain.state_dict())
+    load_original_state_dict(model, plain.state_dict())
     assert model[0].weight_alpha.item() == 0.5
     assert torch.equal(model[1].running_var_adv, plain[1].running_var)
 
@@ -357,14 +359,14 @@ def test_load_original_state_dict_refuses_a_converted_checkpoint(key):
     state[key] = model.state_dict()[key].clone() + 1
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=f"converted floatify model .*'{key}'.*model.load_state_dict"):
-        floatify.load_original_state_dict(model, state)
+        load_original_state_dict(model, state)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # nothing loaded
 
 
 def test_quantized_layers_are_reported_not_skipped_silently():
     qlinear = torch.ao.nn.quantized.dynamic.Linear(8, 4)
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), qlinear)
-    with pytest.warns(floatify.FloatifyWarning, match="3: quantized layer"):
+    with pytest.warns(FloatifyWarning, match="3: quantized layer"):
         converted = floatify.convert(model)
     s = floatify.summary(converted)
     assert [site for site, _ in s.skipped] == ["3"] and "quantize" in str(s)

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import floatify
+from floatify.layers import is_conditioned
 
 from cases import CASES
 from helpers import wake_up
@@ -28,7 +29,7 @@ def test_freeze_at_zero_reproduces_original(name):
     model = floatify.convert(original)
     plain = floatify.freeze(model, 0.0)
     assert set(plain.state_dict()) == set(original.state_dict())
-    assert not any(floatify.is_conditioned(m) for m in plain.modules())
+    assert not any(is_conditioned(m) for m in plain.modules())
     assert all(type(a) is type(b) for a, b in zip(plain.modules(), original.modules()))
     assert torch.equal(plain(x), original(x))
 

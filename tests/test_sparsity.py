@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 
 import floatify
+from floatify.layers import is_conditioned
 from floatify.layers.masks import MASK_SUFFIX
-from floatify.sparsity import LAYER_FLOOR, sparsity_report
+from floatify.sparsity import LAYER_FLOOR, load_sparse, save_sparse, sparsity_report
 
 
 def model_and_data():
@@ -26,7 +27,7 @@ def model_and_data():
 def pruned(model):
     out = {}
     for fqn, m in model.named_modules():
-        if floatify.is_conditioned(m) and hasattr(type(m), "_floatify_weights"):
+        if is_conditioned(m) and hasattr(type(m), "_floatify_weights"):
             mask = m.floatify_mask("weight")
             if mask is not None:
                 out[fqn] = ~mask
@@ -92,10 +93,10 @@ def test_export_round_trip_and_size_scales_with_density(tmp_path):
         model = floatify.convert(nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 10)))
         floatify.sparsify(model, density)
         frozen = floatify.freeze(model, 0.5, seed=1)
-        path = floatify.save_sparse(frozen, tmp_path / f"d{density}.safetensors")
+        path = save_sparse(frozen, tmp_path / f"d{density}.safetensors")
         sizes[density] = path.stat().st_size
         torch.manual_seed(3)
-        back = floatify.load_sparse(nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 10)), path)
+        back = load_sparse(nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 10)), path)
         for k, v in frozen.state_dict().items():
             assert torch.equal(back.state_dict()[k], v), k
     assert sizes[0.1] < 0.2 * sizes[1.0] and sizes[0.5] < 0.6 * sizes[1.0]
@@ -149,9 +150,9 @@ def _sparse_with_a_kept_zero():
 
 def test_load_sparse_restores_masks_into_a_dense_model_including_kept_zeros(tmp_path):
     model, x = _sparse_with_a_kept_zero()
-    path = floatify.save_sparse(model, tmp_path / "s.safetensors")
+    path = save_sparse(model, tmp_path / "s.safetensors")
     dense, _, _ = model_and_data()
-    floatify.load_sparse(dense, path)
+    load_sparse(dense, path)
     for i in (0, 3, 7):
         assert torch.equal(dense[i].floatify_mask("weight"), model[i].floatify_mask("weight"))
     dead = ~model[3].floatify_mask("weight")
@@ -159,7 +160,7 @@ def test_load_sparse_restores_masks_into_a_dense_model_including_kept_zeros(tmp_
         assert (dense[3].weight[dead] == 0).all()  # pruned weights get no noise
     again, _, _ = model_and_data()
     floatify.sparsify(again, 0.3)
-    floatify.load_sparse(again, path)  # a sparse model: the kept zero stays kept
+    load_sparse(again, path)  # a sparse model: the kept zero stays kept
     assert torch.equal(again[3].floatify_mask("weight"), model[3].floatify_mask("weight"))
     assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]
 
@@ -189,10 +190,10 @@ def _header(path, **meta):
 ])
 def test_damaged_sparse_files_are_clear_errors(tmp_path, damage, message):
     model, _, _ = model_and_data()
-    path = floatify.save_sparse(floatify.sparsify(model, 0.3), tmp_path / "s.safetensors")
+    path = save_sparse(floatify.sparsify(model, 0.3), tmp_path / "s.safetensors")
     damage(path)
     with pytest.raises(ValueError, match=message) as err:
-        floatify.load_sparse(model_and_data()[0], path)
+        load_sparse(model_and_data()[0], path)
     assert str(path) in str(err.value)
 
 
@@ -211,11 +212,11 @@ def test_pruned_but_never_converted_is_not_conditioned():
 
     plain = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3))
     floatify.sparsify(plain, 0.5)
-    assert not any(floatify.is_conditioned(m) for m in plain.modules())
+    assert not any(is_conditioned(m) for m in plain.modules())
     with pytest.raises(ValueError, match="expects a converted model"):
         floatify.freeze(plain, 0.0)
     loader = DataLoader(TensorDataset(torch.rand(8, 8), torch.randint(0, 3, (8,))), batch_size=4)
     with pytest.raises(ValueError, match="expects a model converted"):
         floatify.fit(plain, loader, epochs=1, progress=False)
     converted = floatify.convert(plain)
-    assert all(floatify.is_conditioned(m) for m in converted)
+    assert all(is_conditioned(m) for m in converted)

@@ -2,6 +2,7 @@ import pytest
 import torch.nn as nn
 
 import floatify
+from floatify.summary import param_groups
 
 from cases import CASES
 
@@ -21,7 +22,7 @@ def test_summary_lists_sites_reasons_and_overhead():
 
 def test_param_groups_exclude_alpha_norms_and_biases():
     model = floatify.convert(CASES["cnn"][0]())
-    decay, no_decay = floatify.param_groups(model, 5e-4)
+    decay, no_decay = param_groups(model, 5e-4)
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
     decay_ids = {id(p) for p in decay["params"]}
     assert id(model[0].weight_alpha) not in decay_ids
@@ -29,7 +30,7 @@ def test_param_groups_exclude_alpha_norms_and_biases():
     assert id(model[0]._parameters["weight"]) in decay_ids
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     with pytest.raises(ValueError, match="weight_decay"):
-        floatify.param_groups(model, -1)
+        param_groups(model, -1)
 
 
 def test_resnet18_overhead_is_small():

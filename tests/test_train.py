@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import floatify
 from floatify.checkpoint import CheckpointError, load_state, save_state
-from floatify.train import LEGACY_STATE_FILE, STATE_FILE, LamSampler
+from floatify.context import get_lam, hold_noise
+from floatify.train import LEGACY_STATE_FILE, STATE_FILE, LamSampler, float_step_loss
 
 
 def tiny_model():
@@ -39,7 +40,7 @@ def test_loss_at_zero_is_plain_cross_entropy_and_runs_no_attack():
 
 def replay(noise_draw: str):
     """The noise context float_loss uses for ``noise_draw`` (to replay its draws by seed)."""
-    return floatify.hold_noise() if noise_draw == "step" else contextlib.nullcontext()
+    return hold_noise() if noise_draw == "step" else contextlib.nullcontext()
 
 
 @pytest.mark.parametrize("noise_draw", ["step", "forward"])
@@ -98,7 +99,7 @@ def test_attack_sees_noise_on_eval_bn_and_leaves_param_grads_alone():
     seen = {}
 
     def spy(a, b):
-        seen["lam"], seen["training"] = floatify.get_lam(), model.training
+        seen["lam"], seen["training"] = get_lam(), model.training
         with torch.no_grad():
             seen["noisy"] = not torch.equal(model[0].weight, model[0]._parameters["weight"])
         return a
@@ -144,7 +145,7 @@ def test_binary_step_splits_the_batch():
         calls.append(len(a))
         return a
 
-    floatify.float_step_loss(model, x, y, [0.0, 1.0], attack=attack)
+    float_step_loss(model, x, y, [0.0, 1.0], attack=attack)
     assert calls == [4]  # only the λ = 1 half is attacked
 
 

@@ -144,7 +144,7 @@ class _ConditionedMixin:
         reason: not cached across reads: writes through ``weight.data`` (``w.data.mul_(100)``) change W
         without changing ``weight._version``, so a version-keyed cache returned a stale std. The std is one
         reduction over W, measured at ~1/4 of the Gaussian draw of the same size on CPU; inside
-        :func:`floatify.hold_noise` (training's default) the noisy weight is computed once per step anyway.
+        :func:`floatify.context.hold_noise` (training's default) the noisy weight is computed once per step anyway.
         """
         return _weight_std(self._parameters[name], self.floatify_mask(name))
 
@@ -169,7 +169,7 @@ class _ConditionedMixin:
         return torch.addcmul(base, eta, scale)
 
     def floatify_held_weight(self, name: str, state, held: dict) -> torch.Tensor:
-        """The noisy weight ``name`` inside :func:`floatify.hold_noise`: one η per block.
+        """The noisy weight ``name`` inside :func:`floatify.context.hold_noise`: one η per block.
 
         The noisy tensor is computed once (without autograd history) and reused while W, α, the mask and
         λ are unchanged; with grad enabled each read wraps it in a fresh autograd node
