@@ -68,6 +68,8 @@ def main() -> None:
     p.add_argument("--fixed-iterations", type=int, default=50, help="iterations during the draw sweep")
     p.add_argument("--candidate", nargs=2, type=int, default=[50, 10], help="strong-preset candidate: iters draws")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/attack_strength.json"))
+    p.add_argument("--cost-only", action="store_true",
+                   help="re-time the presets only (on a quiet machine) and update the cost section of --out")
     args = p.parse_args()
     torch.set_num_threads(2)
     data = load_dataset("digits", image_size=16)
@@ -83,16 +85,18 @@ def main() -> None:
     x, y = next(iter(DataLoader(Subset(data.test, range(args.points)), batch_size=args.points)))
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "train_s": train_s, "points": args.points,
               "score_draws": args.score_draws, "vs_iterations": {}, "vs_draws": {}, "check": {}, "cost": {}}
+    if args.cost_only:
+        result = json.loads(args.out.read_text()) | {"cost": {}}
 
     def log(section, key, row):
         result[section][key] = row
         print(section, key, json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)
 
-    for lam in (1.0, 0.0):
+    for lam in (1.0, 0.0) if not args.cost_only else ():
         for n in args.iterations if lam > 0 else [10, 50, 100]:
             log("vs_iterations", f"lam={lam:g} iters={n}",
                 measure(model, x, y, lam, args.eps, n, args.fixed_draws if lam > 0 else 1, args.score_draws))
-    for d in args.draws:
+    for d in args.draws if not args.cost_only else ():
         key = f"lam=1 iters={args.fixed_iterations}"
         if d == args.fixed_draws and key in result["vs_iterations"]:  # reason: already measured, same setting
             result["vs_draws"][f"lam=1 draws={d}"] = result["vs_iterations"][key]
@@ -101,7 +105,7 @@ def main() -> None:
                                                     args.score_draws))
     n, d = args.candidate
     checks = {"candidate": (n, d), "doubled": (2 * n, 2 * d), "autoattack-rand": (100, 20)}
-    for label, (ni, di) in checks.items():
+    for label, (ni, di) in checks.items() if not args.cost_only else ():
         same = next((k for k, v in checks.items() if v == (ni, di) and f"check {k}" in result["check"]), None)
         if same is not None:  # reason: the doubled candidate can be AutoAttack-rand's setting itself
             result["check"][f"check {label}"] = result["check"][f"check {same}"]
@@ -109,6 +113,7 @@ def main() -> None:
         log("check", f"check {label}", measure(model, x, y, 1.0, args.eps, ni, di, args.score_draws) |
             {"iterations": ni, "draws": di})
     sub = DataLoader(Subset(data.test, range(100)), batch_size=100)
+    result["cost_note"] = "timed alone" if args.cost_only else "timed right after the sweeps (other load possible)"
     for name, specs in {"quick": quick(args.eps), f"strong {n}x{d}": strong(args.eps, n, d),
                         "strong 100x20": strong(args.eps)}.items():
         t0 = time.perf_counter()

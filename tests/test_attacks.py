@@ -189,8 +189,8 @@ def test_nan_outputs_count_as_wrong():
 
 @pytest.mark.parametrize("text,labels", [
     ("quick", [s.label for s in quick(0.1)]),
-    ("strong", ["clean", "apgd-ce-100x20", "apgd-dlr-100x20", "transfer-100", "apgd-ce-100 (noise off)"]),
-    ("clean,apgd-dlr:nonoise", ["clean", "apgd-dlr-100 (noise off)"]),
+    ("strong", ["clean", "apgd-ce-50x10", "apgd-dlr-50x10", "transfer-50", "apgd-ce-50 (noise off)"]),
+    ("clean,apgd-dlr:nonoise", ["clean", "apgd-dlr-50 (noise off)"]),
 ])
 def test_presets_and_lists_parse(text, labels):
     assert [s.label for s in parse_attacks(text, 0.1)] == labels
