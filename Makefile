@@ -16,7 +16,7 @@ demo: $(VENV)/.installed
 		--eval-attacks strong --eval-steps 20 --eot-draws 5 --eval-limit 200
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider tests floatify --doctest-modules
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -5,8 +5,10 @@ The top level holds the verbs and their configs; helpers live in the submodules 
 ``floatify.attacks``, ``floatify.report``, ``floatify.checkpoint``, ``floatify.data``).
 
 Example:
-    >>> import torch, timm, floatify
-    >>> model = floatify.convert(timm.create_model("resnet18", num_classes=10))
+    >>> import torch, floatify
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
+    ...                           torch.nn.Linear(8 * 30 * 30, 10))
+    >>> model = floatify.convert(net)  # any timm/torchvision classifier works the same way
     >>> with floatify.lam(0.3):
     ...     logits = model(torch.rand(2, 3, 32, 32))
     >>> plain = floatify.freeze(model, lam=0.3, seed=0)

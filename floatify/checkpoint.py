@@ -1,13 +1,14 @@
 """Checkpoints: the model's state_dict in safetensors, with the recipe to rebuild it in the metadata.
 
 Example:
-    >>> import torch, floatify
+    >>> import os, tempfile, torch, floatify
     >>> from floatify.checkpoint import save_checkpoint, load_checkpoint
     >>> model = floatify.convert(torch.nn.Linear(4, 2))
-    >>> save_checkpoint("/tmp/m.safetensors", model, {"model": "custom"})
-    >>> state, meta = load_checkpoint("/tmp/m.safetensors")
-    >>> meta["model"]
-    'custom'
+    >>> folder = tempfile.mkdtemp()
+    >>> path = save_checkpoint(os.path.join(folder, "m.safetensors"), model, {"model": "custom"})
+    >>> state, meta = load_checkpoint(path)
+    >>> meta["model"], sorted(state)
+    ('custom', ['bias', 'weight', 'weight_alpha'])
 """
 
 from __future__ import annotations

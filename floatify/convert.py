@@ -6,8 +6,11 @@ half-converted model behind.
 
 Example:
     >>> import torch.nn as nn, floatify
-    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.LazyLinear(10))
-    >>> model = floatify.convert(model)  # doctest: +SKIP  (lazy layers must be initialised first)
+    >>> lazy = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.LazyLinear(10))
+    >>> floatify.convert(lazy)  # lazy layers must be initialised first
+    Traceback (most recent call last):
+    ...
+    ValueError: layer '2' (LazyLinear) is lazy and not initialised yet: run one forward pass (or materialise it) before floatify.convert
     >>> model = floatify.convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
     >>> [row.fqn for row in floatify.summary(model).conditioned]
     ['0.weight']

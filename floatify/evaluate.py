@@ -12,7 +12,7 @@ Example:
     >>> data = DataLoader(TensorDataset(torch.rand(8, 3, 2, 2), torch.randint(0, 3, (8,))), batch_size=4)
     >>> report = floatify.evaluate(model, data, lams=[0, 1], attacks="quick", progress=False)
     >>> report.headline
-    'worst case (4 attacks)'
+    'worst case (3 attacks)'
 """
 
 from __future__ import annotations

@@ -14,10 +14,15 @@ start of every training run) removes those whose writer is gone. Their names are
 ``.<target>.<pid>.<random>.floatify-tmp``.
 
 Example:
+    >>> import os, tempfile
     >>> from floatify.io import atomic_write, atomic_path
-    >>> _ = atomic_write("/tmp/floatify-doc.txt", "hello")
-    >>> with atomic_path("/tmp/floatify-doc.bin") as tmp:
+    >>> folder = tempfile.mkdtemp()
+    >>> atomic_write(os.path.join(folder, "doc.txt"), "hello").read_text()
+    'hello'
+    >>> with atomic_path(os.path.join(folder, "doc.bin")) as tmp:
     ...     _ = tmp.write_bytes(b"written by name")
+    >>> sorted(os.listdir(folder))  # no temporaries left
+    ['doc.bin', 'doc.txt']
 """
 
 from __future__ import annotations

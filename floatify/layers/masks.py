@@ -11,7 +11,7 @@ Example:
     >>> from floatify.layers.masks import pack_mask, unpack_mask
     >>> mask = torch.tensor([[True, False, True], [False, True, True]])
     >>> pack_mask(mask)
-    tensor([173], dtype=torch.uint8)
+    tensor([172], dtype=torch.uint8)
     >>> torch.equal(unpack_mask(pack_mask(mask), mask.shape), mask)
     True
 """
