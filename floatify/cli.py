@@ -345,6 +345,11 @@ def _evaluate_and_write(model, data, args, out: Path, meta: dict) -> None:
     print(f"wrote {out}/report.md, metrics.json, tradeoff.png")
 
 
+def _size(dataset) -> int:
+    """Number of points of a map-style dataset (every dataset floatify.data loads has a length)."""
+    return len(dataset)
+
+
 def _train(args) -> None:
     import torch
     from torch.utils.data import DataLoader, Subset
@@ -377,15 +382,15 @@ def _train(args) -> None:
         snip_data = DataLoader(data.train, batch_size=args.batch_size, shuffle=False)
         floatify.sparsify(model, args.density, criterion=args.sparsity_criterion, data=snip_data, seed=args.seed)
     if args.train_limit is not None:
-        data.train = Subset(data.train, range(min(args.train_limit, len(data.train))))
-    if len(data.train) < args.batch_size:
-        raise CliError(f"{len(data.train)} training points is fewer than --batch-size {args.batch_size}: no full "
+        data.train = Subset(data.train, range(min(args.train_limit, _size(data.train))))
+    if _size(data.train) < args.batch_size:
+        raise CliError(f"{_size(data.train)} training points is fewer than --batch-size {args.batch_size}: no full "
                        f"batch to train on; lower --batch-size")
     replacing = args.overwrite and args.out.is_dir() and any((args.out / f).exists() for f in RUN_FILES)
     run_dir = _prepare_out(args.out, stage=replacing)
     gen = torch.Generator().manual_seed(args.seed)
     loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, generator=gen, drop_last=True)
-    print(f"floatify: training {args.model} on {data.name} ({len(data.train)} train / {len(data.test)} test, "
+    print(f"floatify: training {args.model} on {data.name} ({_size(data.train)} train / {_size(data.test)} test, "
           f"{data.image_size}px) for {cfg.epochs} epochs, strategy={cfg.strategy}, {cfg.attack} eps={cfg.eps:.4f}")
     tag = {"model": args.model, "dataset": data.name, "image_size": data.image_size, "train_limit": args.train_limit,
            "batch_size": args.batch_size, "alpha_init": args.alpha_init, "dual_bn": args.dual_bn,

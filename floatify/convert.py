@@ -7,10 +7,10 @@ half-converted model behind.
 Example:
     >>> import torch.nn as nn, floatify
     >>> lazy = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.LazyLinear(10))
-    >>> floatify.convert(lazy)  # lazy layers must be initialised first
+    >>> floatify.convert(lazy)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: layer '2' (LazyLinear) is lazy and not initialised yet: run one forward pass (or materialise it) before floatify.convert
+    ValueError: layer '2' (LazyLinear) is lazy and not initialised yet: run one forward pass ...
     >>> model = floatify.convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
     >>> [row.fqn for row in floatify.summary(model).conditioned]
     ['0.weight']
@@ -209,6 +209,7 @@ def _condition_weights(module: nn.Module, names: tuple[str, ...], alpha_init: fl
     module.__class__ = conditioned_class(type(module))
     for name in names:
         weight = module._parameters[name]
+        assert weight is not None  # reason: _plan selects present Parameters only
         alpha = shared.get(id(weight))
         if alpha is None:  # reason: a weight tied between two layers gets one α, not two
             alpha = nn.Parameter(torch.full((), alpha_init, dtype=weight.dtype, device=weight.device))
@@ -274,8 +275,9 @@ def convert(
     for _, module in iter_modules(model):  # reason: α of already converted tied weights is reused
         if is_conditioned(module):
             for name in getattr(type(module), "_floatify_weights", ()):
-                if name + ALPHA_SUFFIX in module._parameters:
-                    shared[id(module._parameters[name])] = module._parameters[name + ALPHA_SUFFIX]
+                alpha = module._parameters.get(name + ALPHA_SUFFIX)
+                if alpha is not None:
+                    shared[id(module._parameters[name])] = alpha
     for fqn, names in plan.weights:
         _condition_weights(model.get_submodule(fqn), names, config.alpha_init, shared)
     for fqn in plan.batchnorms:
@@ -340,7 +342,7 @@ def load_original_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
         for _, module in iter_modules(model):
             init = module.__dict__.get(ALPHA_INIT_ATTR)
             if is_conditioned(module) and not is_batchnorm(module) and init is not None:
-                for name in type(module)._floatify_weights:
+                for name in getattr(type(module), "_floatify_weights", ()):
                     alpha = module._parameters.get(name + ALPHA_SUFFIX)
                     if alpha is not None:
                         alpha.fill_(init)

@@ -161,7 +161,7 @@ def evaluate(
                         continue
                     batch_draws: list[float] = []
                     x_adv, c = attack_and_score(model, spec, x, y, v, score_draws, num_classes, batch_draws)
-                    correct[(v, spec.label)].append(c.cpu())
+                    correct[(v, spec.label)].append(c.cpu())  # type: ignore[union-attr]  # reason: None only when n/a
                     draws[(v, spec.label)].append((len(y), batch_draws))
                     if _in_headline(spec):
                         candidates.append((x_adv, c))
@@ -170,7 +170,7 @@ def evaluate(
                     bar.update()
                 if headline:
                     x_worst, c = _worst_case(model, candidates, x, y, v, score_draws, draws[(v, headline)])
-                    correct[(v, headline)].append(c.cpu())
+                    correct[(v, headline)].append(c.cpu())  # type: ignore[union-attr]
                     if save_adversarial is not None:
                         kept.setdefault(f"lam={v:g}/worst-case", []).append(x_worst.detach().cpu())
     finally:

@@ -124,7 +124,7 @@ def _alive(pid: int) -> bool:
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove floatify temporaries in ``folder`` left by writers that no longer run; returns them."""
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:

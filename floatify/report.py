@@ -31,6 +31,10 @@ class Score:
     note: str = ""  # e.g. why a cell is not applicable
 
 
+def _as_dict(score: Score | None) -> dict | None:
+    return None if score is None else asdict(score)
+
+
 @dataclass
 class Report:
     """Scores per λ and column. What a column means is stored, never read off its label: ``clean_label`` is
@@ -105,10 +109,10 @@ class Report:
         text = json.dumps(
             {"lams": self.lams, "headline": self.headline, "clean_label": self.clean_label,
              "noise_off": self.noise_off,
-             "headline_scores": {k: (None if row.get(self.headline) is None else asdict(row[self.headline]))
-                                 for k, row in self.scores.items()} if self.headline else None,
+             "headline_scores": {k: _as_dict(row.get(self.headline)) for k, row in self.scores.items()}
+             if self.headline else None,
              "attacks": {k: self.attacks[k] for k in self.columns()}, "meta": self.meta,
-             "scores": {k: {a: (None if s is None else asdict(s)) for a, s in row.items()}
+             "scores": {k: {a: _as_dict(s) for a, s in row.items()}
                         for k, row in self.scores.items()}},
             indent=2,
         )
@@ -205,8 +209,8 @@ class Report:
         for label in self.attacks:
             if label == self.clean_label or label in self.noise_off:
                 continue
-            row = [self.scores[str(float(v))].get(label) for v in self.lams]
-            if any(s is None for s in row):
+            row = [s for v in self.lams if (s := self.scores[str(float(v))].get(label)) is not None]
+            if len(row) < len(self.lams):
                 continue
             mean = sum(s.mean for s in row) / len(row)
             if best_mean is None or mean < best_mean:

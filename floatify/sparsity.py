@@ -225,9 +225,9 @@ def sparsity_report(model: nn.Module) -> SparsityReport:
     """Per layer and in total: kept/total weights, density, and dense vs compressed checkpoint size."""
     report = SparsityReport()
     for fqn, module, name in _targets(model, None):
-        weight = module._parameters[name]
+        weight: torch.Tensor = module._parameters[name]  # type: ignore[assignment]  # reason: _targets checked it
         mask = _current_mask(module, name)
-        kept = int((weight != 0).sum()) if mask is None else int(mask.sum())
+        kept = int(torch.count_nonzero(weight)) if mask is None else int(mask.sum())
         report.layers.append(LayerSparsity(f"{fqn}.{name}" if fqn else name, kept, weight.numel()))
     report.dense_bytes = sum(t.numel() * t.element_size() for t in _plain_state(model).values())
     report.compressed_bytes = sum(t.numel() * t.element_size() for t in _compress(_plain_state(model)).values())
@@ -332,7 +332,7 @@ def load_sparse(model: nn.Module, path: str | Path) -> nn.Module:
         if not is_floatify_layer(module) or not has_mask(module, name):
             continue
         if mask_keys is None:  # reason: an old file without stored masks: the zero pattern is all we have
-            module._buffers[name + MASK_SUFFIX] = pack_mask(module._parameters[name].detach() != 0)
+            module._buffers[name + MASK_SUFFIX] = pack_mask(module.get_parameter(name).detach() != 0)
         elif key not in stored:  # reason: the file is dense here; a mask left in the model would be stale
             del module._buffers[name + MASK_SUFFIX]
     return model

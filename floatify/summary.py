@@ -77,17 +77,18 @@ def summary(model: nn.Module) -> ConversionSummary:
             continue
         kind = original_class(module).__name__
         if is_batchnorm(module):
-            out.dual_bn.append(SiteRow(fqn, kind, (module.num_features,), None))
+            features = int(module.num_features)  # type: ignore[arg-type]
+            out.dual_bn.append(SiteRow(fqn, kind, (features,), None))
             continue
-        for name in type(module)._floatify_weights:
-            alpha = module._parameters.get(name + ALPHA_SUFFIX)
-            if alpha is None:
+        for name in getattr(type(module), "_floatify_weights", ()):
+            alpha, weight = module._parameters.get(name + ALPHA_SUFFIX), module._parameters.get(name)
+            if alpha is None or weight is None:
                 continue
             mask = get_mask(module, name)
             density = None if mask is None else mask.float().mean().item()
             site = f"{fqn}.{name}" if fqn else name
             out.conditioned.append(
-                SiteRow(site, kind, tuple(module._parameters[name].shape), float(alpha.detach()), density)
+                SiteRow(site, kind, tuple(weight.shape), float(alpha.detach()), density)
             )
     return out
 

@@ -133,13 +133,15 @@ def float_loss(
     hold = hold_noise() if noise_draw == "step" and lam > 0.0 else contextlib.nullcontext()
     with lam_context(lam), hold:
         loss = F.cross_entropy(model(x), y) if lam < 1.0 else None
-        if lam == 0.0:
+        if loss is not None and lam == 0.0:
             return _touch_unused(model, loss)
         if isinstance(attack, str):
-            attack = make_attack(model, attack, eps, steps, step_size if attack != "fgsm" else None)
+            run_attack = make_attack(model, attack, eps, steps, step_size if attack != "fgsm" else None)
         elif attack is None:
             raise ValueError("attack is None but λ > 0: pass 'pgd', 'fgsm' or a torchattacks attack")
-        x_adv = attack(x, y).detach()
+        else:
+            run_attack = attack
+        x_adv = run_attack(x, y).detach()
         adv_loss = F.cross_entropy(model(x_adv), y)
     total = adv_loss if loss is None else (1.0 - lam) * loss + lam * adv_loss
     return _touch_unused(model, total)
@@ -435,7 +437,8 @@ def train_one_epoch(run: _Run, epoch: int, *, progress: bool = True) -> dict:
     run.model.train()
     if hasattr(getattr(loader, "sampler", None), "set_epoch"):
         loader.sampler.set_epoch(epoch)
-    t0, total_loss, n, lam_counts = time.perf_counter(), 0.0, 0, {}
+    t0, total_loss, n = time.perf_counter(), 0.0, 0
+    lam_counts: dict[str, int] = {}
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
     for i, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -81,7 +81,7 @@ def is_conditioned(module: nn.Module) -> bool:
         return False
     if is_batchnorm(module):
         return any(store.get(adv) is not None for store, _, adv in dual_bn_entries(module))
-    return any(name + ALPHA_SUFFIX in module._parameters for name in type(module)._floatify_weights)
+    return any(name + ALPHA_SUFFIX in module._parameters for name in getattr(type(module), "_floatify_weights", ()))
 
 
 def generated_classes() -> list[type]:
@@ -124,6 +124,8 @@ class _ConditionedMixin:
 
     _floatify_base: type
     _floatify_weights: tuple[str, ...] = ()
+    _parameters: dict[str, Any]  # reason: declared for the type checker; nn.Module provides them
+    _buffers: dict[str, Any]
 
     def _get_name(self) -> str:  # reason: readable print(model), not the generated class name
         return "Float" + self._floatify_base.__name__
@@ -336,7 +338,7 @@ def __getattr__(name: str) -> type:
     """Rebuild a generated class from its name (unpickling in a fresh process)."""
     if name.startswith("Float[") and name.endswith("]"):
         module_path, _, qualname = name[len("Float[") : -1].partition(":")
-        obj = importlib.import_module(module_path.replace("/", "."))
+        obj: Any = importlib.import_module(module_path.replace("/", "."))
         for part in qualname.split("/"):
             obj = getattr(obj, part)
         return conditioned_class(obj)
