@@ -29,6 +29,7 @@ import floatify
 from floatify.attacks import AttackSpec, attack_and_score, quick, strong
 from floatify.data import load_dataset
 from floatify.evaluate import _worst_case
+from floatify.models import create_model
 
 
 def spec_for(kind: str, eps: float, steps: int, draws: int) -> AttackSpec:
@@ -74,7 +75,7 @@ def main() -> None:
     torch.set_num_threads(2)
     data = load_dataset("digits", image_size=16)
     torch.manual_seed(0)
-    model = floatify.convert(floatify.create_model(args.model, data.num_classes))
+    model = floatify.convert(create_model(args.model, data.num_classes))
     loader = DataLoader(data.train, batch_size=64, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn as nn
 
-import floatify
+from floatify.context import get_lam
 
 ENC_DIM = 128
 
@@ -26,7 +26,7 @@ class LamEncoding(nn.Module):
         self.register_buffer("phase", torch.rand(dim, generator=g) * 2 * math.pi)
 
     def forward(self) -> torch.Tensor:
-        lam = floatify.get_lam()
+        lam = get_lam()
         return torch.sin(lam * self.freq + self.phase)
 
 
@@ -44,7 +44,7 @@ class FiLMBatchNorm(nn.Module):
         object.__setattr__(self, "encoding", encoding)  # shared, not a submodule per layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn_adv(x) if floatify.get_lam() > 0 else self.bn_clean(x)
+        out = self.bn_adv(x) if get_lam() > 0 else self.bn_clean(x)
         gamma, beta = self.mlp(self.encoding().to(x.dtype)).chunk(2)
         return out * (1 + gamma.view(1, -1, 1, 1)) + beta.view(1, -1, 1, 1)
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 import floatify
 from floatify.attacks import strong
 from floatify.data import load_dataset
+from floatify.models import create_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tradeoff import train_baseline  # noqa: E402
@@ -48,7 +49,7 @@ def main() -> None:
         for eps in args.eps:
             for method in ("standard", "pgd-at"):
                 torch.manual_seed(args.seed)
-                model = floatify.create_model(name, data.num_classes)
+                model = create_model(name, data.num_classes)
                 loader = DataLoader(data.train, batch_size=64, shuffle=True, drop_last=True,
                                     generator=torch.Generator().manual_seed(args.seed))
                 t0 = time.perf_counter()

@@ -41,6 +41,8 @@ from torch.utils.data import DataLoader, Subset
 import floatify
 from floatify.attacks import PRESETS, make_attack
 from floatify.data import load_dataset
+from floatify.models import create_model
+from floatify.summary import param_groups
 from floatify.train import LamSampler
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -55,7 +57,7 @@ METHODS = FLOAT_METHODS + ("dedicated", "film-oat", "standard", "pgd-at")
 
 def train_baseline(model, loader, method, epochs, lr, seed, eps, steps, device, step_size=2 / 255):
     """Standard, PGD-AT and OAT/FiLM training with the same optimizer/schedule as floatify.fit."""
-    opt = torch.optim.SGD(floatify.param_groups(model, 5e-4), lr=lr, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(param_groups(model, 5e-4), lr=lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
     sampler = LamSampler("oat", seed=seed)
     step = 0
@@ -84,7 +86,7 @@ def attacks(args):
 
 def run(method, seed, args, data, lam=None) -> dict:
     torch.manual_seed(seed)
-    base = floatify.create_model(args.model, data.num_classes).to(args.device)
+    base = create_model(args.model, data.num_classes).to(args.device)
     loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     step_size = 2.5 * args.eps / args.steps

@@ -196,15 +196,17 @@ def floats_section(floats) -> list[str]:
         return lines + _missing("floats.py")
     rows, meta = floats["rows"], floats["args"]
     lams = list(rows[0]["clean"])
-    lines += [f"{meta['model']} on digits, one-shot `{meta['criterion']}` pruning before FLOAT training, "
-              f"{meta['epochs']} epochs, seed {meta['seed']}; {rows[0]['attack']}; {meta['score_draws']} noise draws "
-              "per point. Export: `floatify.save_sparse` of the frozen λ = 0 model (values + bitmask). "
-              "Cells: clean / EOT-PGD accuracy (%).", "", "![floats](results/floats.png)", "",
-              "| density | export MB | " + " | ".join(f"λ={v}" for v in lams) + " |",
-              "|---|---|" + "---|" * len(lams)]
+    crit = meta.get("criteria", [meta.get("criterion")])
+    lines += [f"{meta['model']} on digits, eps {meta.get('eps', 8 / 255):.3g}, one-shot pruning ({', '.join(crit)}) "
+              f"before FLOAT training, {meta['epochs']} epochs, seed {meta['seed']}; robust: {rows[0]['attack']}; "
+              f"{meta['score_draws']} noise draws per point. Export: `floatify.save_sparse` of the frozen λ = 0 "
+              "model (values + bitmask). Cells: clean / robust accuracy (%).", "", "![floats](results/floats.png)", "",
+              "| criterion | density | export MB | " + " | ".join(f"λ={v}" for v in lams) + " |",
+              "|---|---|---|" + "---|" * len(lams)]
     for r in rows:
         cells = [f"{100 * r['clean'][v]:.1f} / {100 * r['robust'][v]:.1f}" for v in lams]
-        lines.append(f"| {r['measured_density']:.3f} | {r['export_MB']:.2f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r.get('criterion', crit[0])} | {r['measured_density']:.3f} | {r['export_MB']:.2f} | "
+                     + " | ".join(cells) + " |")
     lines += ["", "What is and is not faster: the masks make the *file* scale with density; inference and training "
               "still run dense kernels on dense (zero-filled) tensors, so latency and step time do not drop.", ""]
     return lines
