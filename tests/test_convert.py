@@ -373,3 +373,30 @@ def test_quantized_layers_are_reported_not_skipped_silently():
     assert [r.fqn for r in s.conditioned] == ["0.weight"]
     with pytest.raises(ValueError, match="quantized layers .*convert the float model first"):
         floatify.convert(nn.Sequential(torch.ao.nn.quantized.dynamic.Linear(8, 4)))
+
+
+def test_register_conditioned_weights_conditions_a_custom_layer():
+    from floatify.layers import register_conditioned_weights
+    from floatify.layers.registry import conditioned_weight_names
+
+    class Scale(nn.Module):  # a custom layer with its own weight, read functionally
+        def __init__(self):
+            super().__init__()
+            self.gain = nn.Parameter(torch.rand(4, 4))  # reason: std(W) > 0, so λ > 0 adds noise
+
+        def forward(self, x):
+            return x @ self.gain
+
+    with pytest.raises(ValueError, match="no Conv/Linear layer"):
+        floatify.convert(Scale())
+    assert register_conditioned_weights(Scale, "gain") is Scale
+    model = floatify.convert(Scale())
+    assert conditioned_weight_names(model) == ("gain",) and "gain_alpha" in dict(model.named_parameters())
+    x, w = torch.rand(2, 4), model._parameters["gain"]
+    assert torch.equal(model(x), x @ w)  # λ = 0: the original
+    with floatify.lam(1.0):
+        assert not torch.equal(model(x), x @ w)  # λ > 0: the noisy weight
+    with pytest.raises(TypeError, match="nn.Module subclass"):
+        register_conditioned_weights(int, "weight")
+    with pytest.raises(ValueError, match="attribute names"):
+        register_conditioned_weights(Scale)
