@@ -21,6 +21,7 @@ from floatify.attacks import AttackSpec
 from floatify.context import lam
 from floatify.convert import FloatConfig, convert
 from floatify.evaluate import EvalConfig, evaluate
+from floatify.export import export, export_onnx
 from floatify.freeze import freeze
 from floatify.sparsity import sparsify
 from floatify.summary import summary
@@ -35,6 +36,8 @@ __all__ = [
     "TrainConfig",
     "convert",
     "evaluate",
+    "export",
+    "export_onnx",
     "fit",
     "float_loss",
     "freeze",

@@ -23,7 +23,8 @@ import torch.nn as nn
 
 from floatify.io import atomic_write
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_into", "save_state", "load_state"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_into", "save_state", "load_state",
+           "load_initial_checkpoint"]
 
 FORMAT = "floatify-checkpoint-v1"
 STATE_FORMAT = "floatify-state-v1"
@@ -95,6 +96,114 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "c
             f"{len(result.missing_keys)} missing keys e.g. {result.missing_keys[:3]}, "
             f"{len(result.unexpected_keys)} unexpected e.g. {result.unexpected_keys[:3]}"
         )
+
+
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")  # timm/Lightning, torchvision references, common scripts
+
+
+def _read_weights(path: Path) -> dict:
+    """A safetensors file or a torch checkpoint (``weights_only=True``), as a mapping."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            if (f.metadata() or {}).get("format") == FORMAT:
+                raise CheckpointError(
+                    f"{path} is a floatify checkpoint of an already converted model, not the weights of the plain "
+                    f"model; continue from it with --resume/floatify eval, or load it with floatify.checkpoint."
+                    f"load_into after floatify.convert"
+                )
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        safetensors_error = err
+    try:
+        return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for foreign files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"initial checkpoint {path} is neither a safetensors file ({safetensors_error}) nor a torch checkpoint "
+            f"readable with weights_only=True ({reason[:200]})"
+        ) from None
+
+
+def load_initial_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load the weights of the *unconverted* model from ``path`` (fine-tuning an existing model), in place.
+
+    ``path`` is a safetensors file or a torch checkpoint (read with ``torch.load(weights_only=True)``, so it
+    cannot run code): a bare state_dict or one wrapped as ``{"state_dict": ...}``, ``{"model": ...}`` or
+    ``{"model_state_dict": ...}`` (timm, torchvision and Lightning-style files); a leading ``module.`` (DDP) is
+    stripped from the keys. For a :class:`floatify.models.Normalized` model the file may hold the inner classifier's
+    weights (the usual case) or the wrapper's. Every key and shape must match; otherwise nothing is loaded.
+    Load, then convert: ``floatify.convert(load_initial_checkpoint(model, path))``.
+
+    Returns:
+        ``model`` itself.
+
+    Raises:
+        CheckpointError (a ``ValueError``): missing/unreadable/damaged file, a floatify checkpoint of a converted
+            model, an already converted ``model``, or keys/shapes that do not fit (the message names the first
+            offending keys and shapes).
+        TypeError: ``model`` is not a ``torch.nn.Module``.
+
+    Example:
+        >>> import os, tempfile, torch, floatify
+        >>> from floatify.checkpoint import load_initial_checkpoint
+        >>> path = os.path.join(tempfile.mkdtemp(), "pretrained.pth")
+        >>> torch.save({"state_dict": torch.nn.Linear(4, 2).state_dict()}, path)  # e.g. a timm checkpoint
+        >>> model = floatify.convert(load_initial_checkpoint(torch.nn.Linear(4, 2), path))
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load_initial_checkpoint expects a torch.nn.Module, got {type(model).__name__}")
+    from floatify.layers.conditioned import is_conditioned
+    from floatify.models import Normalized
+
+    path = Path(path)
+    _check_readable(path, "initial checkpoint")
+    if any(is_conditioned(m) for m in model.modules()):
+        raise CheckpointError(
+            f"the model is already converted: load the initial checkpoint {path} into the plain model first, then "
+            f"floatify.convert it (or use floatify.load_original_state_dict on the converted model)"
+        )
+    state = _read_weights(path)
+    for key in _WRAPPER_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise CheckpointError(f"initial checkpoint {path} holds a {type(state).__name__}, not a state_dict")
+    not_tensors = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(
+            f"initial checkpoint {path} is not a state_dict: {len(not_tensors)} entries are not tensors, e.g. "
+            f"{not_tensors[:3]} (expected a bare state_dict or one under {', '.join(map(repr, _WRAPPER_KEYS))})"
+        )
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    target = model
+    if isinstance(model, Normalized):
+        inner = model.model.state_dict()
+        if len(state.keys() & inner.keys()) > len(state.keys() & model.state_dict().keys()):
+            target = model.model  # reason: the file holds the classifier's own weights (timm/torchvision files)
+    own = target.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"'{k}' {tuple(v.shape)} in the file vs {tuple(own[k].shape)} in the model"
+              for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es), e.g. {'; '.join(shapes[:3])}")
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
+        raise CheckpointError(
+            f"initial checkpoint {path} does not fit this {type(target).__name__} (another architecture, "
+            f"num_classes or variant?): {', '.join(parts)}; nothing was loaded"
+        )
+    target.load_state_dict(state, strict=True)
+    return model
 
 
 # ------------------------------------------------------------------------ general state (no pickle)

@@ -73,3 +73,102 @@ def test_save_checkpoint_does_not_write_through_a_symlink(tmp_path):
     save_checkpoint(tmp_path / "model.safetensors", nn.Linear(2, 2), {"a": [1]})
     assert victim.read_text() == "precious"
     assert json.loads(json.dumps(load_checkpoint(tmp_path / "model.safetensors")[1])) == {"a": [1]}
+
+
+# ------------------------------------------------------------------ load_initial_checkpoint (fine-tuning)
+def _plain():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+
+def _trained():
+    torch.manual_seed(1)
+    net = _plain()
+    with torch.no_grad():
+        net[1].running_mean.uniform_()
+    return net
+
+
+def _save_safetensors(state, path):
+    from safetensors.torch import save_file
+
+    save_file(state, str(path))
+
+
+@pytest.mark.parametrize("write", [
+    _save_safetensors,
+    lambda sd, p: torch.save(sd, p),
+    lambda sd, p: torch.save({"state_dict": sd, "epoch": 3, "arch": "x"}, p),
+    lambda sd, p: torch.save({"model": {f"module.{k}": v for k, v in sd.items()}, "optimizer": {}}, p),
+    lambda sd, p: torch.save({"model_state_dict": sd}, p, _use_new_zipfile_serialization=False),
+], ids=["safetensors", "bare", "state_dict", "model+module.", "legacy-format"])
+def test_load_initial_checkpoint_reads_the_common_layouts(tmp_path, write):
+    from floatify.checkpoint import load_initial_checkpoint
+
+    source = _trained()
+    write(source.state_dict(), tmp_path / "w")
+    model = load_initial_checkpoint(_plain(), tmp_path / "w")
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+    converted = floatify.convert(model)  # then FLOAT fine-tuning starts from exactly these weights
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(converted.eval()(x), source.eval()(x))
+
+
+def test_load_initial_checkpoint_into_normalized_model(tmp_path):
+    from floatify.checkpoint import load_initial_checkpoint
+    from floatify.models import Normalized
+
+    source = _trained()
+    torch.save(source.state_dict(), tmp_path / "inner.pth")
+    torch.save(Normalized(source).state_dict(), tmp_path / "outer.pth")
+    for name in ("inner.pth", "outer.pth"):
+        model = load_initial_checkpoint(Normalized(_plain()), tmp_path / name)
+        assert torch.equal(model.model[0].weight, source[0].weight)
+
+
+def test_load_initial_checkpoint_mismatch_is_one_line_and_loads_nothing(tmp_path):
+    from floatify.checkpoint import load_initial_checkpoint
+
+    sd = _trained().state_dict()
+    sd["3.weight"] = torch.zeros(10, 4 * 6 * 6)  # another num_classes
+    sd["extra.weight"] = torch.zeros(1)
+    del sd["1.running_var"]
+    torch.save(sd, tmp_path / "w.pth")
+    model = _plain()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as err:
+        load_initial_checkpoint(model, tmp_path / "w.pth")
+    message = str(err.value)
+    assert "\n" not in message and "nothing was loaded" in message
+    assert r"'3.weight' (10, 144) in the file vs (3, 144) in the model" in message
+    assert "1 missing key(s), e.g. ['1.running_var']" in message and "['extra.weight']" in message
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_load_initial_checkpoint_refuses_what_it_cannot_use(tmp_path):
+    from floatify.checkpoint import load_initial_checkpoint
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_initial_checkpoint(_plain(), tmp_path / "nope.pth")
+    (tmp_path / "junk").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="neither a safetensors file .* nor a torch checkpoint readable"):
+        load_initial_checkpoint(_plain(), tmp_path / "junk")
+    torch.save({"weights": [1, 2]}, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match=r"entries are not tensors, e.g. \['weights'\]"):
+        load_initial_checkpoint(_plain(), tmp_path / "odd.pth")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save({"state_dict": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_initial_checkpoint(_plain(), tmp_path / "evil.pth")
+    save_checkpoint(tmp_path / "conv.safetensors", floatify.convert(_plain()), {})
+    with pytest.raises(CheckpointError, match="floatify checkpoint of an already converted model"):
+        load_initial_checkpoint(_plain(), tmp_path / "conv.safetensors")
+    torch.save(_plain().state_dict(), tmp_path / "ok.pth")
+    with pytest.raises(CheckpointError, match="already converted: load the initial checkpoint"):
+        load_initial_checkpoint(floatify.convert(_plain()), tmp_path / "ok.pth")
+    with pytest.raises(TypeError, match="expects a torch.nn.Module"):
+        load_initial_checkpoint({"a": 1}, tmp_path / "ok.pth")
