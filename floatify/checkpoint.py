@@ -4,9 +4,9 @@ Example:
     >>> import os, tempfile, torch, floatify
     >>> from floatify.checkpoint import save_checkpoint, load_checkpoint
     >>> model = floatify.convert(torch.nn.Linear(4, 2))
-    >>> folder = tempfile.mkdtemp()
-    >>> path = save_checkpoint(os.path.join(folder, "m.safetensors"), model, {"model": "custom"})
-    >>> state, meta = load_checkpoint(path)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = save_checkpoint(os.path.join(folder, "m.safetensors"), model, {"model": "custom"})
+    ...     state, meta = load_checkpoint(path)
     >>> meta["model"], sorted(state)
     ('custom', ['bias', 'weight', 'weight_alpha'])
 """
@@ -150,9 +150,10 @@ def load_initial_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     Example:
         >>> import os, tempfile, torch, floatify
         >>> from floatify.checkpoint import load_initial_checkpoint
-        >>> path = os.path.join(tempfile.mkdtemp(), "pretrained.pth")
-        >>> torch.save({"state_dict": torch.nn.Linear(4, 2).state_dict()}, path)  # e.g. a timm checkpoint
-        >>> model = floatify.convert(load_initial_checkpoint(torch.nn.Linear(4, 2), path))
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "pretrained.pth")
+        ...     torch.save({"state_dict": torch.nn.Linear(4, 2).state_dict()}, path)  # e.g. a timm checkpoint
+        ...     model = floatify.convert(load_initial_checkpoint(torch.nn.Linear(4, 2), path))
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_initial_checkpoint expects a torch.nn.Module, got {type(model).__name__}")
@@ -164,7 +165,7 @@ def load_initial_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     if any(is_conditioned(m) for m in model.modules()):
         raise CheckpointError(
             f"the model is already converted: load the initial checkpoint {path} into the plain model first, then "
-            f"floatify.convert it (or use floatify.load_original_state_dict on the converted model)"
+            f"floatify.convert it (or use load_original_state_dict from floatify.convert on the converted model)"
         )
     state = _read_weights(path)
     for key in _WRAPPER_KEYS:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["lam", "get_lam", "validate_lam", "LamState", "lam_state", "hold_noise", "held_draws"]
+__all__ = ["lam", "get_lam", "validate_lam", "LamState", "lam_state", "hold_noise", "held_draws", "lam_from_tensor"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +129,32 @@ def hold_noise() -> Iterator[None]:
         yield
     finally:
         _HELD.reset(token)
+
+
+@contextlib.contextmanager
+def lam_from_tensor(value: torch.Tensor) -> Iterator[None]:
+    """Run at the λ held in the 0-d tensor ``value`` (e.g. a traced program input), a fresh draw per forward.
+
+    For tracing a program whose λ is a runtime input (:func:`floatify.export`): the conditioned layers read
+    λ from ``value`` and take their λ > 0 path (weight noise on, dual BatchNorm mixed by ``bn_mix``) whatever
+    the tensor holds, so ``value`` is not validated and the caller routes λ = 0 elsewhere. Any enclosing
+    :func:`hold_noise` is suspended inside the block. :func:`get_lam` reads 1.0 inside it.
+
+    Example:
+        >>> import torch, floatify
+        >>> from floatify.context import lam_from_tensor
+        >>> model = floatify.convert(torch.nn.Linear(4, 2))
+        >>> x = torch.rand(3, 4)
+        >>> with lam_from_tensor(torch.tensor(0.0)):  # the λ > 0 path with λ = 0: no noise added
+        ...     torch.equal(model(x), torch.nn.functional.linear(x, model.weight, model.bias))
+        True
+    """
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"lam_from_tensor expects a torch.Tensor, got {type(value).__name__}")
+    lam_token = _LAM.set(LamState(1.0, value, True, True))  # reason: 1.0 only marks the state active
+    held_token = _HELD.set(None)
+    try:
+        yield
+    finally:
+        _HELD.reset(held_token)
+        _LAM.reset(lam_token)

@@ -25,9 +25,10 @@ Example:
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
     ...                           torch.nn.Linear(8 * 6 * 6, 10))
     >>> model = floatify.convert(net).eval()
-    >>> path = os.path.join(tempfile.mkdtemp(), "dial.pt2")
-    >>> torch.export.save(floatify.export(model, torch.rand(2, 3, 8, 8)), path)
-    >>> run = torch.export.load(path).module()                  # in any process, no floatify needed
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = os.path.join(folder, "dial.pt2")
+    ...     torch.export.save(floatify.export(model, torch.rand(2, 3, 8, 8)), path)
+    ...     run = torch.export.load(path).module()              # in any process, no floatify needed
     >>> x = torch.rand(5, 3, 8, 8)                               # any batch size
     >>> with torch.no_grad():
     ...     torch.equal(run(x, torch.tensor(0.0)), model(x)), torch.equal(run(x, torch.tensor(0.5)), model(x))
@@ -44,7 +45,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from floatify.context import _HELD, _LAM, LamState
+from floatify.context import lam_from_tensor
 from floatify.convert import iter_modules
 from floatify.layers.conditioned import ADV_SUFFIX, ALPHA_SUFFIX, is_floatify_layer
 from floatify.layers.registry import is_batchnorm
@@ -130,14 +131,10 @@ class _Dial(nn.Module):
 
     def forward(self, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         lam = lam.to(torch.float32).reshape(())
-        # reason: the noisy branch reads λ from the runtime tensor; value 1.0 only marks the state active
-        lam_token = _LAM.set(LamState(1.0, lam, True, True))
-        held_token = _HELD.set(None)  # a fresh draw per call, also when exported inside hold_noise()
-        try:
+        # reason: the noisy branch reads λ from the runtime tensor, with a fresh draw per call (also when
+        # exported inside hold_noise())
+        with lam_from_tensor(lam):
             return torch.cond(lam > 0, self.model, self.clean, (x,))
-        finally:
-            _HELD.reset(held_token)
-            _LAM.reset(lam_token)
 
 
 def _plain_randn(program: torch.export.ExportedProgram) -> None:
