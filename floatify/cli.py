@@ -10,13 +10,17 @@ across λ and writes ``model.safetensors``, ``report.md``, ``metrics.json`` and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import pickle
 import re
 import secrets
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "build_parser"]
 
@@ -165,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, type=Path, help="output directory of the run")
     t.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    w = t.add_argument_group("initial weights (default: random initialisation)")
+    w.add_argument("--initial-checkpoint", type=Path, default=None, metavar="PATH",
+                   help="start from these weights of the plain (unconverted) model: a safetensors file or a torch "
+                        "checkpoint (a state_dict, or one under 'state_dict'/'model'/'model_state_dict'); every key "
+                        "and shape must fit --model and the dataset's number of classes")
+    w.add_argument("--pretrained", action="store_true",
+                   help="start from timm's pretrained weights of --model (classifier adapted to the dataset); they "
+                        "must be local (the Hugging Face cache or --pretrained-file): nothing is downloaded")
+    w.add_argument("--pretrained-file", type=Path, default=None, metavar="PATH",
+                   help="read timm's pretrained weights of --model from this file (implies --pretrained)")
     g = t.add_argument_group("training")
     g.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     _add_config_options(g, TrainConfig, _TRAIN_HELP, special={
@@ -238,6 +252,11 @@ def _validate_train_options(args) -> None:
     _positive(args, "--epochs", "--batch-size", "--train-limit", "--image-size", "--steps")
     if args.density is not None and not 0 < args.density <= 1:
         raise CliError(f"--density must be in (0, 1] (fraction of weights kept, e.g. 0.1), got {args.density}")
+    if args.pretrained_file is not None:
+        args.pretrained = True
+    if args.initial_checkpoint is not None and args.pretrained:
+        raise CliError("--initial-checkpoint and --pretrained/--pretrained-file exclude each other: choose the "
+                       "weights to start from")
     if args.train_limit is not None and args.train_limit < args.batch_size:
         raise CliError(f"--train-limit {args.train_limit} is smaller than --batch-size {args.batch_size}: no full "
                        f"batch to train on; raise --train-limit or lower --batch-size")
@@ -350,6 +369,107 @@ def _size(dataset) -> int:
     return len(dataset)
 
 
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """No Hugging Face Hub request inside the block (``HF_HUB_OFFLINE=1``, also for an already imported hub)."""
+    import importlib
+
+    old_env = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        hub: Any = importlib.import_module("huggingface_hub.constants")
+    except ImportError:
+        hub = None
+    old_flag = getattr(hub, "HF_HUB_OFFLINE", False)
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = True  # reason: read from the environment at import, checked before every request
+    try:
+        yield
+    finally:
+        if hub is not None:
+            hub.HF_HUB_OFFLINE = old_flag
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
+
+
+def _one_line(err: BaseException, limit: int = 400) -> str:
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+_NOT_LOCAL_HINT = "pass --initial-checkpoint PATH (the weights of the plain model) or --pretrained-file PATH instead"
+
+
+def _pretrained_is_local(model: str) -> tuple[bool, str]:
+    """Whether timm finds the pretrained weights of ``model`` without the network, and where it would look."""
+    import torch
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model)
+    if cfg is None or not (cfg.hf_hub_id or isinstance(cfg.url, str)):
+        raise CliError(f"--pretrained: timm has no pretrained weights for {model}; {_NOT_LOCAL_HINT}")
+    if cfg.hf_hub_id:  # reason: timm prefers the Hub when huggingface_hub is installed (a timm dependency)
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        found = [try_to_load_from_cache(repo, name, revision=revision or None) for name in names]
+        return any(isinstance(f, str) for f in found), cfg.hf_hub_id
+    from urllib.parse import urlparse
+
+    url = str(cfg.url)
+    return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)).is_file(), url
+
+
+def _plain_model(args, num_classes: int):
+    """The unconverted model with its initial weights: random, --initial-checkpoint or --pretrained[-file].
+
+    Raises before anything is written: a file that does not fit names the first keys/shapes that do not.
+    """
+    import timm
+
+    from floatify.checkpoint import load_initial_checkpoint
+    from floatify.models import create_model
+
+    if not args.pretrained:
+        model = create_model(args.model, num_classes)
+        if args.initial_checkpoint is not None:
+            load_initial_checkpoint(model, args.initial_checkpoint)
+        return model
+    if not timm.is_model(args.model):
+        import torchvision
+
+        if args.model in torchvision.models.list_models(module=torchvision.models):
+            raise CliError(f"--pretrained: {args.model} is a torchvision model and floatify loads pretrained weights "
+                           f"of timm models only; pass its weights file with --initial-checkpoint PATH instead")
+        return create_model(args.model, num_classes)  # reason: says the name is unknown, with close matches
+    kwargs: dict = {}
+    source = "--pretrained"
+    if args.pretrained_file is not None:
+        source = f"--pretrained-file {args.pretrained_file}"
+        if not args.pretrained_file.is_file():
+            what = "is a directory" if args.pretrained_file.is_dir() else "does not exist"
+            raise CliError(f"{source} {what}; pass the file holding timm's pretrained weights of {args.model}")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(args.pretrained_file)}
+    else:
+        local, where = _pretrained_is_local(args.model)
+        if not local:
+            raise CliError(f"--pretrained: the pretrained weights of {args.model} ({where}) are not available "
+                           f"locally and floatify does not download them; {_NOT_LOCAL_HINT}")
+    from safetensors import SafetensorError
+
+    with _hub_offline():
+        try:
+            return create_model(args.model, num_classes, pretrained=True, **kwargs)
+        except (RuntimeError, OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
+            hint = (f"check that it holds timm's weights of {args.model}, or pass the plain model's weights with "
+                    f"--initial-checkpoint PATH" if args.pretrained_file is not None else _NOT_LOCAL_HINT)
+            raise CliError(f"{source}: the weights do not fit {args.model} with {num_classes} classes or cannot be "
+                           f"read ({_one_line(err)}); {hint}") from None
+
+
 def _train(args) -> None:
     import torch
     from torch.utils.data import DataLoader, Subset
@@ -357,7 +477,6 @@ def _train(args) -> None:
     import floatify
     from floatify.checkpoint import save_checkpoint
     from floatify.data import default_eps, load_dataset
-    from floatify.models import create_model
     from floatify.train import TrainConfig
 
     if args.eps is None:
@@ -377,7 +496,8 @@ def _train(args) -> None:
     data = load_dataset(args.dataset, image_size=args.image_size, root=args.data_root, download=args.download,
                         seed=args.seed)
     torch.manual_seed(args.seed)
-    model = floatify.convert(create_model(args.model, data.num_classes), convert_cfg).to(device)
+    # reason: the initial weights are loaded (and checked) before --out is created
+    model = floatify.convert(_plain_model(args, data.num_classes), convert_cfg).to(device)
     if args.density is not None:
         snip_data = DataLoader(data.train, batch_size=args.batch_size, shuffle=False)
         floatify.sparsify(model, args.density, criterion=args.sparsity_criterion, data=snip_data, seed=args.seed)
@@ -398,7 +518,10 @@ def _train(args) -> None:
     history = floatify.fit(model, loader, cfg, checkpoint_dir=run_dir, resume=args.resume, tag=tag,
                            progress=not args.no_progress,
                            on_epoch_end=lambda e, r: print(f"  epoch {e}: loss {r['loss']:.3f} ({r['seconds']:.0f}s)"))
+    initial = (str(args.initial_checkpoint) if args.initial_checkpoint is not None else
+               f"timm pretrained ({args.pretrained_file or 'cache'})" if args.pretrained else "random")
     meta = {"title": f"{args.model} on {data.name}", "model": args.model, "num_classes": data.num_classes,
+            "initial_weights": initial,
             "image_size": data.image_size, "dataset": data.name, "train": asdict(cfg), "convert": asdict(convert_cfg),
             "epochs_trained": len(history)}
     extra = {}

@@ -38,14 +38,23 @@ class Normalized(nn.Module):
         return self.model((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
 
 
-def create_model(name: str, num_classes: int, *, normalize: bool = True, **kwargs) -> nn.Module:
-    """A randomly initialised timm (first) or torchvision classifier by name, wrapped in :class:`Normalized`."""
+def create_model(name: str, num_classes: int, *, normalize: bool = True, pretrained: bool = False,
+                 **kwargs) -> nn.Module:
+    """A timm (first) or torchvision classifier by name, wrapped in :class:`Normalized`.
+
+    Randomly initialised, or with ``pretrained=True`` (timm models only) timm's pretrained weights, adapted by
+    timm to ``num_classes``; ``kwargs`` go to timm's/torchvision's constructor (e.g. timm's
+    ``pretrained_cfg_overlay=dict(file=path)`` to read them from a local file).
+    """
     import timm
     import torchvision
 
     if timm.is_model(name):
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     elif name in torchvision.models.list_models(module=torchvision.models):
+        if pretrained:
+            raise ValueError(f"pretrained weights are loaded for timm models only; '{name}' is a torchvision model: "
+                             f"load its weights file with floatify.checkpoint.load_initial_checkpoint instead")
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     else:
         known = timm.list_models() + torchvision.models.list_models(module=torchvision.models)
