@@ -1,9 +1,10 @@
 """``freeze(model, lam)``: back to a plain model at one operating point (like peft's merge_and_unload).
 
 Every conditioned layer gets its original class back, one noise draw ``λ·α·η`` is baked into its
-weight (none at λ = 0), each dual BatchNorm keeps the set λ selects, and floatify's extra
-parameters and buffers are removed. The result has the original state_dict keys, no overhead and
-works with ``torch.export``; it is deterministic, so it is no longer a randomised defence.
+weight (none at λ = 0; a weight tied between layers gets one draw and stays shared), each dual
+BatchNorm keeps the set λ selects, and floatify's extra parameters and buffers are removed. The
+result has the original state_dict keys, no overhead and works with ``torch.export``; it is
+deterministic, so it is no longer a randomised defence.
 
 Example:
     >>> import torch, floatify
@@ -59,6 +60,7 @@ def freeze(model: nn.Module, lam: float, seed: int | None = None, *, inplace: bo
             generators[device] = torch.Generator(device=device).manual_seed(seed)
         return generators[device]
 
+    drawn: set[int] = set()  # reason: a weight tied between layers is one Parameter: one draw, still shared
     with torch.no_grad():
         for _, module in iter_modules(model):
             if not is_floatify_layer(module):
@@ -66,17 +68,19 @@ def freeze(model: nn.Module, lam: float, seed: int | None = None, *, inplace: bo
             if is_batchnorm(module):
                 _freeze_batchnorm(module, lam > 0)
             else:
-                _freeze_weights(module, lam, generator)
+                _freeze_weights(module, lam, generator, drawn)
             clear_cache(module)
             module.__class__ = original_class(module)
     model.__dict__.pop(SKIPPED_ATTR, None)
     return model
 
 
-def _freeze_weights(module: nn.Module, lam: float, generator: Callable[[torch.device], torch.Generator | None]) -> None:
+def _freeze_weights(module: nn.Module, lam: float, generator: Callable[[torch.device], torch.Generator | None],
+                    drawn: set[int]) -> None:
     for name in type(module)._floatify_weights:  # type: ignore[attr-defined]
         weight = module._parameters[name]
-        if lam > 0 and name + ALPHA_SUFFIX in module._parameters and weight is not None:
+        if lam > 0 and name + ALPHA_SUFFIX in module._parameters and weight is not None and id(weight) not in drawn:
+            drawn.add(id(weight))
             weight.copy_(module.floatify_noisy_weight(name, lam, generator=generator(weight.device)))  # type: ignore[operator]
         module._parameters.pop(name + ALPHA_SUFFIX, None)
         bake_mask(module, name)  # reason: pruned weights stay exactly zero (the noisy weight is masked already)

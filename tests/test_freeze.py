@@ -46,15 +46,18 @@ def test_freeze_bakes_one_seeded_draw(name):
     with floatify.lam(1.0):  # a frozen model no longer follows λ
         assert torch.equal(a(x), b(x))
     # the frozen model computes what the converted one does at λ = 0.5 with that one draw held fixed:
-    # W + λ·α·std(W)·η, η from a generator seeded 7, drawn layer by layer in module order
+    # W + λ·α·std(W)·η, η from a generator seeded 7, drawn layer by layer in module order, once per weight
+    # Parameter (a weight tied between layers gets one draw)
     expected = copy.deepcopy(model)
     g = torch.Generator().manual_seed(7)
+    drawn = set()
     with torch.no_grad():
         for m in expected.modules():
             for w in getattr(type(m), "_floatify_weights", ()):
                 alpha = m._parameters.get(w + "_alpha")
-                if alpha is not None and m._parameters.get(w) is not None:
-                    weight = m._parameters[w]
+                weight = m._parameters.get(w)
+                if alpha is not None and weight is not None and id(weight) not in drawn:
+                    drawn.add(id(weight))
                     weight.add_(0.5 * alpha * weight.std() * torch.randn(weight.shape, generator=g))
     with floatify.lam(0.5, noise=False):  # the λ = 0.5 BatchNorm, no fresh noise
         assert torch.allclose(a(x), expected(x), atol=1e-5)
@@ -99,3 +102,20 @@ def test_freeze_inplace():
     model = floatify.convert(nn.Linear(2, 2))
     out = floatify.freeze(model, 0.0, inplace=True)
     assert out is model and type(model) is nn.Linear
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_freeze_draws_a_tied_weight_once_and_keeps_it_tied(inplace):
+    torch.manual_seed(0)
+    first, second = nn.Linear(256, 256, bias=False), nn.Linear(256, 256, bias=False)
+    second.weight = first.weight  # one Parameter used by two layers (e.g. tied embeddings/decoder)
+    model = floatify.convert(nn.Sequential(first, nn.ReLU(), second))
+    w = model[0]._parameters["weight"].detach().clone()
+    alpha = model[0]._parameters["weight_alpha"].detach().clone()
+    plain = floatify.freeze(model, 0.8, seed=3, inplace=inplace)
+    assert plain[0].weight is plain[2].weight, "the frozen model must still share the weight"
+    # exactly the one draw freeze bakes into a single layer with this seed: W + λ·α·std(W)·η
+    eta = torch.randn(w.shape, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(plain[2].weight.detach(), w + 0.8 * alpha * w.std() * eta, rtol=0, atol=1e-6)
+    delta = plain[0].weight.detach() - w
+    assert delta.std().item() == pytest.approx(0.8 * alpha.item() * w.std().item(), rel=0.02)  # not √2 × that
