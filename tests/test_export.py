@@ -174,7 +174,8 @@ def test_export_example_inputs_must_be_one_batch():
 # ---------------------------------------------------------------------------------------- model table
 _FRESH = textwrap.dedent("""
     import sys, torch
-    program, inputs, out = sys.argv[1:]
+    program, inputs, out, threads = sys.argv[1:]
+    torch.set_num_threads(int(threads))  # reason: bitwise equality with the parent needs the same kernels
     run = torch.export.load(program).module()
     x = torch.load(inputs)
     assert "floatify" not in sys.modules, "loading the program must not need floatify"
@@ -195,9 +196,10 @@ def test_zoo_export_save_load_in_fresh_process(name, tmp_path):
     program = floatify.export(model, x)
     torch.export.save(program, tmp_path / "dial.pt2")
     torch.save(x, tmp_path / "x.pt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
     subprocess.run([sys.executable, "-c", _FRESH, str(tmp_path / "dial.pt2"), str(tmp_path / "x.pt"),
-                    str(tmp_path / "out.pt")], check=True, env=env, timeout=300)
+                    str(tmp_path / "out.pt"), threads], check=True, env=env, timeout=300)
     outs = torch.load(tmp_path / "out.pt")
     clean = _eager(model, x, 0.0)
     assert all(torch.equal(y, clean) for y in outs[0.0]), "λ = 0 must be bitwise the eager model"
