@@ -160,7 +160,9 @@ def attack_strength_section(strength) -> list[str]:
     gap = 100 * (cand["ensemble (apgd-ce+dlr)"] - dbl["ensemble (apgd-ce+dlr)"])
     lines += [f"Strong-preset candidate {cand['iterations']}×{cand['draws']} vs doubled {dbl['iterations']}×"
               f"{dbl['draws']} (ensemble): {gap:+.1f} points — {_verdict(abs(gap) <= 1.0)} (within 1 point).", ""]
-    lines += ["**cost** (seconds per 100 points at one λ > 0, the whole preset incl. scoring)", "",
+    note = strength.get("cost_note", "timed while other jobs shared the 2 cores: indicative only")
+    lines += ["The per-setting seconds above were timed while other jobs shared the 2 cores (indicative only).", "",
+              f"**cost** (seconds per 100 points at one λ > 0, the whole preset incl. scoring; {note})", "",
               "| preset | s / 100 points / λ |", "|---|---|"]
     lines += [f"| {k} | {v['seconds_per_100_points_per_lam']:.1f} |" for k, v in strength["cost"].items()] + [""]
     return lines
