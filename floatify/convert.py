@@ -198,6 +198,12 @@ def _plan(model: nn.Module, filter_fn: FilterFn | None, dual_bn: bool) -> _Plan:
             f"types with floatify.layers.register_conditioned_weights(cls, 'weight')"
         )
     if not weights and not any(is_conditioned(m) and not is_batchnorm(m) for _, m in iter_modules(model)):
+        reasons = [f"{site}: {why}" for site, why in skipped if why != "excluded by filter_fn"]
+        if filter_fn is None or reasons:  # reason: blame what stopped the layers, not a filter_fn never given
+            raise ValueError(
+                f"no weight of {type(model).__name__} can be conditioned ({'; '.join(reasons[:3])}); e.g. remove "
+                f"the old-style weight_norm (or use torch.nn.utils.parametrizations.weight_norm after converting)"
+            )
         raise ValueError(
             f"filter_fn excluded all {n_candidates} convertible Conv/Linear layers of {type(model).__name__}; "
             f"it must return True for the layers to condition (signature: filter_fn(module, fqn) -> bool)"
@@ -270,7 +276,13 @@ def convert(
         raise TypeError("filter_fn must be a callable filter_fn(module, fqn) -> bool")
     plan = _plan(model, filter_fn, config.dual_bn)  # reason: validate everything before changing anything
     if not inplace:
-        model = copy.deepcopy(model)
+        try:
+            model = copy.deepcopy(model)
+        except RuntimeError as err:  # reason: old-style torch.nn.utils.weight_norm tensors refuse deepcopy
+            raise ValueError(
+                f"cannot copy {type(model).__name__} for conversion ({str(err).split('.')[0]}); pass inplace=True "
+                f"to convert the model itself"
+            ) from None
     shared: dict[int, nn.Parameter] = {}
     for _, module in iter_modules(model):  # reason: α of already converted tied weights is reused
         if is_conditioned(module):

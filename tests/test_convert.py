@@ -400,3 +400,25 @@ def test_register_conditioned_weights_conditions_a_custom_layer():
         register_conditioned_weights(int, "weight")
     with pytest.raises(ValueError, match="attribute names"):
         register_conditioned_weights(Scale)
+
+
+def _weight_normed(only: bool) -> nn.Module:
+    linear = nn.utils.weight_norm(nn.Linear(4, 2))  # old style: `weight` is computed, not a Parameter
+    return nn.Sequential(linear) if only else nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), linear)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("only,inplace,expect", [
+    (False, False, "pass inplace=True"),  # deepcopy of old-style weight_norm: a clear error, not a RuntimeError
+    (False, True, "warn"),  # converted in place: the weight-normed site is warned about and reported
+    (True, True, "remove the old-style weight_norm"),  # nothing convertible: never blames an absent filter_fn
+])
+def test_old_style_weight_norm(only, inplace, expect):
+    model = _weight_normed(only)
+    if expect == "warn":
+        with pytest.warns(FloatifyWarning, match="2.weight"):
+            floatify.convert(model, inplace=inplace)
+        return
+    with pytest.raises(ValueError, match=expect) as err:
+        floatify.convert(model, inplace=inplace)
+    assert "filter_fn" not in str(err.value)
