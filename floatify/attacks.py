@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,8 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from floatify.context import lam as lam_context
-from floatify.context import validate_lam
+from floatify.context import operating_point, validate_lam
 
 __all__ = ["AttackSpec", "PRESETS", "attack_and_score", "expected_correct", "make_attack", "parse_attacks", "strongest",
            "quick", "strong"]
@@ -95,9 +95,16 @@ class AttackSpec:
             object.__setattr__(self, "label", self._default_label())
 
     @property
-    def alpha(self) -> float:
-        """The PGD step size (``step_size`` or 2.5·eps/steps)."""
+    def pgd_step(self) -> float:
+        """The PGD step size in pixel units (``step_size`` or 2.5·eps/steps; not the noise scale α)."""
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    @property
+    def alpha(self) -> float:
+        """Deprecated alias of :attr:`pgd_step` (α is the noise scale everywhere else); removed next release."""
+        warnings.warn("AttackSpec.alpha is deprecated (α is the noise scale elsewhere); use AttackSpec.pgd_step",
+                      DeprecationWarning, stacklevel=2)
+        return self.pgd_step
 
     def _default_label(self) -> str:
         base = {"clean": "clean", "fgsm": "fgsm", "autoattack": "autoattack"}.get(self.kind)
@@ -133,8 +140,8 @@ class AttackSpec:
         start = "random start" if self.random_start else "no random start"
         name = "EOT-PGD" if self.kind == "eot-pgd" else "PGD"
         draws = f"{self.eot_draws} noise draws averaged per step" if self.eot_draws > 1 else "1 noise draw per step"
-        return (f"{name} (torchattacks EOTPGD stepping, cross-entropy), {eps}, {self.steps} steps of {self.alpha:.4f}, "
-                f"{draws}, {start}, strongest iterate per point kept{off}")
+        return (f"{name} (torchattacks EOTPGD stepping, cross-entropy), {eps}, {self.steps} steps of "
+                f"{self.pgd_step:.4f}, {draws}, {start}, strongest iterate per point kept{off}")
 
 
 def quick(eps: float = 8 / 255, steps: int = QUICK_STEPS, eot_draws: int = QUICK_DRAWS) -> list[AttackSpec]:
@@ -229,13 +236,13 @@ def make_attack(model: nn.Module, kind: str, eps: float, steps: int = 7, step_si
     """A plain torchattacks attack object (used for training examples)."""
     import torchattacks
 
-    alpha = step_size if step_size is not None else 2.5 * eps / steps
+    pgd_step = step_size if step_size is not None else 2.5 * eps / steps
     if kind == "fgsm":
         return torchattacks.FGSM(model, eps=eps)
     if kind == "pgd":
-        return torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start)
+        return torchattacks.PGD(model, eps=eps, alpha=pgd_step, steps=steps, random_start=random_start)
     if kind == "eot-pgd":
-        return torchattacks.EOTPGD(model, eps=eps, alpha=alpha, steps=steps, eot_iter=eot_draws,
+        return torchattacks.EOTPGD(model, eps=eps, alpha=pgd_step, steps=steps, eot_iter=eot_draws,
                                    random_start=random_start)
     raise ValueError(f"unknown training attack '{kind}'; choose fgsm, pgd or eot-pgd")
 
@@ -262,7 +269,7 @@ def attack_and_score(
     lam = validate_lam(lam)
     randomised = lam > 0 and spec.noise
     draws = score_draws if randomised else 1
-    with lam_context(lam, noise=spec.noise):
+    with operating_point(lam, noise=spec.noise):
         if spec.kind == "clean":
             return x, expected_correct(model, x, y, draws, per_draw)
         if spec.kind == "autoattack":
@@ -284,7 +291,7 @@ def attack_and_score(
             best, best_score = apgd(model, x, y, spec.eps, spec.steps, spec.kind[5:],
                                     spec.eot_draws if randomised else 1, spec.restarts)
         elif spec.kind == "transfer":
-            with lam_context(lam, noise=False):  # reason: the source is the deterministic, noise-off model
+            with operating_point(lam, noise=False):  # reason: the source is the deterministic, noise-off model
                 best, _ = strongest([apgd(model, x, y, spec.eps, spec.steps, loss, 1, spec.restarts)
                                       for loss in ("ce", "dlr")])
             return best, expected_correct(model, best, y, draws, per_draw)
@@ -328,13 +335,13 @@ def _pgd_iterates(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.
     """Yield every PGD iterate; each step is one torchattacks EOTPGD step, projected on the eps-ball of x."""
     import torchattacks
 
-    step = torchattacks.EOTPGD(model, eps=spec.alpha, alpha=spec.alpha, steps=1, eot_iter=spec.eot_draws,
-                               random_start=False)
+    one_step = torchattacks.EOTPGD(model, eps=spec.pgd_step, alpha=spec.pgd_step, steps=1,
+                                   eot_iter=spec.eot_draws, random_start=False)
     x_t = x.clone()
     if spec.random_start:
         x_t = (x_t + torch.empty_like(x_t).uniform_(-spec.eps, spec.eps)).clamp(0, 1)
     for _ in range(spec.steps):
-        x_t = step(x_t, y)
+        x_t = one_step(x_t, y)
         x_t = (x + (x_t - x).clamp(-spec.eps, spec.eps)).clamp(0, 1).detach()
         yield x_t
 
@@ -414,7 +421,7 @@ def _apgd_run(model, x, y, eps, steps, loss_fn, draws, rho):
     x_adv = project(x + eps * t / t.reshape(n, -1).abs().amax(dim=1).clamp_min(1e-12).reshape(shape))
     grad, loss, acc = _eot_gradient(model, x_adv, y, loss_fn, draws)
     yield x_adv, acc, loss
-    step = torch.full(shape, 2.0 * eps, device=x.device)
+    apgd_step = torch.full(shape, 2.0 * eps, device=x.device)  # per point, halved at checkpoints
     x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
     x_prev = x_adv.clone()
     increases = torch.zeros(n, device=x.device)
@@ -424,7 +431,7 @@ def _apgd_run(model, x, y, eps, steps, loss_fn, draws, rho):
     for i in range(steps):
         with torch.no_grad():
             momentum = 0.75 if i > 0 else 1.0
-            z = project(x_adv + step * torch.sign(grad))
+            z = project(x_adv + apgd_step * torch.sign(grad))
             x_new = project(x_adv + momentum * (z - x_adv) + (1 - momentum) * (x_adv - x_prev))
             x_prev, x_adv = x_adv, x_new
         grad, loss_new, acc = _eot_gradient(model, x_adv, y, loss_fn, draws)
@@ -442,7 +449,7 @@ def _apgd_run(model, x, y, eps, steps, loss_fn, draws, rho):
                 reduce = oscillating | stalled
                 reduced_at_check, loss_best_at_check = reduce.clone(), loss_best.clone()
                 if reduce.any():
-                    step[reduce] /= 2.0
+                    apgd_step[reduce] /= 2.0
                     x_adv[reduce], grad[reduce] = x_best[reduce], grad_best[reduce]
                     x_prev[reduce] = x_best[reduce]
                 increases.zero_()

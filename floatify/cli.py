@@ -67,12 +67,12 @@ _TRAIN_HELP = {
     "weight_decay": "weight decay, on Conv/Linear weights only",
     "momentum": "SGD momentum",
     "strategy": "λ sampling during training",
-    "zero_share": "share of λ = 0 steps for the oat and uniform strategies",
+    "zero_share": "share of λ = 0 training steps for the oat and uniform strategies",
     "attack": "training attack",
     "eps": "L∞ budget in pixel units",
     "steps": "training attack iterations",
-    "step_size": "training PGD step, e.g. 2/255 (the OAT/FLOAT CIFAR recipe)",
-    "noise_draw": "weight noise during training: one draw per step (attack + loss) or a fresh one per forward "
+    "step_size": "training PGD step size, e.g. 2/255 (the OAT/FLOAT CIFAR recipe)",
+    "noise_draw": "weight noise during training: one draw per training step (attack + loss) or a fresh one per forward "
                   "(reference code, slower)",
     "grad_clip": "clip the gradient norm to this value",
     "amp": "mixed precision (CUDA only)",
@@ -145,7 +145,7 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from floatify.convert import FloatConfig
-    from floatify.layers.conditioned import BN_MIXES
+    from floatify.layers.dual_bn import BN_MIXES
     from floatify.train import NOISE_DRAWS, STRATEGIES, TrainConfig
 
     parser = argparse.ArgumentParser(

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["lam", "get_lam", "validate_lam", "LamState", "lam_state", "hold_noise", "held_draws", "lam_from_tensor"]
+__all__ = ["lam", "operating_point", "get_lam", "validate_lam", "LamState", "lam_state", "hold_noise", "held_draws",
+           "lam_from_tensor"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,15 @@ def lam(value: float, *, noise: bool = True) -> Iterator[float]:
         yield v
     finally:
         _LAM.reset(token)
+
+
+operating_point = lam
+"""The same context manager as :func:`lam`, under the name the package uses internally.
+
+reason: inside the package ``lam`` is also the name of every function's operating-point parameter
+(``evaluate(lam=...)``, ``float_loss(lam=...)``); modules call ``operating_point(lam)`` rather than shadowing
+one with the other. ``floatify.lam`` stays the public spelling.
+"""
 
 
 @contextlib.contextmanager

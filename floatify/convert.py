@@ -27,16 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from floatify.layers.conditioned import (
-    ADV_SUFFIX,
-    ALPHA_SUFFIX,
-    BN_MIXES,
-    conditioned_class,
-    dual_bn_entries,
-    get_bn_mix,
-    is_conditioned,
-    set_bn_mix,
-)
+from floatify.layers.conditioned import ALPHA_SUFFIX, conditioned_class, is_conditioned
+from floatify.layers.dual_bn import ADV_SUFFIX, BN_MIXES, dual_bn_entries, get_bn_mix, set_bn_mix
 from floatify.layers.masks import MASK_SUFFIX
 from floatify.layers.registry import conditioned_weight_names, is_batchnorm
 

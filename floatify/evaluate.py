@@ -27,8 +27,7 @@ import torch
 import torch.nn as nn
 
 from floatify.attacks import PRESETS, SCORE_DRAWS, AttackSpec, attack_and_score, expected_correct, strongest
-from floatify.context import lam as lam_context
-from floatify.context import validate_lam
+from floatify.context import operating_point, validate_lam
 from floatify.report import Report, Score
 
 __all__ = ["evaluate", "EvalConfig"]
@@ -224,12 +223,12 @@ def _worst_case(model, candidates, x, y, lam, score_draws, per_draw_log) -> tupl
     scoring the selected points afresh gives the expected accuracy of a fixed set of adversarial inputs.
     """
     if not any(torch.equal(c[0], x) for c in candidates):
-        with lam_context(lam):
+        with operating_point(lam):
             candidates = [(x, expected_correct(model, x, y, score_draws if lam > 0 else 1)), *candidates]
     worst, worst_score = strongest(candidates)
     batch_draws: list[float] = []
     if lam > 0:
-        with lam_context(lam):
+        with operating_point(lam):
             worst_score = expected_correct(model, worst, y, score_draws, batch_draws)
     else:
         batch_draws.append(worst_score.mean().item())

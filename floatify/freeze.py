@@ -24,13 +24,8 @@ import torch.nn as nn
 
 from floatify.context import validate_lam
 from floatify.convert import SKIPPED_ATTR, iter_modules
-from floatify.layers.conditioned import (
-    ALPHA_SUFFIX,
-    dual_bn_entries,
-    is_conditioned,
-    is_floatify_layer,
-    original_class,
-)
+from floatify.layers.conditioned import ALPHA_SUFFIX, is_conditioned, is_floatify_layer, original_class
+from floatify.layers.dual_bn import dual_bn_entries
 from floatify.layers.masks import bake_mask, clear_cache
 from floatify.layers.registry import is_batchnorm
 

@@ -8,6 +8,22 @@ Per step, for a batch (x, y) and a sampled λ::
 Inputs are images in [0, 1]: normalisation belongs inside the model (:class:`floatify.models.Normalized`),
 so eps is in pixel units.
 
+"Step" names four different things here; each name says which:
+
+* a **training step** is one batch and one optimizer update. ``global_step`` counts them from 0 across
+  epochs (the argument of :class:`LamSampler`, which picks the step's λ); ``steps_per_epoch`` is the
+  number of batches in an epoch;
+* ``steps`` (:func:`float_loss`, :class:`TrainConfig`, ``--steps``) is the number of **PGD iterations** of
+  the training attack inside one training step;
+* ``step_size`` is the **PGD step size** of one such iteration, L∞ in pixel units (None: 2.5·eps/steps;
+  :attr:`floatify.attacks.AttackSpec.pgd_step` on the evaluation side). It is unrelated to α, the per-layer
+  noise scale;
+* ``noise_draw="step"`` is a **noise-draw mode**: one weight-noise draw held for the whole training step
+  (the attack's iterations and the loss), as opposed to ``"forward"``, a fresh draw per forward pass.
+
+The public keyword names (``steps``, ``step_size``, ``noise_draw="step"``) are stored in checkpoints and
+the CLI, so they keep their spelling.
+
 Example (your own loop):
     >>> import torch, floatify
     >>> model = floatify.convert(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)))
@@ -16,7 +32,7 @@ Example (your own loop):
     >>> opt = torch.optim.SGD(param_groups(model, 5e-4), lr=0.1)
     >>> sampler = LamSampler("binary", seed=0)
     >>> x, y = torch.rand(8, 3, 2, 2), torch.randint(0, 3, (8,))
-    >>> loss = float_step_loss(model, x, y, sampler(step=0), eps=8 / 255, steps=2)
+    >>> loss = float_step_loss(model, x, y, sampler(global_step=0), eps=8 / 255, steps=2)
     >>> loss.backward(); opt.step()
 """
 
@@ -27,6 +43,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,8 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from floatify.attacks import make_attack
-from floatify.context import hold_noise, validate_lam
-from floatify.context import lam as lam_context
+from floatify.context import hold_noise, operating_point, validate_lam
 from floatify.convert import iter_modules
 from floatify.layers.conditioned import is_conditioned
 from floatify.summary import param_groups
@@ -68,8 +84,10 @@ class LamSampler:
         ``"fixed"``: always ``values[0]``: a model dedicated to one operating point (the anchor a once-for-all
             model is compared with).
 
-    ``sampler(step)`` returns the list of λ for the step (one per equal batch chunk). It depends only on
-    ``(seed, step)``, never on global RNG state, so every rank of a DDP job draws the same λ.
+    ``sampler(global_step)`` returns the list of λ for that training step (one per equal batch chunk;
+    ``global_step`` counts optimizer updates from 0 across epochs). It depends only on ``(seed, global_step)``,
+    never on global RNG state, so every rank of a DDP job draws the same λ. (The keyword ``step=`` still
+    works, with a DeprecationWarning, for one release.)
     """
 
     def __init__(self, strategy: str = DEFAULT_STRATEGY, *, seed: int = 0, zero_share: float = 0.25,
@@ -82,12 +100,20 @@ class LamSampler:
         self.values = [validate_lam(v, "values") for v in values]
         self._nonzero = [v for v in self.values if v > 0]
 
-    def __call__(self, step: int) -> list[float]:
+    def __call__(self, global_step: int | None = None, *, step: int | None = None) -> list[float]:
+        if step is not None:  # reason: the argument was called `step` until it was renamed; one release
+            if global_step is not None:
+                raise TypeError("pass global_step only (step is its deprecated name)")
+            warnings.warn("LamSampler(step=...) is deprecated; use global_step=...", DeprecationWarning,
+                          stacklevel=2)
+            global_step = step
+        if global_step is None:
+            raise TypeError("LamSampler() missing the argument global_step (the training step, counted from 0)")
         if self.strategy == "binary":
             return [0.0, 1.0]
         if self.strategy == "fixed":
             return [self.values[0]]
-        rng = random.Random(self.seed * 1_000_003 + int(step))
+        rng = random.Random(self.seed * 1_000_003 + int(global_step))
         if self.strategy == "uniform":
             return [0.0] if rng.random() < self.zero_share else [1.0 - rng.random()]  # U(0, 1]
         if rng.random() < self.zero_share or not self._nonzero:
@@ -131,7 +157,7 @@ def float_loss(
     if noise_draw not in NOISE_DRAWS:
         raise ValueError(f"noise_draw must be one of {', '.join(NOISE_DRAWS)}, got {noise_draw!r}")
     hold = hold_noise() if noise_draw == "step" and lam > 0.0 else contextlib.nullcontext()
-    with lam_context(lam), hold:
+    with operating_point(lam), hold:
         loss = F.cross_entropy(model(x), y) if lam < 1.0 else None
         if loss is not None and lam == 0.0:
             return _touch_unused(model, loss)
@@ -442,7 +468,8 @@ def train_one_epoch(run: _Run, epoch: int, *, progress: bool = True) -> dict:
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
     for i, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        lams = run.sampler(epoch * run.steps_per_epoch + i)
+        global_step = epoch * run.steps_per_epoch + i
+        lams = run.sampler(global_step)
         for v in lams:
             key = f"{v:.2f}"
             lam_counts[key] = lam_counts.get(key, 0) + 1
@@ -532,8 +559,6 @@ def _load_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict
     if "lr_lambdas" not in state:
         scheduler.load_state_dict(state)
         return
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # reason: "scheduler.step() before optimizer.step()" does not apply here
         for _ in range(int(state["last_epoch"])):

@@ -98,6 +98,14 @@ def test_descriptions_name_attack_steps_and_draws():
     assert "OFF" in AttackSpec("pgd", noise=False).describe()
 
 
+def test_pgd_step_and_deprecated_alpha():
+    spec = AttackSpec("pgd", 0.1, 10)
+    assert spec.pgd_step == pytest.approx(2.5 * 0.1 / 10)
+    assert AttackSpec("pgd", 0.1, 10, step_size=0.02).pgd_step == 0.02
+    with pytest.warns(DeprecationWarning, match="pgd_step"):
+        assert spec.alpha == spec.pgd_step
+
+
 # ------------------------------------------------------------------------------ strength on known answers
 D, K = 20, 3
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import floatify
-from floatify.context import get_lam, hold_noise
+from floatify.context import get_lam, hold_noise, operating_point
 
 
 def test_default_and_nesting_restore_outer_value_even_on_error():
@@ -19,6 +19,14 @@ def test_default_and_nesting_restore_outer_value_even_on_error():
                 assert get_lam() == 1.0
                 raise RuntimeError("boom")
         assert get_lam() == 0.3
+    assert get_lam() == 0.0
+
+
+def test_operating_point_is_the_public_lam():
+    # the package's internal name for the context manager (its `lam` parameters would shadow it)
+    assert operating_point is floatify.lam
+    with operating_point(0.4):
+        assert get_lam() == 0.4
     assert get_lam() == 0.0
 
 

@@ -137,6 +137,15 @@ def test_sampler_distributions():
         LamSampler("nope")
 
 
+def test_sampler_global_step_keyword_and_deprecated_step():
+    oat = LamSampler("oat", seed=3)
+    assert oat(global_step=5) == oat(5)
+    with pytest.warns(DeprecationWarning, match="global_step"):
+        assert oat(step=5) == oat(5)
+    with pytest.raises(TypeError):
+        oat(5, step=5)
+
+
 def test_binary_step_splits_the_batch():
     model, (x, y) = tiny_model(), batch()
     calls = []

@@ -14,7 +14,8 @@ subclass in which the conditioned attributes are properties:
   adversarial set (``*_adv``, extra entries in the state_dict) at λ > 0: dual BatchNorm.
 
 Extra state per conditioned weight ``w``: the learnable scalar ``w_alpha`` and, for sparse models,
-a bit-packed ``w_mask`` buffer (all mask handling is in :mod:`floatify.layers.masks`).
+a bit-packed ``w_mask`` buffer (all mask handling is in :mod:`floatify.layers.masks`). The dual-BatchNorm
+attributes live in :mod:`floatify.layers.dual_bn`, the FX leaf registration in :mod:`floatify.layers.registry`.
 
 Example:
     >>> import torch, floatify
@@ -26,20 +27,32 @@ Example:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-try:  # reason: plain is_fx_tracing() also answers True under torch.export and warns about it
-    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
-except ImportError:  # pragma: no cover - older torch
-    from torch.fx._symbolic_trace import is_fx_tracing
-
 from floatify.context import held_draws, lam_state
+
+# reason: the dual-BatchNorm names are re-exported here, where the package and users imported them from
+from floatify.layers.dual_bn import (
+    ADV_SUFFIX,
+    BN_BUFFERS,
+    BN_MIXES,
+    BN_PARAMS,
+    bn_property,
+    dual_bn_entries,
+    get_bn_mix,
+    reset_dual_running_stats,
+    set_bn_mix,
+)
 from floatify.layers.masks import CACHE_ATTR, MASK_SUFFIX, add_mask_buffers, get_mask
-from floatify.layers.registry import conditioned_weight_names_for_class, is_batchnorm
+from floatify.layers.registry import (
+    conditioned_weight_names_for_class,
+    is_batchnorm,
+    is_fx_tracing,
+    register_fx_leaf,
+)
 
 __all__ = [
     "conditioned_class",
@@ -58,12 +71,6 @@ __all__ = [
 ]
 
 ALPHA_SUFFIX = "_alpha"
-ADV_SUFFIX = "_adv"
-BN_PARAMS = ("weight", "bias")
-BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-BN_MIXES = ("interpolate", "switch")
-_BN_MIX_ATTR = "_floatify_bn_mix"
-_RESET_VALUE = {"running_mean": 0, "running_var": 1, "num_batches_tracked": 0}
 _CLASSES: dict[type, type] = {}
 
 
@@ -89,33 +96,9 @@ def generated_classes() -> list[type]:
     return list(_CLASSES.values())
 
 
-def dual_bn_entries(module: nn.Module) -> Iterator[tuple[dict[str, Any], str, str]]:
-    """``(store, clean name, adversarial name)`` for each BatchNorm parameter and buffer ``module`` has.
-
-    ``store`` is the module's ``_parameters`` or ``_buffers`` dict; the adversarial entry may be absent
-    (a BatchNorm not made dual yet). The one loop every dual-BatchNorm operation uses.
-    """
-    for store, names in ((module._parameters, BN_PARAMS), (module._buffers, BN_BUFFERS)):
-        for name in names:
-            if store.get(name) is not None:
-                yield store, name, name + ADV_SUFFIX
-
-
 def original_class(module: nn.Module) -> type:
     """The class ``module`` had before conversion."""
     return type(module).__dict__.get("_floatify_base", type(module))
-
-
-def set_bn_mix(module: nn.Module, mix: str) -> None:
-    """How the dual BatchNorm ``module`` serves 0 < λ < 1: ``"interpolate"`` or ``"switch"``."""
-    if mix not in BN_MIXES:
-        raise ValueError(f"bn_mix must be one of {', '.join(BN_MIXES)}, got {mix!r}")
-    module.__dict__[_BN_MIX_ATTR] = mix  # reason: instance state, so deepcopy and pickle carry it
-
-
-def get_bn_mix(module: nn.Module) -> str:
-    """The dual-BatchNorm mix of ``module`` (``"switch"`` for layers converted before the option existed)."""
-    return module.__dict__.get(_BN_MIX_ATTR, "switch")
 
 
 # ----------------------------------------------------------------------------- the mixin
@@ -201,11 +184,7 @@ class _ConditionedMixin:
     def reset_running_stats(self) -> None:
         if not is_batchnorm(self):  # type: ignore[arg-type]
             return super().reset_running_stats()  # type: ignore[misc]
-        for store, name, adv in dual_bn_entries(self):  # type: ignore[arg-type]
-            if name in _RESET_VALUE:  # reason: clean and adversarial statistics, never an interpolated copy
-                for key in (name, adv):
-                    if store.get(key) is not None:
-                        store[key].fill_(_RESET_VALUE[name])
+        reset_dual_running_stats(self)  # type: ignore[arg-type]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # reason: a sparse checkpoint loaded into a dense model brings its masks along.
@@ -266,31 +245,6 @@ def _weight_property(name: str) -> property:
     return property(get, doc=f"λ-conditioned ``{name}``: W + λ·α·η (W itself at λ = 0).")
 
 
-def _bn_property(name: str, is_buffer: bool) -> property:
-    adv_key = name + ADV_SUFFIX
-    interpolable = name != "num_batches_tracked"
-
-    def get(self):
-        store = self._buffers if is_buffer else self._parameters
-        state = lam_state()
-        if state.active and adv_key in store and not is_fx_tracing():
-            adv = store[adv_key]
-            if (adv is None or not interpolable or self.__dict__.get(_BN_MIX_ATTR) != "interpolate"
-                    or (is_buffer and self.training)):
-                # reason: in training the running statistics are updated in place, so they must be the
-                # adversarial buffers themselves, not an interpolated copy
-                return adv
-            # lerp(clean, adv, λ): exactly the adversarial set at λ = 1 (torch.lerp's w ≥ 0.5 branch)
-            return torch.lerp(store[name], adv, state.tensor.to(device=adv.device, dtype=adv.dtype))
-        try:
-            return store[name]
-        except KeyError:
-            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'") from None
-
-    return property(get, doc=f"dual BatchNorm ``{name}``: clean at λ = 0, ``{adv_key}`` at λ > 0 "
-                             f"(interpolated by λ in between with bn_mix='interpolate').")
-
-
 def _class_name(base: type) -> str:
     # reason: pickle looks classes up by name in this module; dots would split the lookup.
     return f"Float[{base.__module__.replace('.', '/')}:{base.__qualname__.replace('.', '/')}]"
@@ -306,9 +260,9 @@ def conditioned_class(base: type[nn.Module]) -> type[nn.Module]:
     namespace: dict = {"_floatify_base": base, "__module__": __name__}
     if issubclass(base, nn.modules.batchnorm._BatchNorm):
         for name in BN_PARAMS:
-            namespace[name] = _bn_property(name, is_buffer=False)
+            namespace[name] = bn_property(name, is_buffer=False)
         for name in BN_BUFFERS:
-            namespace[name] = _bn_property(name, is_buffer=True)
+            namespace[name] = bn_property(name, is_buffer=True)
     else:
         weights = conditioned_weight_names_for_class(base)
         if not weights:
@@ -320,18 +274,8 @@ def conditioned_class(base: type[nn.Module]) -> type[nn.Module]:
     namespace["__qualname__"] = name
     cls = type(name, (_ConditionedMixin, base), namespace)
     _CLASSES[base] = cls
-    _register_fx_leaf(cls)
+    register_fx_leaf(cls)
     return cls
-
-
-def _register_fx_leaf(cls: type) -> None:
-    # reason: timm's FX feature extraction must call conditioned layers as leaves, otherwise the
-    # traced graph reads the raw Parameter and the noise is lost. Reuse timm's own registry.
-    try:
-        from timm.layers import register_notrace_module
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return
-    register_notrace_module(cls)
 
 
 def __getattr__(name: str) -> type:

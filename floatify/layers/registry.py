@@ -5,6 +5,9 @@ torch's ``NonDynamicallyQuantizableLinear``) condition ``weight``; ``nn.Multihea
 conditions its packed/separate input projections (its ``out_proj`` is a Linear and converts on its
 own). Register your own layer type with :func:`register_conditioned_weights`.
 
+The generated conditioned classes are registered in turn with timm's FX leaf registry
+(:func:`register_fx_leaf`), and :func:`is_fx_tracing` tells their attributes when a symbolic trace is running.
+
 Example:
     >>> import torch.nn as nn
     >>> from floatify.layers.registry import conditioned_weight_names
@@ -16,7 +19,13 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-__all__ = ["register_conditioned_weights", "conditioned_weight_names", "is_batchnorm"]
+try:  # reason: plain is_fx_tracing() also answers True under torch.export and warns about it
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
+except ImportError:  # pragma: no cover - older torch
+    from torch.fx._symbolic_trace import is_fx_tracing
+
+__all__ = ["register_conditioned_weights", "conditioned_weight_names", "is_batchnorm", "is_fx_tracing",
+           "register_fx_leaf"]
 
 _BY_CLASS: dict[type, tuple[str, ...]] = {
     nn.modules.conv._ConvNd: ("weight",),
@@ -64,3 +73,16 @@ def conditioned_weight_names_for_class(cls: type, mro: bool = True) -> tuple[str
 def is_batchnorm(module: nn.Module) -> bool:
     """BatchNorm1d/2d/3d, SyncBatchNorm and subclasses such as timm's ``BatchNormAct2d``."""
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def register_fx_leaf(cls: type) -> None:
+    """Make timm's FX feature extraction call the generated class ``cls`` as a leaf module.
+
+    reason: otherwise the traced graph reads the raw Parameter and the noise is lost. Reuses timm's own
+    registry (``timm.layers.register_notrace_module``); :mod:`floatify.fx` handles the other tracers.
+    """
+    try:
+        from timm.layers import register_notrace_module
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return
+    register_notrace_module(cls)

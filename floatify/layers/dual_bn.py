@@ -1,0 +1,107 @@
+"""Dual BatchNorm: a BatchNorm whose parameters and statistics depend on λ.
+
+A converted BatchNorm keeps its clean ``weight``/``bias``/``running_*`` under their original keys and gets an
+adversarial copy of each (``*_adv``, extra state_dict entries). The generated class
+(:func:`floatify.layers.conditioned.conditioned_class`) reads them through :func:`bn_property`: the clean set
+at λ = 0, the adversarial set at λ > 0, and with ``bn_mix="interpolate"`` (:func:`set_bn_mix`) the two lerped
+by λ for 0 < λ < 1 (in eval mode; training always updates the adversarial statistics themselves).
+
+Example:
+    >>> import torch, floatify
+    >>> from floatify.layers.dual_bn import get_bn_mix
+    >>> model = floatify.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)))
+    >>> bn = model[1]
+    >>> sorted(k for k in bn.state_dict() if k.endswith("_adv"))
+    ['bias_adv', 'num_batches_tracked_adv', 'running_mean_adv', 'running_var_adv', 'weight_adv']
+    >>> get_bn_mix(bn) in ("interpolate", "switch")
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from floatify.context import lam_state
+from floatify.layers.registry import is_fx_tracing
+
+__all__ = [
+    "ADV_SUFFIX",
+    "BN_PARAMS",
+    "BN_BUFFERS",
+    "BN_MIXES",
+    "bn_property",
+    "dual_bn_entries",
+    "get_bn_mix",
+    "reset_dual_running_stats",
+    "set_bn_mix",
+]
+
+ADV_SUFFIX = "_adv"
+BN_PARAMS = ("weight", "bias")
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+BN_MIXES = ("interpolate", "switch")
+_BN_MIX_ATTR = "_floatify_bn_mix"
+_RESET_VALUE = {"running_mean": 0, "running_var": 1, "num_batches_tracked": 0}
+
+
+def dual_bn_entries(module: nn.Module) -> Iterator[tuple[dict[str, Any], str, str]]:
+    """``(store, clean name, adversarial name)`` for each BatchNorm parameter and buffer ``module`` has.
+
+    ``store`` is the module's ``_parameters`` or ``_buffers`` dict; the adversarial entry may be absent
+    (a BatchNorm not made dual yet). The one loop every dual-BatchNorm operation uses.
+    """
+    for store, names in ((module._parameters, BN_PARAMS), (module._buffers, BN_BUFFERS)):
+        for name in names:
+            if store.get(name) is not None:
+                yield store, name, name + ADV_SUFFIX
+
+
+def set_bn_mix(module: nn.Module, mix: str) -> None:
+    """How the dual BatchNorm ``module`` serves 0 < λ < 1: ``"interpolate"`` or ``"switch"``."""
+    if mix not in BN_MIXES:
+        raise ValueError(f"bn_mix must be one of {', '.join(BN_MIXES)}, got {mix!r}")
+    module.__dict__[_BN_MIX_ATTR] = mix  # reason: instance state, so deepcopy and pickle carry it
+
+
+def get_bn_mix(module: nn.Module) -> str:
+    """The dual-BatchNorm mix of ``module`` (``"switch"`` for layers converted before the option existed)."""
+    return module.__dict__.get(_BN_MIX_ATTR, "switch")
+
+
+def reset_dual_running_stats(module: nn.Module) -> None:
+    """Reset the clean and the adversarial running statistics of the dual BatchNorm ``module``."""
+    for store, name, adv in dual_bn_entries(module):
+        if name in _RESET_VALUE:  # reason: clean and adversarial statistics, never an interpolated copy
+            for key in (name, adv):
+                if store.get(key) is not None:
+                    store[key].fill_(_RESET_VALUE[name])
+
+
+def bn_property(name: str, is_buffer: bool) -> property:
+    """The λ-dependent attribute ``name`` (a BatchNorm parameter or buffer) of a generated BatchNorm class."""
+    adv_key = name + ADV_SUFFIX
+    interpolable = name != "num_batches_tracked"
+
+    def get(self):
+        store = self._buffers if is_buffer else self._parameters
+        state = lam_state()
+        if state.active and adv_key in store and not is_fx_tracing():
+            adv = store[adv_key]
+            if (adv is None or not interpolable or self.__dict__.get(_BN_MIX_ATTR) != "interpolate"
+                    or (is_buffer and self.training)):
+                # reason: in training the running statistics are updated in place, so they must be the
+                # adversarial buffers themselves, not an interpolated copy
+                return adv
+            # lerp(clean, adv, λ): exactly the adversarial set at λ = 1 (torch.lerp's w ≥ 0.5 branch)
+            return torch.lerp(store[name], adv, state.tensor.to(device=adv.device, dtype=adv.dtype))
+        try:
+            return store[name]
+        except KeyError:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'") from None
+
+    return property(get, doc=f"dual BatchNorm ``{name}``: clean at λ = 0, ``{adv_key}`` at λ > 0 "
+                             f"(interpolated by λ in between with bn_mix='interpolate').")
