@@ -134,7 +134,32 @@ def tradeoff_section(trade, results_dir: Path, tag: str = "tradeoff") -> tuple[l
         lines += ["Against the dedicated models (FLOAT minus dedicated, clean / robust points; target: no point more "
                   "than 2 below):", "", "| method | " + " | ".join(f"λ={v}" for v in lams) + " | within 2 |",
                   "|---|" + "---|" * (len(lams) + 1)] + rows + [""]
+    lines += decision_lines(c, trade.get("dial", {}))
     return lines, facts
+
+
+def decision_lines(c: dict, dial: dict) -> list[str]:
+    """The default λ strategy and bn_mix, computed: among the FLOAT variants that are a dial (monotone, no step
+    above 50% of the change, clean and robust), the best mean of (clean + robust) / 2 over λ."""
+    rows, eligible = [], []
+    for m in (k for k in c if k.startswith("float-") and k in dial and dial[k]):
+        d = dial[m]
+        is_dial = all(not d[k]["violations"] and d[k]["largest_step_share"] <= 0.5 for k in ("clean", "robust"))
+        score = statistics.mean((cl[0] + rb[0]) / 2 for cl, rb in zip(c[m]["clean"], c[m]["robust"]))
+        rows.append(f"| {m} | {'yes' if is_dial else 'no'} | {score:.2f} |")
+        eligible += [(score, m)] if is_dial else []
+    if not rows:
+        return []
+    from floatify.convert import FloatConfig
+
+    default = f"float-{DEFAULT_STRATEGY}" + ("" if FloatConfig().bn_mix == "interpolate" else "-switch")
+    winner = max(eligible)[1] if eligible else None
+    verdict = ("no variant is a dial by both criteria; the default stays what it is" if winner is None else
+               f"winner **{winner}**; the library default is `{default}`"
+               + (" (matches)." if winner == default else " — **out of date**."))
+    return ["Choosing the default: a variant qualifies as a dial if clean and robust are monotone and no step "
+            "carries more than 50% of the change; among those, the best mean of (clean + robust) / 2 over λ wins.",
+            "", "| variant | dial | mean (clean + robust) / 2 |", "|---|---|---|"] + rows + ["", verdict, ""]
 
 
 def attack_strength_section(strength) -> list[str]:
