@@ -116,7 +116,7 @@ def main() -> None:
     sub = DataLoader(Subset(data.test, range(100)), batch_size=100)
     result["cost_note"] = "timed alone" if args.cost_only else "timed right after the sweeps (other load possible)"
     for name, specs in {"quick": quick(args.eps), f"strong {n}x{d}": strong(args.eps, n, d),
-                        "strong 100x20": strong(args.eps)}.items():
+                        "strong 100x20": strong(args.eps, 100, 20)}.items():
         t0 = time.perf_counter()
         floatify.evaluate(model, sub, [1.0], specs, score_draws=8, progress=False)
         log("cost", name, {"seconds_per_100_points_per_lam": time.perf_counter() - t0})
