@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from floatify.io import atomic_write
+from floatify.io import atomic_write, read_safetensors
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_into", "save_state", "load_state",
            "load_initial_checkpoint"]
@@ -59,16 +59,10 @@ def _check_readable(path: Path, what: str) -> None:
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a floatify checkpoint: (state_dict, meta). Clear errors for missing or corrupted files."""
-    from safetensors import safe_open
 
     path = Path(path)
     _check_readable(path, "checkpoint")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises several types for damaged files
-        raise CheckpointError(f"checkpoint {path} is corrupted or not a safetensors file ({err})") from err
+    state, header = read_safetensors(path, "checkpoint", CheckpointError)
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not a floatify checkpoint (no '{FORMAT}' header)")
     try:
@@ -256,16 +250,10 @@ def save_state(path: str | Path, obj: Any) -> Path:
 
 def load_state(path: str | Path, what: str = "state file") -> Any:
     """Read a :func:`save_state` file. Nothing in it can run code; damage gives a :class:`CheckpointError`."""
-    from safetensors import safe_open
 
     path = Path(path)
     _check_readable(path, what)
-    try:
-        with safe_open(os.fspath(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises several types for damaged files
-        raise CheckpointError(f"{what} {path} is truncated or corrupted ({err}); delete it to start afresh") from None
+    tensors, header = read_safetensors(path, what, CheckpointError, "; delete it to start afresh")
     if header.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{what} {path} is not a floatify state file (no '{STATE_FORMAT}' header)")
     try:

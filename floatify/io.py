@@ -138,3 +138,17 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
     return removed
+
+
+def read_safetensors(path: str | os.PathLike, what: str, error: type[Exception] = ValueError,
+                     hint: str = "") -> tuple[dict, dict]:
+    """``(tensors, header metadata)`` of a safetensors file; any damage raises ``error`` with one line naming
+    ``what`` and ``path`` ("truncated or corrupted or not a safetensors file") plus ``hint``. Reading it runs no
+    code (safetensors holds tensors and a JSON header only)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as err:  # reason: safetensors raises several types for damaged files
+        raise error(f"{what} {path} is truncated or corrupted or not a safetensors file ({err}){hint}") from None

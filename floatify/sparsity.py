@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from floatify.convert import iter_modules
+from floatify.io import read_safetensors
 from floatify.layers.conditioned import conditioned_class, is_floatify_layer
 from floatify.layers.masks import MASK_SUFFIX, get_mask, has_mask, pack_mask, set_mask, unpack_mask
 from floatify.layers.registry import conditioned_weight_names, is_batchnorm
@@ -284,17 +285,11 @@ def save_sparse(model: nn.Module, path: str | Path) -> Path:
 def load_sparse(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a :func:`save_sparse` file into ``model`` (same architecture); restores the masks, also into a
     dense converted model. A damaged or foreign file is a ``ValueError`` that names it."""
-    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"sparse file {path} does not exist or is not a file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            raw = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises several types for damaged files
-        raise ValueError(f"{path} is corrupted or not a safetensors file ({err})") from None
+    raw, meta = read_safetensors(path, "sparse file", ValueError)
     if SPARSE_KEY not in meta:
         raise ValueError(f"{path} is not a floatify sparse export (no '{SPARSE_KEY}' header)")
     try:
