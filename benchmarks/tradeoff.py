@@ -6,8 +6,11 @@ model (L∞ eps 0.1, where a standard model keeps almost nothing under attack) a
 robust number is the report's headline, the per-point worst case over the preset's attacks on the noisy model.
 
 Methods:
-* ``float-<strategy>[-switch]``: floatify.fit with that λ strategy (binary, oat, uniform); ``-switch`` keeps the
-  reference dual BatchNorm (adversarial copy at every λ > 0), otherwise ``bn_mix="interpolate"``.
+* ``float-paired``: the library defaults (strategy "paired", its ``adv_weight``, ``bn_mix="interpolate"`` with the
+  default ``bn_curve``); ``float-paired-linear``: the same with a linear BatchNorm mix (``bn_curve=1``);
+  ``float-paired-w50``: the same with ``adv_weight=0.5``.
+* ``float-<strategy>[-switch]`` (binary, oat, uniform): floatify.fit with that λ strategy and a linear BatchNorm
+  mix; ``-switch`` keeps the reference dual BatchNorm (adversarial copy at every λ > 0).
 * ``dedicated``: a family of models, each trained only at one operating point with the same loss
   (1-λ)·CE + λ·CE_adv (strategy "fixed") and evaluated there: OAT's anchor for "as good as a model trained
   for it".
@@ -51,7 +54,10 @@ from baselines import filmify  # noqa: E402
 LAMS = [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
 SETTINGS = ("model", "dataset", "image_size", "epochs", "batch_size", "lr", "eps", "steps", "preset", "eval_steps",
             "eot", "score_draws", "eval_limit")  # a logged run is reused only if all of these match
-FLOAT_METHODS = tuple(f"float-{s}{m}" for s in ("binary", "oat", "uniform") for m in ("", "-switch"))
+# float-paired: the library defaults (strategy "paired", adv_weight, bn_curve); the other float-* variants keep a
+# linear BatchNorm mix (bn_curve 1), as they were measured before bn_curve existed.
+FLOAT_METHODS = ("float-paired", "float-paired-linear", "float-paired-w50") + tuple(
+    f"float-{s}{m}" for s in ("binary", "oat", "uniform") for m in ("", "-switch"))
 METHODS = FLOAT_METHODS + ("dedicated", "film-oat", "standard", "pgd-at")
 
 
@@ -96,8 +102,10 @@ def run(method, seed, args, data, lam=None) -> dict:
     if method.startswith("float-"):
         strategy = method.split("-")[1]
         mix = "switch" if method.endswith("-switch") else "interpolate"
-        model = floatify.convert(base, floatify.FloatConfig(bn_mix=mix))
-        floatify.fit(model, loader, strategy=strategy, **common)
+        curve = {} if method in ("float-paired", "float-paired-w50") else {"bn_curve": 1.0}
+        weight = {"adv_weight": 0.5} if method == "float-paired-w50" else {}
+        model = floatify.convert(base, floatify.FloatConfig(bn_mix=mix, **curve))
+        floatify.fit(model, loader, strategy=strategy, **weight, **common)
     elif method == "dedicated":  # reason: one model per operating point, BatchNorm not shared across λ
         model = floatify.convert(base, floatify.FloatConfig(bn_mix="switch"))
         floatify.fit(model, loader, strategy="fixed", fixed_lam=lam, **common)

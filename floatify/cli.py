@@ -79,12 +79,14 @@ _TRAIN_HELP = {
     "seed": "seed for init, data order and λ sampling",
     "warmup_epochs": "epochs of linear learning-rate warm-up",
     "fixed_lam": "the operating point of --strategy fixed (a model dedicated to one λ)",
+    "adv_weight": "--strategy paired: weight of the adversarial (λ = 1) loss term; the clean term gets 1 - it",
 }
 _CONVERT_HELP = {
     "alpha_init": "initial noise scale α",
     "dual_bn": "share one BatchNorm across λ",
-    "bn_mix": "how the dual BatchNorm serves 0 < λ < 1: interpolate clean and adversarial sets by λ, or switch to "
-              "the adversarial set at any λ > 0 (reference)",
+    "bn_mix": "how the dual BatchNorm serves 0 < λ < 1: interpolate clean and adversarial sets (adversarial share "
+              "λ**bn_curve), or switch to the adversarial set at any λ > 0 (reference)",
+    "bn_curve": "with --bn-mix interpolate, the adversarial share of the BatchNorm at λ is λ**bn_curve (1: linear)",
 }
 _EVAL_HELP = {
     "lams": "operating points to evaluate, comma-separated in [0, 1]",
@@ -566,7 +568,8 @@ def _eval(args) -> None:
     data = load_dataset(meta["dataset"], image_size=meta["image_size"], root=args.data_root, download=args.download,
                         seed=meta.get("train", {}).get("seed", 0))
     try:
-        convert_cfg = floatify.FloatConfig(**{"bn_mix": "switch", **meta["convert"]})  # reason: runs before bn_mix
+        convert_cfg = floatify.FloatConfig(**{"bn_mix": "switch", "bn_curve": 1.0, **meta["convert"]})
+        # reason: runs saved before bn_mix / bn_curve existed used the switch / a linear mix
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{args.checkpoint} has an invalid 'convert' entry in its metadata ({err})") from None
     model = floatify.convert(create_model(meta["model"], meta["num_classes"]), convert_cfg)

@@ -28,7 +28,15 @@ import torch
 import torch.nn as nn
 
 from floatify.layers.conditioned import ALPHA_SUFFIX, conditioned_class, is_conditioned
-from floatify.layers.dual_bn import ADV_SUFFIX, BN_MIXES, dual_bn_entries, get_bn_mix, set_bn_mix
+from floatify.layers.dual_bn import (
+    ADV_SUFFIX,
+    BN_MIXES,
+    dual_bn_entries,
+    get_bn_curve,
+    get_bn_mix,
+    set_bn_mix,
+    validate_bn_curve,
+)
 from floatify.layers.masks import MASK_SUFFIX
 from floatify.layers.registry import conditioned_weight_names, is_batchnorm
 
@@ -43,6 +51,8 @@ __all__ = [
 ]
 
 FilterFn = Callable[[nn.Module, str], bool]
+# Chosen by benchmarks/tradeoff.py: the once-for-all model's gap to models trained at one λ (RESULTS.md).
+DEFAULT_BN_CURVE = 0.7
 SKIPPED_ATTR = "_floatify_skipped"
 ALPHA_INIT_ATTR = "_floatify_alpha_init"  # reason: load_original_state_dict re-initialises α (meta-device workflow)
 _QUANTIZED_PREFIXES = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized",
@@ -69,11 +79,15 @@ class FloatConfig:
             statistics are ``lerp(clean, adversarial, λ)``, so the BatchNorm moves with the dial as the noise
             does; ``"switch"``: the adversarial copy at every λ > 0 (the FLOAT/OAT reference), which makes
             λ = 0 → 0.1 carry most of the change. Chosen by benchmarks/tradeoff.py (RESULTS.md).
+        bn_curve: with ``"interpolate"``, the adversarial share of the BatchNorm at λ is ``λ ** bn_curve``
+            (1: linear). Below 1 the BatchNorm reaches its robust setting earlier on the dial, so that the
+            once-for-all model at λ tracks a model trained only at λ (benchmarks/tradeoff.py, RESULTS.md).
     """
 
     alpha_init: float = 0.25
     dual_bn: bool = True
     bn_mix: str = "interpolate"
+    bn_curve: float = DEFAULT_BN_CURVE
 
     def __post_init__(self) -> None:
         if isinstance(self.alpha_init, bool) or not isinstance(self.alpha_init, (int, float)):
@@ -84,6 +98,7 @@ class FloatConfig:
             raise TypeError(f"dual_bn must be True or False, got {self.dual_bn!r}")
         if self.bn_mix not in BN_MIXES:
             raise ValueError(f"bn_mix must be one of {', '.join(BN_MIXES)}, got {self.bn_mix!r}")
+        validate_bn_curve(self.bn_curve)
 
 
 def iter_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -217,7 +232,7 @@ def _condition_weights(module: nn.Module, names: tuple[str, ...], alpha_init: fl
 
 
 def _make_dual_bn(module: nn.Module, adv: Mapping[str, torch.Tensor] | None = None,
-                  bn_mix: str | None = None) -> None:
+                  bn_mix: str | None = None, bn_curve: float | None = None) -> None:
     for store, name, adv_name in list(dual_bn_entries(module)):
         tensor = store[name]
         source = (adv[name] if adv else tensor).detach().clone()
@@ -226,7 +241,7 @@ def _make_dual_bn(module: nn.Module, adv: Mapping[str, torch.Tensor] | None = No
         else:
             module.register_buffer(adv_name, source)
     if bn_mix is not None:
-        set_bn_mix(module, bn_mix)
+        set_bn_mix(module, bn_mix, bn_curve)
     module.__class__ = conditioned_class(type(module))
 
 
@@ -285,7 +300,7 @@ def convert(
     for fqn, names in plan.weights:
         _condition_weights(model.get_submodule(fqn), names, config.alpha_init, shared)
     for fqn in plan.batchnorms:
-        _make_dual_bn(model.get_submodule(fqn), bn_mix=config.bn_mix)
+        _make_dual_bn(model.get_submodule(fqn), bn_mix=config.bn_mix, bn_curve=config.bn_curve)
     previous = [s for s in model.__dict__.get(SKIPPED_ATTR, []) if s not in plan.skipped]
     model.__dict__[SKIPPED_ATTR] = [s for s in previous if not _now_conditioned(model, s[0])] + plan.skipped
     problems = [f"{site}: {reason}" for site, reason in plan.skipped if reason != "excluded by filter_fn"]
@@ -375,15 +390,15 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
     torch's converter copies only the clean statistics; this restores the adversarial ones.
     """
     adversarial: dict[str, dict[str, torch.Tensor]] = {}
-    mixes: dict[str, str] = {}
+    mixes: dict[str, tuple[str, float]] = {}
     for fqn, module in iter_modules(model):
         if is_conditioned(module) and is_batchnorm(module):
             adversarial[fqn] = {name: store[adv_name] for store, name, adv_name in dual_bn_entries(module)
                                 if store.get(adv_name) is not None}
-            mixes[fqn] = get_bn_mix(module)
+            mixes[fqn] = (get_bn_mix(module), get_bn_curve(module))
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
     for fqn, adv in adversarial.items():
         module = converted.get_submodule(fqn)
         if not is_conditioned(module):
-            _make_dual_bn(module, adv, bn_mix=mixes[fqn])
+            _make_dual_bn(module, adv, bn_mix=mixes[fqn][0], bn_curve=mixes[fqn][1])
     return converted

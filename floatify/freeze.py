@@ -25,7 +25,7 @@ import torch.nn as nn
 from floatify.context import validate_lam
 from floatify.convert import SKIPPED_ATTR, iter_modules
 from floatify.layers.conditioned import ALPHA_SUFFIX, is_conditioned, is_floatify_layer, original_class
-from floatify.layers.dual_bn import dual_bn_entries
+from floatify.layers.dual_bn import dual_bn_entries, mixed_bn_value
 from floatify.layers.masks import bake_mask, clear_cache
 from floatify.layers.registry import is_batchnorm
 
@@ -61,7 +61,7 @@ def freeze(model: nn.Module, lam: float, seed: int | None = None, *, inplace: bo
             if not is_floatify_layer(module):
                 continue
             if is_batchnorm(module):
-                _freeze_batchnorm(module, lam > 0)
+                _freeze_batchnorm(module, lam)
             else:
                 _freeze_weights(module, lam, generator, drawn)
             clear_cache(module)
@@ -81,8 +81,10 @@ def _freeze_weights(module: nn.Module, lam: float, generator: Callable[[torch.de
         bake_mask(module, name)  # reason: pruned weights stay exactly zero (the noisy weight is masked already)
 
 
-def _freeze_batchnorm(module: nn.Module, adversarial: bool) -> None:
+def _freeze_batchnorm(module: nn.Module, lam: float) -> None:
+    # reason: the value the model reads at λ in eval mode: with bn_mix="interpolate" the mixed set, not the
+    # adversarial one (freeze(model, 0.3) once baked the λ = 1 BatchNorm in)
+    values = {name: mixed_bn_value(module, name, lam).clone() for _, name, _ in dual_bn_entries(module)}
     for store, name, adv_name in list(dual_bn_entries(module)):
-        adv = store.pop(adv_name, None)
-        if adversarial and adv is not None:
-            store[name].copy_(adv)
+        store.pop(adv_name, None)
+        store[name].copy_(values[name])

@@ -59,13 +59,14 @@ from floatify.convert import iter_modules
 from floatify.layers.conditioned import is_conditioned
 from floatify.summary import param_groups
 
-__all__ = ["LamSampler", "float_loss", "float_step_loss", "fit", "TrainConfig", "STRATEGIES", "DEFAULT_STRATEGY",
+__all__ = ["LamSampler", "float_loss", "float_step_loss", "float_paired_loss", "fit", "TrainConfig", "STRATEGIES", "DEFAULT_STRATEGY",
            "make_scheduler", "train_one_epoch"]
 
-STRATEGIES = ("binary", "oat", "uniform", "fixed")
+STRATEGIES = ("paired", "binary", "oat", "uniform", "fixed")
 NOISE_DRAWS = ("step", "forward")
-# Chosen by benchmarks/tradeoff.py (best curve score over 3 seeds on digits; RESULTS.md).
-DEFAULT_STRATEGY = "binary"
+# Chosen by benchmarks/tradeoff.py (the smallest gap to models trained at one λ, 3 seeds; RESULTS.md).
+DEFAULT_STRATEGY = "paired"
+DEFAULT_ADV_WEIGHT = 0.75
 OAT_VALUES = (0.0, 0.1, 0.2, 0.3, 0.4, 1.0)
 
 
@@ -73,6 +74,10 @@ class LamSampler:
     """Which λ a training step uses, reproducibly and identically on every DDP rank.
 
     Strategies:
+        ``"paired"``: every example is used twice per step: clean at λ = 0 and adversarially (PGD, noise at
+            λ = 1) — the binary strategy's two ends on the whole batch rather than half of it each, with the
+            adversarial term weighted ``adv_weight`` (:func:`float_paired_loss`). The PGD cost per step is plain
+            PGD-AT's.
         ``"binary"``: the FLOAT reference code: each batch is split in two halves, one clean (λ = 0) and
             one adversarial with the noise at λ = 1; the loss is the mean of the two.
         ``"oat"``: OAT's discrete set {0, .1, .2, .3, .4, 1} with a fixed share ``zero_share`` of λ = 0
@@ -109,7 +114,7 @@ class LamSampler:
             global_step = step
         if global_step is None:
             raise TypeError("LamSampler() missing the argument global_step (the training step, counted from 0)")
-        if self.strategy == "binary":
+        if self.strategy in ("binary", "paired"):
             return [0.0, 1.0]
         if self.strategy == "fixed":
             return [self.values[0]]
@@ -184,6 +189,22 @@ def float_step_loss(
     return torch.stack(losses).mean()
 
 
+def float_paired_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv_weight: float = DEFAULT_ADV_WEIGHT, **kwargs
+) -> torch.Tensor:
+    """Strategy ``"paired"``: ``(1 - w)·CE(model_0(x), y) + w·CE(model_1(x_adv), y)`` on the whole batch.
+
+    The clean term runs at λ = 0 (clean BatchNorm, no noise), the adversarial one at λ = 1 (adversarial
+    BatchNorm, noise on, PGD at λ = 1); ``kwargs`` go to :func:`float_loss`. Intermediate λ are served by the
+    interpolated BatchNorm and the noise scale (``bn_mix``, ``bn_curve`` in :class:`floatify.FloatConfig`).
+    """
+    if not 0.0 <= adv_weight <= 1.0:
+        raise ValueError(f"adv_weight must be in [0, 1], got {adv_weight!r}")
+    clean = float_loss(model, x, y, 0.0, **kwargs)
+    adversarial = float_loss(model, x, y, 1.0, **kwargs)
+    return (1.0 - adv_weight) * clean + adv_weight * adversarial
+
+
 def _touch_unused(model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
     """Under DDP, make every parameter part of the graph (with zero weight).
 
@@ -217,6 +238,7 @@ class TrainConfig:
     seed: int = 0
     warmup_epochs: float = 0.0
     fixed_lam: float = 1.0  # the operating point of strategy "fixed" (a dedicated model)
+    adv_weight: float = DEFAULT_ADV_WEIGHT  # strategy "paired": weight of the adversarial (λ = 1) term
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -228,6 +250,9 @@ class TrainConfig:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown λ-sampling strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
         validate_lam(self.fixed_lam, "fixed_lam")
+        if isinstance(self.adv_weight, bool) or not isinstance(self.adv_weight, (int, float)) \
+                or not 0.0 <= self.adv_weight <= 1.0:
+            raise ValueError(f"adv_weight must be a number in [0, 1], got {self.adv_weight!r}")
         if self.attack not in ("pgd", "fgsm"):
             raise ValueError(f"training attack must be 'pgd' or 'fgsm', got {self.attack!r}")
         if self.noise_draw not in NOISE_DRAWS:
@@ -473,9 +498,13 @@ def train_one_epoch(run: _Run, epoch: int, *, progress: bool = True) -> dict:
         for v in lams:
             key = f"{v:.2f}"
             lam_counts[key] = lam_counts.get(key, 0) + 1
+        attack = dict(attack=cfg.attack, eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size,
+                      noise_draw=cfg.noise_draw)
         with torch.autocast(device.type, enabled=run.use_amp):
-            loss = float_step_loss(run.model, x, y, lams, attack=cfg.attack, eps=cfg.eps, steps=cfg.steps,
-                                   step_size=cfg.step_size, noise_draw=cfg.noise_draw)
+            if cfg.strategy == "paired":
+                loss = float_paired_loss(run.model, x, y, cfg.adv_weight, **attack)
+            else:
+                loss = float_step_loss(run.model, x, y, lams, **attack)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         if cfg.grad_clip is not None:

@@ -63,14 +63,29 @@ def test_freeze_bakes_one_seeded_draw(name):
         assert torch.allclose(a(x), expected(x), atol=1e-5)
 
 
-def test_freeze_uses_adversarial_bn_above_zero():
-    model = floatify.convert(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
+@pytest.mark.parametrize("bn_mix, bn_curve, lam, adv_share", [
+    ("interpolate", 1.0, 0.2, 0.2),
+    ("interpolate", 0.5, 0.25, 0.5),     # the mixing weight is λ ** bn_curve
+    ("interpolate", 0.7, 1.0, 1.0),
+    ("interpolate", 0.7, 0.0, 0.0),
+    ("switch", 0.7, 0.2, 1.0),           # the reference: the adversarial set at every λ > 0
+])
+def test_freeze_bakes_the_batchnorm_the_model_reads_at_lam(bn_mix, bn_curve, lam, adv_share):
+    torch.manual_seed(0)
+    config = floatify.FloatConfig(bn_mix=bn_mix, bn_curve=bn_curve)
+    model = floatify.convert(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), config).eval()
     with torch.no_grad():
-        model[1].weight_adv.fill_(2.0)
+        model[1].weight_adv.fill_(3.0)
         model[1].running_mean_adv.fill_(0.5)
-    assert torch.equal(floatify.freeze(model, 0.2)[1].weight, torch.full((4,), 2.0))
-    assert torch.equal(floatify.freeze(model, 0.2)[1].running_mean, torch.full((4,), 0.5))
-    assert torch.equal(floatify.freeze(model, 0.0)[1].weight, torch.ones(4))
+    frozen = floatify.freeze(model, lam)
+    assert torch.allclose(frozen[1].weight, torch.full((4,), 1.0 + 2.0 * adv_share))
+    assert torch.allclose(frozen[1].running_mean, torch.full((4,), 0.5 * adv_share))
+    x = torch.rand(5, 4)
+    with floatify.lam(lam, noise=False):  # what the converted model computes there without fresh noise
+        eager = model(x)
+    with torch.no_grad():
+        frozen[0].weight.copy_(model[0].weight)  # reason: compare the BatchNorm alone, not the baked draw
+    assert torch.allclose(frozen(x), eager, atol=1e-6)
 
 
 def test_freeze_noise_scale():

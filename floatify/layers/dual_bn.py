@@ -4,16 +4,20 @@ A converted BatchNorm keeps its clean ``weight``/``bias``/``running_*`` under th
 adversarial copy of each (``*_adv``, extra state_dict entries). The generated class
 (:func:`floatify.layers.conditioned.conditioned_class`) reads them through :func:`bn_property`: the clean set
 at λ = 0, the adversarial set at λ > 0, and with ``bn_mix="interpolate"`` (:func:`set_bn_mix`) the two lerped
-by λ for 0 < λ < 1 (in eval mode; training always updates the adversarial statistics themselves).
+for 0 < λ < 1 by the mixing weight ``λ ** bn_curve`` (in eval mode; training always updates the adversarial
+statistics themselves). ``bn_curve < 1`` moves the BatchNorm towards its adversarial set early on the dial:
+benchmarks/tradeoff.py chose it so that the once-for-all model at λ tracks a model trained only at λ.
 
 Example:
     >>> import torch, floatify
-    >>> from floatify.layers.dual_bn import get_bn_mix
+    >>> from floatify.layers.dual_bn import bn_mix_weight, get_bn_curve, get_bn_mix
     >>> model = floatify.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)))
     >>> bn = model[1]
     >>> sorted(k for k in bn.state_dict() if k.endswith("_adv"))
     ['bias_adv', 'num_batches_tracked_adv', 'running_mean_adv', 'running_var_adv', 'weight_adv']
     >>> get_bn_mix(bn) in ("interpolate", "switch")
+    True
+    >>> float(bn_mix_weight(bn, torch.tensor(0.5))) == 0.5 ** get_bn_curve(bn)  # adversarial share at λ = 0.5
     True
 """
 
@@ -33,11 +37,15 @@ __all__ = [
     "BN_PARAMS",
     "BN_BUFFERS",
     "BN_MIXES",
+    "bn_mix_weight",
     "bn_property",
     "dual_bn_entries",
+    "get_bn_curve",
     "get_bn_mix",
+    "mixed_bn_value",
     "reset_dual_running_stats",
     "set_bn_mix",
+    "validate_bn_curve",
 ]
 
 ADV_SUFFIX = "_adv"
@@ -45,6 +53,7 @@ BN_PARAMS = ("weight", "bias")
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 BN_MIXES = ("interpolate", "switch")
 _BN_MIX_ATTR = "_floatify_bn_mix"
+_BN_CURVE_ATTR = "_floatify_bn_curve"
 _RESET_VALUE = {"running_mean": 0, "running_var": 1, "num_batches_tracked": 0}
 
 
@@ -60,11 +69,46 @@ def dual_bn_entries(module: nn.Module) -> Iterator[tuple[dict[str, Any], str, st
                 yield store, name, name + ADV_SUFFIX
 
 
-def set_bn_mix(module: nn.Module, mix: str) -> None:
-    """How the dual BatchNorm ``module`` serves 0 < λ < 1: ``"interpolate"`` or ``"switch"``."""
+def set_bn_mix(module: nn.Module, mix: str, curve: float | None = None) -> None:
+    """How the dual BatchNorm ``module`` serves 0 < λ < 1: ``"interpolate"`` (mixing weight ``λ ** curve``)
+    or ``"switch"``; ``curve`` None keeps the module's current curve."""
     if mix not in BN_MIXES:
         raise ValueError(f"bn_mix must be one of {', '.join(BN_MIXES)}, got {mix!r}")
     module.__dict__[_BN_MIX_ATTR] = mix  # reason: instance state, so deepcopy and pickle carry it
+    if curve is not None:
+        validate_bn_curve(curve)
+        module.__dict__[_BN_CURVE_ATTR] = float(curve)
+
+
+def validate_bn_curve(curve: float) -> float:
+    """``curve`` if it is a valid ``bn_curve`` (a number in (0, 4]), else a ValueError naming the fix."""
+    if isinstance(curve, bool) or not isinstance(curve, (int, float)) or not 0 < curve <= 4:
+        raise ValueError(f"bn_curve must be a number in (0, 4] (the BatchNorm mixing weight is λ ** bn_curve; "
+                         f"1 is linear), got {curve!r}")
+    return float(curve)
+
+
+def get_bn_curve(module: nn.Module) -> float:
+    """The exponent of the BatchNorm mixing weight ``λ ** curve`` (1.0, linear, for layers converted before it
+    existed)."""
+    return module.__dict__.get(_BN_CURVE_ATTR, 1.0)
+
+
+def bn_mix_weight(module: nn.Module, lam: torch.Tensor) -> torch.Tensor:
+    """The weight of the adversarial set in ``module``'s interpolated BatchNorm at λ (a tensor): λ ** curve."""
+    curve = module.__dict__.get(_BN_CURVE_ATTR, 1.0)
+    return lam if curve == 1.0 else lam ** curve
+
+
+def mixed_bn_value(module: nn.Module, name: str, lam: float) -> torch.Tensor:
+    """What BatchNorm entry ``name`` of the dual BatchNorm ``module`` reads as at λ in eval mode (for freeze)."""
+    store = module._buffers if name in module._buffers else module._parameters
+    clean, adv = store[name], store.get(name + ADV_SUFFIX)
+    if lam == 0.0 or adv is None:
+        return clean
+    if get_bn_mix(module) != "interpolate" or name == "num_batches_tracked" or lam == 1.0:
+        return adv
+    return torch.lerp(clean, adv, bn_mix_weight(module, torch.tensor(lam, dtype=adv.dtype, device=adv.device)))
 
 
 def get_bn_mix(module: nn.Module) -> str:
@@ -96,12 +140,13 @@ def bn_property(name: str, is_buffer: bool) -> property:
                 # reason: in training the running statistics are updated in place, so they must be the
                 # adversarial buffers themselves, not an interpolated copy
                 return adv
-            # lerp(clean, adv, λ): exactly the adversarial set at λ = 1 (torch.lerp's w ≥ 0.5 branch)
-            return torch.lerp(store[name], adv, state.tensor.to(device=adv.device, dtype=adv.dtype))
+            # lerp(clean, adv, λ ** curve): exactly the adversarial set at λ = 1 (torch.lerp's w ≥ 0.5 branch)
+            return torch.lerp(store[name], adv, bn_mix_weight(self, state.tensor.to(device=adv.device,
+                                                                                     dtype=adv.dtype)))
         try:
             return store[name]
         except KeyError:
             raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'") from None
 
     return property(get, doc=f"dual BatchNorm ``{name}``: clean at λ = 0, ``{adv_key}`` at λ > 0 "
-                             f"(interpolated by λ in between with bn_mix='interpolate').")
+                             f"(interpolated by λ ** bn_curve in between with bn_mix='interpolate').")
