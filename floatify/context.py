@@ -43,6 +43,7 @@ class LamState:
     tensor: torch.Tensor
     active: bool  # value > 0; with ``noise`` the only things compiled graphs specialise on
     noise: bool = True  # False: adversarial BatchNorm but no weight noise (a deterministic model)
+    runtime: bool = False  # True inside lam_from_tensor: λ is a program input, the noise is drawn in the graph
 
 
 _ZERO = LamState(0.0, torch.zeros((), dtype=torch.float32), False)
@@ -161,7 +162,7 @@ def lam_from_tensor(value: torch.Tensor) -> Iterator[None]:
     """
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"lam_from_tensor expects a torch.Tensor, got {type(value).__name__}")
-    lam_token = _LAM.set(LamState(1.0, value, True, True))  # reason: 1.0 only marks the state active
+    lam_token = _LAM.set(LamState(1.0, value, True, True, runtime=True))  # reason: 1.0 only marks it active
     held_token = _HELD.set(None)
     try:
         yield

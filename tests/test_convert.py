@@ -250,20 +250,31 @@ def test_dual_bn_uses_clean_set_at_zero_and_adversarial_set_above():
     assert "1.weight_adv" not in no_dual.state_dict()
 
 
-@pytest.mark.parametrize("mix,lam,weight,mean", [
-    ("interpolate", 0.0, 1.0, 0.0), ("interpolate", 0.25, 1.5, 0.5), ("interpolate", 0.5, 2.0, 1.0),
-    ("interpolate", 1.0, 3.0, 2.0), ("switch", 0.25, 3.0, 2.0), ("switch", 1.0, 3.0, 2.0), ("switch", 0.0, 1.0, 0.0),
+@pytest.mark.parametrize("mix,curve,lam,weight,mean", [
+    ("interpolate", 1.0, 0.0, 1.0, 0.0), ("interpolate", 1.0, 0.25, 1.5, 0.5), ("interpolate", 1.0, 0.5, 2.0, 1.0),
+    ("interpolate", 1.0, 1.0, 3.0, 2.0),
+    ("interpolate", 0.5, 0.25, 2.0, 1.0),   # the adversarial share is λ ** bn_curve: 0.25 ** 0.5 = 0.5
+    ("interpolate", 2.0, 0.5, 1.5, 0.5), ("interpolate", 0.5, 1.0, 3.0, 2.0), ("interpolate", 0.5, 0.0, 1.0, 0.0),
+    ("switch", 1.0, 0.25, 3.0, 2.0), ("switch", 0.5, 0.25, 3.0, 2.0), ("switch", 1.0, 1.0, 3.0, 2.0),
+    ("switch", 1.0, 0.0, 1.0, 0.0),
 ])
-def test_bn_mix_in_eval(mix, lam, weight, mean):
-    model = floatify.convert(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)), floatify.FloatConfig(bn_mix=mix))
+def test_bn_mix_in_eval(mix, curve, lam, weight, mean):
+    config = floatify.FloatConfig(bn_mix=mix, bn_curve=curve)
+    model = floatify.convert(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)), config)
     with torch.no_grad():
         model[1].weight_adv.fill_(3.0)
         model[1].running_mean_adv.fill_(2.0)
     for m in (model, copy.deepcopy(model), convert_sync_batchnorm(model)):  # the mix travels along
         m.eval()
         with floatify.lam(lam):
-            assert torch.equal(m[1].weight, torch.full((4,), weight)), (m, lam)
-            assert torch.equal(m[1].running_mean, torch.full((4,), mean))
+            assert torch.allclose(m[1].weight, torch.full((4,), weight)), (m, lam)
+            assert torch.allclose(m[1].running_mean, torch.full((4,), mean))
+
+
+@pytest.mark.parametrize("curve", [0.0, -1.0, 5.0, float("nan"), True, "0.7"])
+def test_bn_curve_must_be_a_positive_exponent(curve):
+    with pytest.raises(ValueError, match="bn_curve must be a number in \\(0, 4\\]"):
+        floatify.FloatConfig(bn_curve=curve)
 
 
 def test_bn_mix_interpolate_trains_both_affine_sets_and_updates_adversarial_statistics():
@@ -272,8 +283,9 @@ def test_bn_mix_interpolate_trains_both_affine_sets_and_updates_adversarial_stat
         model(torch.rand(16, 4)).sum().backward()
     bn = model[1]
     assert int(bn.num_batches_tracked_adv) == 1 and int(bn._buffers["num_batches_tracked"]) == 0
-    # d/dw of lerp(w_c, w_a, 0.25) is 0.75 for the clean set and 0.25 for the adversarial one
-    assert torch.allclose(bn._parameters["weight"].grad, 3 * bn.weight_adv.grad)
+    # d/dw of lerp(w_c, w_a, s) is 1 - s for the clean set and s for the adversarial one, s = 0.25 ** bn_curve
+    share = 0.25 ** floatify.FloatConfig().bn_curve
+    assert torch.allclose(bn._parameters["weight"].grad * share, (1 - share) * bn.weight_adv.grad)
 
 
 def test_sync_batchnorm_conversion_keeps_dual_bn():

@@ -166,6 +166,31 @@ def test_export_refuses_with_one_line(make, message):
     assert "\n" not in str(err.value)
 
 
+def _torch_export(model, x):
+    return torch.export.export(model, (x,))
+
+
+def _onnx_legacy_export(model, x):
+    import io
+
+    return torch.onnx.export(model, (x,), io.BytesIO(), dynamo=False)
+
+
+@pytest.mark.parametrize("exporter", [_torch_export, _onnx_legacy_export])
+@pytest.mark.parametrize("lam", [0.5, 1.0])
+def test_plain_export_at_positive_lam_points_to_floatify_export(exporter, lam):
+    # reason: a plain torch.export / ONNX export of the dial at λ > 0 recorded one noise draw (or failed on
+    # randn deep inside the ONNX exporter); it must say what to do instead
+    if exporter is _onnx_legacy_export:
+        pytest.importorskip("onnx")
+    model = _tiny().eval()
+    with floatify.lam(lam), pytest.raises(Exception, match=r"floatify\.export\(model, example_inputs\).*freeze"):
+        exporter(model, torch.rand(2, 3, 8, 8))
+    program = _torch_export(model, torch.rand(2, 3, 8, 8))  # λ = 0: the clean network exports as before
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(program.module()(x), model(x))
+
+
 def test_export_example_inputs_must_be_one_batch():
     with pytest.raises(TypeError, match="one image batch"):
         floatify.export(_tiny(), (torch.rand(2, 3, 10, 10), torch.rand(2)))

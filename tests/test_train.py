@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import floatify
 from floatify.checkpoint import CheckpointError, load_state, save_state
 from floatify.context import get_lam, hold_noise
-from floatify.train import LEGACY_STATE_FILE, STATE_FILE, LamSampler, float_step_loss
+from floatify.train import LEGACY_STATE_FILE, STATE_FILE, LamSampler, float_paired_loss, float_step_loss
 
 
 def tiny_model():
@@ -130,11 +130,36 @@ def test_sampler_distributions():
     assert uni.count(0.0) / len(uni) == pytest.approx(0.25, abs=0.02)  # the clean BN must train too
     assert max(positive) <= 1 and sum(positive) / len(positive) == pytest.approx(0.5, abs=0.02)
     assert LamSampler("binary")(7) == [0.0, 1.0]
+    assert LamSampler("paired")(7) == [0.0, 1.0]
     assert {LamSampler("fixed", values=[0.3])(i)[0] for i in range(20)} == {0.3}  # a dedicated model
     # identical on every rank: depends only on (seed, step)
     assert [LamSampler("oat", seed=3)(i) for i in range(50)] == [LamSampler("oat", seed=3)(i) for i in range(50)]
     with pytest.raises(ValueError, match="strategy"):
         LamSampler("nope")
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 0.75, 1.0])
+def test_paired_loss_uses_the_whole_batch_at_both_ends(weight):
+    x, y = torch.rand(6, 3, 4, 4), torch.randint(0, 3, (6,))
+    kw = dict(eps=0.1, steps=2)
+    torch.manual_seed(0)  # reason: a fresh model per loss, as each forward updates the BatchNorm statistics
+    got = float_paired_loss(tiny_model(), x, y, weight, **kw)
+    torch.manual_seed(0)
+    model = tiny_model()
+    clean = floatify.float_loss(model, x, y, 0.0, **kw)
+    adversarial = floatify.float_loss(model, x, y, 1.0, **kw)
+    assert torch.allclose(got, (1 - weight) * clean + weight * adversarial)
+    # not the binary strategy's halves: those see each example once
+    torch.manual_seed(0)
+    halves = float_step_loss(tiny_model(), x, y, [0.0, 1.0], **kw)
+    assert weight in (0.0, 1.0) or not torch.allclose(got, halves)
+
+
+def test_fit_paired_trains_and_counts_both_ends():
+    history = floatify.fit(tiny_model(), _loader(), epochs=1, steps=1, strategy="paired", progress=False)
+    assert history[0]["lam_counts"] == {"0.00": 4, "1.00": 4}
+    with pytest.raises(ValueError, match="adv_weight must be a number in \\[0, 1\\]"):
+        floatify.TrainConfig(adv_weight=1.5)
 
 
 def test_sampler_global_step_keyword_and_deprecated_step():

@@ -237,6 +237,13 @@ def _weight_property(name: str) -> property:
             if mask_key not in self._buffers:
                 return weight
             return weight * self.floatify_mask(name)
+        if not state.runtime and (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
+            # reason: a plain export at λ > 0 would record one draw (or fail on randn in ONNX) and ship a
+            # model that is silently either deterministic or not the dial
+            raise RuntimeError(
+                f"exporting a converted model at λ = {state.value:g} would bake one weight-noise draw into the "
+                f"program; use floatify.export(model, example_inputs) (λ as a runtime input) or export "
+                f"floatify.freeze(model, lam) (one operating point, a plain model)")
         held = held_draws()
         if held is None or torch.compiler.is_compiling():
             return self.floatify_noisy_weight(name, state.tensor)

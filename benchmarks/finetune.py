@@ -1,0 +1,147 @@
+"""Fine-tuning recipe: turn an existing clean-trained model into a dial, vs FLOAT training from scratch.
+
+Under the digits threat model (eps 0.1) with the strong preset, per seed:
+
+1. a standard model is trained with plain cross-entropy for ``--epochs`` epochs (the "existing model");
+2. FLOAT from scratch: floatify.fit with the library defaults for ``--epochs`` epochs;
+3. FLOAT fine-tuning: the standard model is converted and floatify.fit runs for k ∈ ``--finetune-epochs`` epochs
+   with learning rate ``--finetune-lr`` (cosine, nothing frozen).
+
+Reported: clean and headline-robust accuracy at λ = 0 and λ = 1 (mean over seeds), the fewest fine-tuning epochs
+that come within 1 point of the from-scratch dial at both ends (target ≤ 1/3 of the from-scratch epochs), and how
+far the clean model's own accuracy moves at λ = 0 (target: within 1 point).
+
+    python benchmarks/finetune.py [--seeds 0 1 2] [--finetune-epochs 1 2 3]
+
+Writes benchmarks/results/finetune.json and finetune.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+import floatify
+from floatify.attacks import PRESETS
+from floatify.data import load_dataset
+from floatify.models import create_model
+from floatify.summary import param_groups
+
+LAMS = [0.0, 1.0]
+
+
+def train_standard(model, loader, epochs: int, lr: float) -> None:
+    """Plain cross-entropy training with floatify.fit's optimizer and schedule (SGD nesterov, cosine)."""
+    opt = torch.optim.SGD(param_groups(model, 5e-4), lr=lr, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
+    model.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+
+
+def scores(model, test, args) -> dict:
+    report = floatify.evaluate(model, DataLoader(test, batch_size=512), LAMS, PRESETS[args.preset](args.eps),
+                               score_draws=args.score_draws, progress=False)
+    return {str(v): {"clean": 100 * report.score(v, "clean").mean,
+                     "robust": 100 * report.score(v, report.headline).mean} for v in LAMS} | {
+        "headline": report.attacks[report.headline]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="test_resnet")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=10, help="standard and from-scratch FLOAT training epochs")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--finetune-epochs", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--finetune-lr", type=float, default=0.05)
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--preset", choices=tuple(PRESETS), default="strong")
+    p.add_argument("--score-draws", type=int, default=8)
+    p.add_argument("--eval-limit", type=int, default=200)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    data = load_dataset("digits", image_size=16)
+    test = Subset(data.test, range(min(args.eval_limit, len(data.test))))
+    runs = []
+    for seed in args.seeds:
+        def loader(seed=seed):
+            return DataLoader(data.train, batch_size=64, shuffle=True, drop_last=True,
+                              generator=torch.Generator().manual_seed(seed))
+
+        torch.manual_seed(seed)
+        standard = create_model(args.model, data.num_classes)
+        t0 = time.perf_counter()
+        train_standard(standard, loader(), args.epochs, args.lr)
+        row = {"seed": seed, "standard_s": time.perf_counter() - t0,
+               "standard": scores(floatify.convert(copy.deepcopy(standard)), test, args)["0.0"]}
+        torch.manual_seed(seed)
+        scratch = floatify.convert(create_model(args.model, data.num_classes))
+        t0 = time.perf_counter()
+        floatify.fit(scratch, loader(), epochs=args.epochs, lr=args.lr, seed=seed, eps=args.eps, progress=False)
+        row["scratch_s"], row["scratch"] = time.perf_counter() - t0, scores(scratch, test, args)
+        row["finetune"] = {}
+        for k in args.finetune_epochs:
+            model = floatify.convert(copy.deepcopy(standard))
+            t0 = time.perf_counter()
+            floatify.fit(model, loader(), epochs=k, lr=args.finetune_lr, seed=seed, eps=args.eps, progress=False)
+            row["finetune"][str(k)] = scores(model, test, args) | {"seconds": time.perf_counter() - t0}
+        runs.append(row)
+        print(json.dumps({"seed": seed, "standard": row["standard"], "scratch": row["scratch"],
+                          "finetune": row["finetune"]}), flush=True)
+    summary = summarise(runs, args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "finetune.json").write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "runs": runs,
+                                                         "summary": summary}, indent=2))
+    (args.out / "finetune.md").write_text("\n".join(summary["table"]) + "\n")
+    print("\n".join(summary["table"]))
+
+
+def summarise(runs: list[dict], args) -> dict:
+    mean = statistics.mean
+
+    def cell(get) -> str:
+        vals = [get(r) for r in runs]
+        return f"{mean(v[0] for v in vals):.1f} / {mean(v[1] for v in vals):.1f}"
+
+    def ends(s: dict) -> tuple[float, float, float, float]:
+        return s["0.0"]["clean"], s["0.0"]["robust"], s["1.0"]["clean"], s["1.0"]["robust"]
+
+    scratch = [mean(ends(r["scratch"])[i] for r in runs) for i in range(4)]
+    table = ["| model | epochs | λ=0 clean / robust | λ=1 clean / robust | worst gap to from-scratch (points) |",
+             "|---|---|---|---|---|",
+             f"| standard (the existing model) | {args.epochs} | "
+             f"{cell(lambda r: (r['standard']['clean'], r['standard']['robust']))} | | |",
+             f"| FLOAT from scratch | {args.epochs} | {cell(lambda r: ends(r['scratch'])[:2])} | "
+             f"{cell(lambda r: ends(r['scratch'])[2:])} | |"]
+    enough = None
+    for k in args.finetune_epochs:
+        got = [mean(ends(r["finetune"][str(k)])[i] for r in runs) for i in range(4)]
+        gap = min(g - s for g, s in zip(got, scratch))
+        if gap >= -1.0 and enough is None:
+            enough = k
+        table.append(f"| FLOAT fine-tuned from the standard model | {k} | "
+                     f"{cell(lambda r: ends(r['finetune'][str(k)])[:2])} | "
+                     f"{cell(lambda r: ends(r['finetune'][str(k)])[2:])} | {gap:+.1f} |")
+    std_clean = mean(r["standard"]["clean"] for r in runs)
+    moves = {k: mean(r["finetune"][str(k)]["0.0"]["clean"] for r in runs) - std_clean for k in args.finetune_epochs}
+    return {"table": table, "scratch": scratch, "epochs_within_1": enough, "clean_move_at_lam0": moves,
+            "standard_clean": std_clean}
+
+
+if __name__ == "__main__":
+    main()
