@@ -161,3 +161,16 @@ def test_held_weight_gives_exact_gradients_after_any_attack_backward_calls(densi
     for got in grads:
         for g, r in zip(got, reference):
             torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("alpha_init", [0.0, 1e-4, 0.25])
+def test_held_weight_gives_alpha_a_finite_gradient_even_at_alpha_zero(alpha_init):
+    # reason: η is recovered from the noisy weight as (noisy − W) / α; where α is ~0 it must be kept instead,
+    # or α initialised at 0 would get a NaN gradient (or none) and never learn
+    torch.manual_seed(0)
+    layer = floatify.convert(torch.nn.Linear(6, 4), floatify.FloatConfig(alpha_init=alpha_init))
+    x, y = torch.rand(5, 6), torch.randint(0, 4, (5,))
+    with floatify.lam(1.0), hold_noise():
+        torch.nn.functional.cross_entropy(layer(x), y).backward()
+    grad = layer.weight_alpha.grad
+    assert grad is not None and torch.isfinite(grad) and grad.abs() > 1e-6
