@@ -135,8 +135,8 @@ def summarise(runs: list[dict], args) -> dict:
         if gap >= -1.0 and enough is None:
             enough = k
         table.append(f"| FLOAT fine-tuned from the standard model | {k} | "
-                     f"{cell(lambda r: ends(r['finetune'][str(k)])[:2])} | "
-                     f"{cell(lambda r: ends(r['finetune'][str(k)])[2:])} | {gap:+.1f} |")
+                     f"{cell(lambda r, k=k: ends(r['finetune'][str(k)])[:2])} | "
+                     f"{cell(lambda r, k=k: ends(r['finetune'][str(k)])[2:])} | {gap:+.1f} |")
     std_clean = mean(r["standard"]["clean"] for r in runs)
     moves = {k: mean(r["finetune"][str(k)]["0.0"]["clean"] for r in runs) - std_clean for k in args.finetune_epochs}
     return {"table": table, "scratch": scratch, "epochs_within_1": enough, "clean_move_at_lam0": moves,

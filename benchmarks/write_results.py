@@ -251,13 +251,17 @@ def floats_section(floats) -> list[str]:
     lams = list(rows[0]["clean"])
     crit = meta.get("criteria", [meta.get("criterion")])
     lines += [f"{meta['model']} on digits, eps {meta.get('eps', 8 / 255):.3g}, one-shot pruning ({', '.join(crit)}) "
-              f"before FLOAT training, {meta['epochs']} epochs, seed {meta['seed']}; robust: {rows[0]['attack']}; "
+              f"before FLOAT training (library defaults), {meta['epochs']} epochs, "
+              + (f"seeds {meta['seeds']} (mean ± sd)" if "seeds" in meta else f"seed {meta.get('seed')}")
+              + f"; robust: {rows[0]['attack']}; "
               f"{meta['score_draws']} noise draws per point. Export: `floatify.save_sparse` of the frozen λ = 0 "
               "model (values + bitmask). Cells: clean / robust accuracy (%).", "", "![floats](results/floats.png)", "",
               "| criterion | density | export MB | " + " | ".join(f"λ={v}" for v in lams) + " |",
               "|---|---|---|" + "---|" * len(lams)]
     for r in rows:
-        cells = [f"{100 * r['clean'][v]:.1f} / {100 * r['robust'][v]:.1f}" for v in lams]
+        sd = {k: r.get(k + "_sd", {}) for k in ("clean", "robust")}
+        cells = ["/".join(f" {100 * r[k][v]:.1f}" + (f"±{100 * sd[k][v]:.1f}" if v in sd[k] else "") + " "
+                          for k in ("clean", "robust")).strip() for v in lams]
         lines.append(f"| {r.get('criterion', crit[0])} | {r['measured_density']:.3f} | {r['export_MB']:.2f} | "
                      + " | ".join(cells) + " |")
     lines += ["", "What is and is not faster: the masks make the *file* scale with density; inference and training "

@@ -59,8 +59,8 @@ from floatify.convert import iter_modules
 from floatify.layers.conditioned import is_conditioned
 from floatify.summary import param_groups
 
-__all__ = ["LamSampler", "float_loss", "float_step_loss", "float_paired_loss", "fit", "TrainConfig", "STRATEGIES", "DEFAULT_STRATEGY",
-           "make_scheduler", "train_one_epoch"]
+__all__ = ["LamSampler", "float_loss", "float_step_loss", "float_paired_loss", "fit", "TrainConfig", "STRATEGIES",
+           "DEFAULT_STRATEGY", "DEFAULT_ADV_WEIGHT", "make_scheduler", "train_one_epoch"]
 
 STRATEGIES = ("paired", "binary", "oat", "uniform", "fixed")
 NOISE_DRAWS = ("step", "forward")
