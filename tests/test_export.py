@@ -181,8 +181,6 @@ def _onnx_legacy_export(model, x):
 def test_plain_export_at_positive_lam_points_to_floatify_export(exporter, lam):
     # reason: a plain torch.export / ONNX export of the dial at λ > 0 recorded one noise draw (or failed on
     # randn deep inside the ONNX exporter); it must say what to do instead
-    if exporter is _onnx_legacy_export:
-        pytest.importorskip("onnx")
     model = _tiny().eval()
     with floatify.lam(lam), pytest.raises(Exception, match=r"floatify\.export\(model, example_inputs\).*freeze"):
         exporter(model, torch.rand(2, 3, 8, 8))
