@@ -19,6 +19,7 @@ from pathlib import Path
 import timm
 import torch
 
+from floatify.convert import FloatConfig
 from floatify.train import DEFAULT_STRATEGY
 
 FLOAT_STRATEGIES = ("float-binary", "float-oat", "float-uniform")
@@ -168,8 +169,6 @@ def decision_lines(c: dict, dial: dict, worst_gap: dict[str, float]) -> list[str
         eligible += [((gap if gap is not None else -math.inf, gain), m)] if is_dial else []
     if not rows:
         return []
-    from floatify.convert import FloatConfig
-
     # reason: float-paired is measured with the library's defaults (adv_weight, bn_curve); the other float-*
     # methods with a linear BatchNorm mix
     default = f"float-{DEFAULT_STRATEGY}" + ("" if FloatConfig().bn_mix == "interpolate" else "-switch")
@@ -352,17 +351,43 @@ def claims_section(cost, facts, overhead) -> list[str]:
     return lines + [""]
 
 
+def finetune_section(ft) -> list[str]:
+    lines = ["## Fine-tuning an existing model (`benchmarks/finetune.py`)", ""]
+    if not isinstance(ft, dict) or not ft.get("summary"):
+        return lines + _missing("finetune.py")
+    a, summ = ft["args"], ft["summary"]
+    k = summ["epochs_within_1"]
+    budget = a["epochs"] / 3
+    moves = {int(e): m for e, m in summ["clean_move_at_lam0"].items()}
+    lines += [f"{a['model']} on digits, eps {a['eps']:.3g}: a standard model trained with cross-entropy for "
+              f"{a['epochs']} epochs is converted and FLOAT fine-tuned (library defaults, lr {a['finetune_lr']}, "
+              f"cosine, nothing frozen) for k epochs, against FLOAT trained from scratch for {a['epochs']} epochs "
+              f"(lr {a['lr']}). Seeds {a['seeds']} (means); {a['eval_limit']} test points, `{a['preset']}` preset, "
+              f"robust = the headline: {ft['runs'][0]['scratch']['headline']}. Cells: clean / robust (%).", "",
+              *summ["table"], "",
+              "- Epochs to come within 1 point of the from-scratch dial at λ = 0 and λ = 1 (clean and robust): "
+              + (f"**{k}** (target ≤ {budget:.1f}, a third of {a['epochs']}) — {_verdict(k <= budget)}."
+                 if k is not None else f"not reached within {max(moves)} epochs — **missed**."),
+              "- Clean accuracy of the existing model at λ = 0 after fine-tuning, minus before (target: within 1 "
+              "point): " + ", ".join(f"{e} epoch{'s' if e > 1 else ''} {m:+.1f}" for e, m in sorted(moves.items()))
+              + (f" — {_verdict(abs(moves[k]) <= 1.0)} at {k} epochs." if k is not None else "."), ""]
+    return lines
+
+
 def demo_section(results: Path) -> list[str]:
     report = results / "demo_report.md"
     if not report.exists():
         return []
+    timing = _load(results, "demo.json")
+    took = (f"{int(timing['wall_s'] // 60)} min {timing['wall_s'] % 60:.0f} s on {os.cpu_count()} CPU cores "
+            f"({timing['train_s']:.0f} s of it training; `benchmarks/demo.py`)." if timing else "Not timed.")
     body = report.read_text().split("\n", 1)[1].strip()  # drop the report's own title
     return ["## Demo run (`make demo`)", "",
             "The report `make demo` writes (copied from runs/demo/report.md): resnet18 on digits, 16 px, eps 0.1, 6 "
-            "epochs, binary λ sampling, interpolated dual BatchNorm; the strong preset with 20 iterations × 5 draws "
+            f"epochs, the library defaults ({DEFAULT_STRATEGY} λ training, dual BatchNorm mixed by λ**"
+            f"{FloatConfig().bn_curve:g}); the strong preset with 20 iterations × 5 draws "
             "on 200 points to keep the demo short (the full preset is 50 × 10; the attack-strength table shows the "
-            "ensemble within about 1 point between 25 and 200 iterations). 2 min 51 s on 2 CPU cores.",
-            "", body, ""]
+            "ensemble within about 1 point between 25 and 200 iterations). " + took, "", body, ""]
 
 
 def main() -> None:
@@ -383,7 +408,7 @@ def main() -> None:
     lines += claims_section(cost, facts, overhead)
     lines += threat_model_section(r) + attack_strength_section(_load(r, "attack_strength.json"))
     lines += trade_lines + screen_lines + cost_section(cost) + floats_section(floats) + overhead_section(overhead)
-    lines += coverage_section(cov) + demo_section(r)
+    lines += finetune_section(_load(r, "finetune.json")) + coverage_section(cov) + demo_section(r)
     lines += ["## CIFAR-10 on a GPU", "",
               "The same scripts take `--dataset cifar10 --download --device cuda` (trade-off) and `--device cuda` "
               "(cost); for example:", "",
