@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 import floatify
-from floatify.data import load_dataset
+from floatify.data import default_eps, load_dataset
 from floatify.models import create_model
 
 
@@ -32,7 +32,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=64, help="per rank")
     p.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps (smoke runs)")
-    p.add_argument("--strategy", default="oat")
+    p.add_argument("--strategy", default="oat", help="oat (default here: a random λ per step shows that every "
+                                                  "rank draws the same one), paired (the library default), ...")
     p.add_argument("--steps", type=int, default=7, help="PGD steps")
     p.add_argument("--backend", default="nccl" if torch.cuda.is_available() else "gloo")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -52,7 +53,7 @@ def main() -> None:
     sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=0)
     loader = DataLoader(data.train, batch_size=args.batch_size, sampler=sampler, drop_last=True)
     history = floatify.fit(model, loader, epochs=args.epochs, strategy=args.strategy, steps=args.steps,
-                           checkpoint_dir=args.out, progress=rank == 0)
+                           eps=default_eps(args.dataset), checkpoint_dir=args.out, progress=rank == 0)
     args.out.mkdir(parents=True, exist_ok=True)
     # parameters only: BatchNorm running statistics are per-rank buffers by design
     torch.save({k: v.detach().cpu() for k, v in model.module.named_parameters()}, args.out / f"rank{rank}.pt")
