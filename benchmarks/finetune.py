@@ -11,7 +11,7 @@ Reported: clean and headline-robust accuracy at λ = 0 and λ = 1 (mean over see
 that come within 1 point of the from-scratch dial at both ends (target ≤ 1/3 of the from-scratch epochs), and how
 far the clean model's own accuracy moves at λ = 0 (target: within 1 point).
 
-    python benchmarks/finetune.py [--seeds 0 1 2] [--finetune-epochs 1 2 3]
+    python benchmarks/finetune.py [--seeds 0 1 2] [--finetune-epochs 2 3 5 8]
 
 Writes benchmarks/results/finetune.json and finetune.md.
 """
@@ -66,8 +66,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=10, help="standard and from-scratch FLOAT training epochs")
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--finetune-epochs", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--finetune-lr", type=float, default=0.05)
+    p.add_argument("--finetune-epochs", nargs="+", type=int, default=[2, 3, 5, 8])
+    p.add_argument("--finetune-lr", type=float, default=0.1)
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--preset", choices=tuple(PRESETS), default="strong")
     p.add_argument("--score-draws", type=int, default=8)

@@ -345,7 +345,9 @@ def _attacks(args):
     return specs, args.eval_attacks.strip() if args.eval_attacks.strip() in PRESETS else "custom"
 
 
-def _evaluate_and_write(model, data, args, out: Path, meta: dict) -> None:
+def _evaluate_and_write(model, data, args, out: Path, meta: dict, shown: Path | None = None) -> None:
+    """Evaluate and write report.md, metrics.json and tradeoff.png into ``out`` (``shown``: the folder to name in
+    the closing line, where ``out`` is a staging folder moved there afterwards)."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
@@ -363,7 +365,7 @@ def _evaluate_and_write(model, data, args, out: Path, meta: dict) -> None:
     _write_atomic(out / "metrics.json", report.to_json())
     report.plot(out / "tradeoff.png")
     print(report.to_markdown())
-    print(f"wrote {out}/report.md, metrics.json, tradeoff.png")
+    print(f"wrote {shown or out}/report.md, metrics.json, tradeoff.png")
 
 
 def _size(dataset) -> int:
@@ -536,7 +538,8 @@ def _train(args) -> None:
                  "compressed_MB": f"{rep.compressed_bytes / 1e6:.2f}", "dense_MB": f"{rep.dense_bytes / 1e6:.2f}"}
     save_checkpoint(run_dir / "model.safetensors", model, meta)
     _evaluate_and_write(model, data, args, run_dir, {"title": meta["title"], "model": args.model,
-                                                      "dataset": data.name, "train_eps": f"{cfg.eps:.5f}", **extra})
+                                                      "dataset": data.name, "train_eps": f"{cfg.eps:.5f}", **extra},
+                        shown=args.out)
     if run_dir != args.out:
         _promote(run_dir, args.out)
 

@@ -36,6 +36,15 @@ def test_end_to_end_train_writes_everything(trained_run):
     assert metrics["meta"]["eps"] == "0.10000"
 
 
+def test_overwrite_names_the_final_folder_not_its_staging_copy(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out)] + TINY) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--overwrite"] + TINY) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}/report.md" in printed and ".floatify-staging" not in printed
+
+
 def test_eval_reruns_from_checkpoint(trained_run, tmp_path):
     out = tmp_path / "ev"
     args = ["eval", "--checkpoint", str(trained_run / "model.safetensors"), "--out", str(out), "--lams", "0",
