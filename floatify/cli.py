@@ -197,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(g, FloatConfig, _CONVERT_HELP, special={"bn_mix": {"choices": BN_MIXES}})
     g.add_argument("--density", type=float, default=None,
                    help="FLOATS: prune once to this fraction of Conv/Linear weights kept, e.g. 0.1 (default: dense)")
-    g.add_argument("--sparsity-criterion", choices=("magnitude", "random", "snip"), default="magnitude",
-                   help="how the FLOATS mask is chosen (snip uses 4 training batches) (default: magnitude)")
+    g.add_argument("--sparsity-criterion", choices=("magnitude", "random", "snip"), default="snip",
+                   help="how the FLOATS mask is chosen (snip uses 4 training batches; the best criterion in "
+                        "benchmarks/floats.py) (default: snip)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_eval_options(t)

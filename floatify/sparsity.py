@@ -101,7 +101,7 @@ def sparsify(
     model: nn.Module,
     density: float,
     *,
-    criterion: str = "magnitude",
+    criterion: str = "auto",
     scope: str = "global",
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     data: Iterable | None = None,
@@ -112,7 +112,10 @@ def sparsify(
 
     Args:
         density: in (0, 1]; 1 keeps everything (a mask of ones).
-        criterion: ``"magnitude"`` (|w|), ``"random"``, or ``"snip"`` (|w·∂L/∂w| on ``data`` at λ = 0).
+        criterion: ``"magnitude"`` (|w|), ``"random"``, ``"snip"`` (|w·∂L/∂w| on ``data`` at λ = 0), or
+            ``"auto"`` (default): ``"snip"`` when ``data`` is given, else ``"magnitude"``. benchmarks/floats.py
+            (RESULTS.md) found SNIP the best at every density under the digits threat model and magnitude pruning
+            collapsing at 10%; magnitude is the fallback only because it needs no data.
         scope: ``"global"`` (one threshold across layers) or ``"layer"`` (the same density in every layer).
             Either way each layer keeps at least 1% of its weights (and at least one): the floor.
         filter_fn: ``filter_fn(module, fqn) -> bool`` selects the layers to prune.
@@ -125,8 +128,10 @@ def sparsify(
     if isinstance(density, bool) or not isinstance(density, numbers.Real) or not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1] (fraction of weights kept), got {density!r}")
     density = float(density)  # reason: numpy scalars (np.float32(.5)) are fine, but keep the arithmetic in Python
+    if criterion == "auto":
+        criterion = "snip" if data is not None else "magnitude"
     if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion '{criterion}'; choose one of {', '.join(CRITERIA)}")
+        raise ValueError(f"unknown criterion '{criterion}'; choose one of {', '.join(CRITERIA)} or 'auto'")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     if criterion == "snip" and data is None:

@@ -115,6 +115,22 @@ def test_snip_ranks_a_known_important_weight_above_a_dead_one():
     assert mask[:, 0].all() and not mask[:, 1].any()
 
 
+@pytest.mark.parametrize("with_data, same_as", [(True, "snip"), (False, "magnitude")])
+def test_auto_criterion_is_snip_with_data_and_magnitude_without(with_data, same_as):
+    def pruned(criterion):
+        torch.manual_seed(0)
+        model = floatify.convert(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)))
+        torch.manual_seed(1)
+        data = [(torch.rand(16, 6), torch.randint(0, 3, (16,)))] if with_data else None
+        kwargs = {} if criterion == "auto" else {"criterion": criterion}
+        floatify.sparsify(model, 0.3, data=data, **kwargs)
+        return [model[i].floatify_mask("weight") for i in (0, 2)]
+
+    assert all(torch.equal(a, b) for a, b in zip(pruned("auto"), pruned(same_as)))
+    other = "magnitude" if same_as == "snip" else "random"
+    assert not all(torch.equal(a, b) for a, b in zip(pruned("auto"), pruned(other)))
+
+
 def test_plain_models_and_errors():
     plain = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 4))
     floatify.sparsify(plain, 0.5)
