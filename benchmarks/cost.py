@@ -4,7 +4,8 @@ Parameters, training step time (same attack settings: PGD-7, eps 8/255, at λ = 
 λ = 0 and λ = 1 and peak training memory for ResNet-18/34-class models at 32×32. Step timings are
 interleaved (every round times every variant, in a shuffled order) and reported as medians and median
 ratios. FLOAT is timed twice: with one weight-noise draw per training step (``noise_draw="step"``, the
-default) and with a fresh draw per forward (``"forward"``, the reference code). Peak memory: a fresh
+default) and with a fresh draw per forward (``"forward"``, the reference code); ``float-paired`` is the
+default strategy's whole training step (a clean pass at λ = 0 plus the PGD step at λ = 1). Peak memory: a fresh
 subprocess per variant runs two training steps; on CUDA ``torch.cuda.max_memory_allocated``, on CPU the
 growth of the peak resident set size during the steps (Linux ``VmHWM``, reset before the steps; includes
 allocator slack).
@@ -29,11 +30,12 @@ import torch.nn.functional as F
 
 import floatify
 from floatify.attacks import make_attack
+from floatify.train import float_paired_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import filmify  # noqa: E402
 
-VARIANTS = ("plain", "float", "float-fwd", "film")
+VARIANTS = ("plain", "float", "float-fwd", "float-paired", "film")
 
 
 def build(arch: str, variant: str, device: str) -> torch.nn.Module:
@@ -52,6 +54,8 @@ def train_step(model, variant, opt, x, y, steps):
     if variant == "plain":  # PGD-AT: attack, then CE on the adversarial batch
         x_adv = make_attack(model, "pgd", 8 / 255, steps, 2 / 255)(x, y)
         loss = F.cross_entropy(model(x_adv), y)
+    elif variant == "float-paired":  # the default strategy's whole step: clean at λ = 0 + PGD at λ = 1
+        loss = float_paired_loss(model, x, y, eps=8 / 255, steps=steps)
     else:
         draw = "forward" if variant == "float-fwd" else "step"
         loss = floatify.float_loss(model, x, y, 1.0, eps=8 / 255, steps=steps, noise_draw=draw)
@@ -108,7 +112,7 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
     opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in variants.items()}
     x, y = torch.rand(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
     step_t = {k: [] for k in variants}
-    lat = {f"{k}@{v}": [] for k in variants if k != "float-fwd" for v in (0.0, 1.0)}
+    lat = {f"{k}@{v}": [] for k in variants if k not in ("float-fwd", "float-paired") for v in (0.0, 1.0)}
     for k, m in variants.items():  # warm-up
         train_step(m, k, opts[k], x, y, 1)
     order = list(variants)
@@ -120,7 +124,7 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
             train_step(variants[k], k, opts[k], x, y, steps)
             sync(device)
             step_t[k].append(time.perf_counter() - t)
-            if k == "float-fwd":  # reason: same model as "float" at inference
+            if k in ("float-fwd", "float-paired"):  # reason: same model as "float" at inference
                 continue
             variants[k].eval()
             with torch.no_grad():
@@ -140,6 +144,7 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
         "step_s": {k: statistics.median(v) for k, v in step_t.items()},
         "step_ratio_float_plain": ratio("float", "plain"),
         "step_ratio_floatfwd_plain": ratio("float-fwd", "plain"),
+        "step_ratio_paired_plain": ratio("float-paired", "plain"),
         "step_ratio_film_float": ratio("film", "float"),
         "latency_ms": {k: 1000 * statistics.median(v) for k, v in lat.items()},
         "peak_train_mb": {k: peak_memory_mb(arch, k, batch, steps, device) for k in VARIANTS},

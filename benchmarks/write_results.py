@@ -70,13 +70,14 @@ def cost_section(cost) -> list[str]:
     lines += [f"Training step at λ = 1 with PGD-{r0['pgd_steps']} (eps 8/255), batch {r0['batch']}, 32×32 inputs, "
               f"{r0['rounds']} interleaved rounds on `{r0['device']}`; medians and median per-round ratios. "
               "`float` draws the weight noise once per step (default), `float-fwd` once per forward (reference "
-              "code). Peak memory: growth of peak RSS (CPU) or `max_memory_allocated` (CUDA) over two steps in a "
-              "fresh process.",
+              "code); `paired` is the default strategy's whole step (clean pass at λ = 0 + the PGD step at λ = 1; "
+              "plain PGD-AT has no clean pass). Peak memory: growth of peak RSS (CPU) or `max_memory_allocated` "
+              "(CUDA) over two steps in a fresh process.",
               "",
               "| model | params plain | FLOAT (×plain) | FiLM (×FLOAT) | step plain s | FLOAT/plain "
-              "| FLOAT-fwd/plain | FiLM/FLOAT | latency ms λ=0 plain / FLOAT / FiLM | latency ms λ=1 FLOAT / FiLM "
-              "| peak MB plain / FLOAT / FLOAT-fwd / FiLM |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| FLOAT-fwd/plain | paired/plain | FiLM/FLOAT | latency ms λ=0 plain / FLOAT / FiLM "
+              "| latency ms λ=1 FLOAT / FiLM | peak MB plain / FLOAT / FLOAT-fwd / paired / FiLM |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in cost:
         lat, pk = r["latency_ms"], r["peak_train_mb"]
         lines.append(
@@ -84,9 +85,10 @@ def cost_section(cost) -> list[str]:
             f"({r['params_ratio_float_plain']:.4f}) "
             f"| {r['params']['film']:,} ({r['params_ratio_film_float']:.3f}) | {r['step_s']['plain']:.2f} "
             f"| {r['step_ratio_float_plain']:.3f} | {r['step_ratio_floatfwd_plain']:.3f} "
+            f"| {r.get('step_ratio_paired_plain', math.nan):.3f} "
             f"| {r['step_ratio_film_float']:.3f} | {lat['plain@0.0']:.1f} / {lat['float@0.0']:.1f} / "
             f"{lat['film@0.0']:.1f} | {lat['float@1.0']:.1f} / {lat['film@1.0']:.1f} | {pk['plain']:.0f} / "
-            f"{pk['float']:.0f} / {pk['float-fwd']:.0f} / {pk['film']:.0f} |")
+            f"{pk['float']:.0f} / {pk['float-fwd']:.0f} / {pk.get('float-paired', math.nan):.0f} / {pk['film']:.0f} |")
     lines += ["",
               "Where FLOAT's step time goes: each noisy forward draws one Gaussian per weight plus one fused "
               "multiply-add (the overhead table below shows the draw alone, the 'Gaussian-draw floor'). With a "
@@ -316,8 +318,13 @@ def claims_section(cost, facts, overhead) -> list[str]:
         lines.append(f"- No significant parameter increase vs adversarial training (≤ 1.005×): worst {worst:.4f}× "
                      f"— {_verdict(worst <= 1.005)}.")
         step = max(r["step_ratio_float_plain"] for r in cost)
-        lines.append(f"- No significant training-time increase vs PGD-AT (≤ 1.05×): FLOAT/plain "
-                     f"{', '.join(_per_arch(cost, 'step_ratio_float_plain', '{:.3f}'))} — "
+        paired = all("step_ratio_paired_plain" in r for r in cost)
+        if paired:  # reason: judge what a default training step costs, clean pass included
+            step = max(r["step_ratio_paired_plain"] for r in cost)
+        lines.append("- No significant training-time increase vs PGD-AT (≤ 1.05×): "
+                     + (f"default (paired) step/plain {', '.join(_per_arch(cost, 'step_ratio_paired_plain', '{:.3f}'))}"
+                        "; the λ = 1 loss alone " if paired else "FLOAT/plain ")
+                     + f"{', '.join(_per_arch(cost, 'step_ratio_float_plain', '{:.3f}'))} — "
                      f"{_verdict(step <= 1.05)} (per-forward draws: "
                      f"{', '.join(_per_arch(cost, 'step_ratio_floatfwd_plain', '{:.3f}'))}).")
     if overhead:
