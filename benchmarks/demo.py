@@ -2,9 +2,10 @@
 
     python benchmarks/demo.py
 
-Runs ``make demo`` (the same command the README documents), then copies runs/demo/report.md to
-benchmarks/results/demo_report.md and writes benchmarks/results/demo.json: wall-clock seconds of the whole command
-and the training seconds from runs/demo/history.json. Time it alone: on 2 cores a second heavy process distorts it.
+Runs ``make demo`` (the same command the README documents), then copies runs/demo/{report.md,metrics.json,
+tradeoff.png} to benchmarks/results/demo_* and writes benchmarks/results/demo.json: wall-clock seconds of the
+whole command and the training seconds from runs/demo/history.json. Time it alone: on 2 cores a second heavy
+process distorts it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def main() -> None:
     history = json.loads((run / "history.json").read_text())
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "report.md", out / "demo_report.md")
+    for name, copy in (("report.md", "demo_report.md"), ("metrics.json", "demo_metrics.json"),
+                       ("tradeoff.png", "demo_tradeoff.png")):
+        shutil.copyfile(run / name, out / copy)
     result = {"wall_s": wall, "train_s": sum(r["seconds"] for r in history), "epochs": len(history)}
     (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
