@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -36,10 +37,9 @@ def test_end_to_end_train_writes_everything(trained_run):
     assert metrics["meta"]["eps"] == "0.10000"
 
 
-def test_overwrite_names_the_final_folder_not_its_staging_copy(tmp_path, capsys):
+def test_overwrite_names_the_final_folder_not_its_staging_copy(trained_run, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--out", str(out)] + TINY) == 0
-    capsys.readouterr()
+    shutil.copytree(trained_run, out)  # reason: an earlier run to overwrite, without training one more
     assert main(["train", "--out", str(out), "--overwrite"] + TINY) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}/report.md" in printed and ".floatify-staging" not in printed
@@ -218,8 +218,6 @@ def test_overwrite_replaces_the_run_only_when_complete_and_never_follows_symlink
     (["--train-limit", "200", "--batch-size", "100"], "changed"),
 ])
 def test_resume_with_other_settings_is_refused(trained_run, tmp_path, capsys, argv, message):
-    import shutil
-
     out = tmp_path / "copy"
     shutil.copytree(trained_run, out)
     args = ["train", "--out", str(out), "--resume"] + TINY
