@@ -5,7 +5,8 @@ Parameters, training step time (same attack settings: PGD-7, eps 8/255, at λ = 
 interleaved (every round times every variant, in a shuffled order) and reported as medians and median
 ratios. FLOAT is timed twice: with one weight-noise draw per training step (``noise_draw="step"``, the
 default) and with a fresh draw per forward (``"forward"``, the reference code); ``float-paired`` is the
-default strategy's whole training step (a clean pass at λ = 0 plus the PGD step at λ = 1). Peak memory: a fresh
+default strategy's whole training step (a clean pass at λ = 0 plus the PGD step at λ = 1), compared with
+``plain-paired``, the same clean + PGD loss on the unconverted model. Peak memory: a fresh
 subprocess per variant runs two training steps; on CUDA ``torch.cuda.max_memory_allocated``, on CPU the
 growth of the peak resident set size during the steps (Linux ``VmHWM``, reset before the steps; includes
 allocator slack).
@@ -30,12 +31,12 @@ import torch.nn.functional as F
 
 import floatify
 from floatify.attacks import make_attack
-from floatify.train import float_paired_loss
+from floatify.train import DEFAULT_ADV_WEIGHT, float_paired_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import filmify  # noqa: E402
 
-VARIANTS = ("plain", "float", "float-fwd", "float-paired", "film")
+VARIANTS = ("plain", "plain-paired", "float", "float-fwd", "float-paired", "film")
 
 
 def build(arch: str, variant: str, device: str) -> torch.nn.Module:
@@ -54,6 +55,10 @@ def train_step(model, variant, opt, x, y, steps):
     if variant == "plain":  # PGD-AT: attack, then CE on the adversarial batch
         x_adv = make_attack(model, "pgd", 8 / 255, steps, 2 / 255)(x, y)
         loss = F.cross_entropy(model(x_adv), y)
+    elif variant == "plain-paired":  # PGD-AT with a clean term: float-paired's step without FLOAT
+        clean = F.cross_entropy(model(x), y)
+        x_adv = make_attack(model, "pgd", 8 / 255, steps, 2 / 255)(x, y)
+        loss = (1 - DEFAULT_ADV_WEIGHT) * clean + DEFAULT_ADV_WEIGHT * F.cross_entropy(model(x_adv), y)
     elif variant == "float-paired":  # the default strategy's whole step: clean at λ = 0 + PGD at λ = 1
         loss = float_paired_loss(model, x, y, eps=8 / 255, steps=steps)
     else:
@@ -112,7 +117,8 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
     opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in variants.items()}
     x, y = torch.rand(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
     step_t = {k: [] for k in variants}
-    lat = {f"{k}@{v}": [] for k in variants if k not in ("float-fwd", "float-paired") for v in (0.0, 1.0)}
+    timed = [k for k in variants if k not in ("float-fwd", "float-paired", "plain-paired")]
+    lat = {f"{k}@{v}": [] for k in timed for v in (0.0, 1.0)}
     for k, m in variants.items():  # warm-up
         train_step(m, k, opts[k], x, y, 1)
     order = list(variants)
@@ -124,7 +130,7 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
             train_step(variants[k], k, opts[k], x, y, steps)
             sync(device)
             step_t[k].append(time.perf_counter() - t)
-            if k in ("float-fwd", "float-paired"):  # reason: same model as "float" at inference
+            if k in ("float-fwd", "float-paired", "plain-paired"):  # reason: same models as at inference
                 continue
             variants[k].eval()
             with torch.no_grad():
@@ -145,6 +151,7 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
         "step_ratio_float_plain": ratio("float", "plain"),
         "step_ratio_floatfwd_plain": ratio("float-fwd", "plain"),
         "step_ratio_paired_plain": ratio("float-paired", "plain"),
+        "step_ratio_paired_plainpaired": ratio("float-paired", "plain-paired"),
         "step_ratio_film_float": ratio("film", "float"),
         "latency_ms": {k: 1000 * statistics.median(v) for k, v in lat.items()},
         "peak_train_mb": {k: peak_memory_mb(arch, k, batch, steps, device) for k in VARIANTS},
@@ -172,6 +179,7 @@ def main() -> None:
         print(f"  step (PGD-{r['pgd_steps']}, batch {r['batch']}): " +
               ", ".join(f"{k} {v:.2f}s" for k, v in r["step_s"].items()) +
               f" | float/plain {r['step_ratio_float_plain']:.3f} float-fwd/plain {r['step_ratio_floatfwd_plain']:.3f}"
+              f" float-paired/plain-paired {r['step_ratio_paired_plainpaired']:.3f}"
               f" film/float {r['step_ratio_film_float']:.3f}")
         print("  latency ms: " + ", ".join(f"{k} {v:.1f}" for k, v in r["latency_ms"].items()))
         print("  peak train MB: " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_train_mb"].items()))

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["lam", "operating_point", "get_lam", "validate_lam", "LamState", "lam_state", "hold_noise", "held_draws",
-           "lam_from_tensor"]
+           "lam_from_tensor", "constant_weights", "weights_are_constant"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class LamState:
 _ZERO = LamState(0.0, torch.zeros((), dtype=torch.float32), False)
 _LAM: contextvars.ContextVar[LamState] = contextvars.ContextVar("floatify_lam", default=_ZERO)
 _HELD: contextvars.ContextVar[dict | None] = contextvars.ContextVar("floatify_held_noise", default=None)
+_CONSTANT: contextvars.ContextVar[bool] = contextvars.ContextVar("floatify_constant_weights", default=False)
 
 # The accessors the conditioned layers read on every weight access: the ContextVars' own bound ``get``
 # methods, so the hot path costs exactly one ContextVar lookup.
@@ -56,6 +57,8 @@ lam_state: Callable[[], LamState] = _LAM.get
 """The :class:`LamState` of the calling thread/task."""
 held_draws: Callable[[], dict | None] = _HELD.get
 """The noise draws of the innermost :func:`hold_noise` block (None outside one)."""
+weights_are_constant: Callable[[], bool] = _CONSTANT.get
+"""True inside :func:`constant_weights`."""
 
 
 def validate_lam(value: object, name: str = "lam") -> float:
@@ -140,6 +143,36 @@ def hold_noise() -> Iterator[None]:
         yield
     finally:
         _HELD.reset(token)
+
+
+@contextlib.contextmanager
+def constant_weights() -> Iterator[None]:
+    """Inside :func:`hold_noise`: treat the noisy weights as constants, computed once for the block.
+
+    For an attack inside a training step: it differentiates with respect to the input only, so each layer's
+    held noisy weight is computed once (without autograd history) and reused by every attack iteration; on
+    exit those tensors are dropped (the loss that follows recomputes its noisy weights with gradients for W and
+    α), so they never add to the step's peak memory. Outside :func:`hold_noise` it has no effect.
+
+    Example:
+        >>> import torch, floatify
+        >>> from floatify.context import hold_noise, constant_weights
+        >>> model = floatify.convert(torch.nn.Linear(4, 2))
+        >>> with floatify.lam(1.0), hold_noise():
+        ...     with constant_weights():
+        ...         w = model.weight
+        ...     w.requires_grad, torch.equal(w, model.weight)
+        (False, True)
+    """
+    token = _CONSTANT.set(True)
+    try:
+        yield
+    finally:
+        _CONSTANT.reset(token)
+        held = _HELD.get()
+        if held is not None:
+            for key in [k for k in held if k[0] == "constant"]:
+                del held[key]
 
 
 @contextlib.contextmanager

@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from floatify.attacks import make_attack
-from floatify.context import hold_noise, operating_point, validate_lam
+from floatify.context import constant_weights, hold_noise, operating_point, validate_lam
 from floatify.convert import iter_modules
 from floatify.layers.conditioned import is_conditioned
 from floatify.summary import param_groups
@@ -172,7 +172,8 @@ def float_loss(
             raise ValueError("attack is None but λ > 0: pass 'pgd', 'fgsm' or a torchattacks attack")
         else:
             run_attack = attack
-        x_adv = run_attack(x, y).detach()
+        with constant_weights():  # reason: the attack needs input gradients only: one noisy weight per layer
+            x_adv = run_attack(x, y).detach()
         adv_loss = F.cross_entropy(model(x_adv), y)
     total = adv_loss if loss is None else (1.0 - lam) * loss + lam * adv_loss
     return _touch_unused(model, total)

@@ -14,6 +14,7 @@ import torch.nn as nn
 import floatify
 from floatify.convert import FloatifyWarning, convert_sync_batchnorm, load_original_state_dict
 from floatify.layers import is_conditioned
+from floatify.layers.noise import NOISE_SOURCES, noise_source, standard_normal
 
 from cases import CASES, SharedBlock, TiedLinears
 from helpers import alpha_grads_at, alphas, wake_up
@@ -137,16 +138,18 @@ def test_noise_statistics_match_the_method():
     assert draws.mean().abs().item() < 0.01 * expected_std.item()
 
 
-def test_alpha_gradient_is_exact():
+@pytest.mark.parametrize("source", NOISE_SOURCES)
+def test_alpha_gradient_is_exact(source):
     torch.manual_seed(0)
     layer = floatify.convert(nn.Linear(4, 3, bias=False))
     x = torch.rand(5, 4)
-    torch.manual_seed(1)
-    with floatify.lam(0.5):
-        layer(x).sum().backward()
-    torch.manual_seed(1)
     w = layer._parameters["weight"].detach()
-    eta = torch.randn_like(w)
+    with noise_source(source):
+        torch.manual_seed(1)
+        with floatify.lam(0.5):
+            layer(x).sum().backward()
+        torch.manual_seed(1)  # reason: replays the draw: the same randn, or the same bank offset
+        eta = standard_normal(w)
     # d/dα sum(x (W + λ α σ η)^T) = λ σ sum(x η^T)
     expected = 0.5 * w.std() * (x @ eta.T).sum()
     assert layer.weight_alpha.grad.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -340,15 +343,17 @@ def test_no_warning_for_clean_conversion():
         floatify.convert(CASES["cnn"][0]())
 
 
-def test_noise_std_follows_writes_through_data():
-    layer = floatify.convert(nn.Linear(16, 16))
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])  # no_grad: the cached inference path
+def test_noise_std_follows_writes_through_data(grad):
+    layer = floatify.convert(nn.Linear(64, 64))
     s1 = layer.floatify_weight_std("weight").item()
+    with torch.set_grad_enabled(grad), floatify.lam(1.0):
+        before = (layer.weight - layer._parameters["weight"]).std().item()
     layer.weight.data.mul_(100)  # does not bump weight._version
     assert layer.floatify_weight_std("weight").item() == pytest.approx(100 * s1, rel=1e-5)
-    torch.manual_seed(0)
-    with floatify.lam(1.0):
+    with torch.set_grad_enabled(grad), floatify.lam(1.0):
         noise = layer.weight - layer._parameters["weight"]
-    assert noise.std().item() > 10 * 0.25 * s1  # the noise scales with the new std
+    assert noise.std().item() == pytest.approx(100 * before, rel=0.2)  # the noise scales with the new std
 
 
 def test_meta_device_workflow_initialises_alpha():

@@ -5,7 +5,8 @@ original parameters under their original state_dict keys. Its class is swapped f
 subclass in which the conditioned attributes are properties:
 
 * a Conv/Linear ``weight`` reads as ``W`` at λ = 0 (the very Parameter, so outputs are bitwise
-  the original's) and as ``W + λ·α·η`` with ``η ~ N(0, std(W)²)`` at λ > 0, a fresh draw per read.
+  the original's) and as ``W + λ·α·std(W)·η`` with ``η ~ N(0, I)`` at λ > 0, a new draw per read (a window
+  of a pre-drawn Gaussian bank by default, see :mod:`floatify.layers.noise`).
   Because the noise lives on the attribute, every reader sees it: the layer's own ``forward``
   (timm ``StdConv2d`` standardises the noisy weight, ``Conv2dSame`` pads as before) and code that
   uses the weight functionally (``F.linear(x, self.qkv.weight)`` in beit/eva/swin-v2,
@@ -27,12 +28,13 @@ Example:
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from floatify.context import held_draws, lam_state
+from floatify.context import held_draws, lam_state, weights_are_constant
 
 # reason: the dual-BatchNorm names are re-exported here, where the package and users imported them from
 from floatify.layers.dual_bn import (
@@ -47,6 +49,7 @@ from floatify.layers.dual_bn import (
     set_bn_mix,
 )
 from floatify.layers.masks import CACHE_ATTR, MASK_SUFFIX, add_mask_buffers, get_mask
+from floatify.layers.noise import standard_normal
 from floatify.layers.registry import (
     conditioned_weight_names_for_class,
     is_batchnorm,
@@ -127,58 +130,67 @@ class _ConditionedMixin:
         """std(W) of weight ``name`` over its kept entries, detached, computed on every call.
 
         reason: not cached across reads: writes through ``weight.data`` (``w.data.mul_(100)``) change W
-        without changing ``weight._version``, so a version-keyed cache returned a stale std. The std is one
-        reduction over W, measured at ~1/4 of the Gaussian draw of the same size on CPU; inside
-        :func:`floatify.context.hold_noise` (training's default) the noisy weight is computed once per step anyway.
+        without changing ``weight._version``, so a version-keyed cache returned a stale std. Inside
+        :func:`floatify.context.hold_noise` (training's default) it is computed once per step; the CPU no-grad
+        path (inference) caches it with a guard against such writes (:func:`_inference_noisy_weight`).
         """
         return _weight_std(self._parameters[name], self.floatify_mask(name))
 
     def floatify_noisy_weight(
-        self, name: str, lam: torch.Tensor | float, generator=None, eta: torch.Tensor | None = None
+        self, name: str, lam: torch.Tensor | float, generator=None, eta: torch.Tensor | None = None,
+        unit: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One draw of ``W·m + λ·α·η·m`` for weight ``name`` (``m`` the sparsity mask, if any).
 
-        The cost beyond the unavoidable Gaussian draw is one fused multiply-add over the weight.
-        ``eta`` reuses a given standard-normal draw instead of a fresh one.
+        ``η`` comes from :func:`floatify.layers.noise.standard_normal` (a bank window by default, a fresh
+        draw with ``generator``), so the cost is one fused multiply-add over the weight; the autograd graph
+        keeps η as a view, no weight-sized copy. ``eta`` reuses a given standard-normal draw and ``unit`` a
+        precomputed ``λ·std(W)``.
         """
         weight = self._parameters[name]
         alpha = self._parameters[name + ALPHA_SUFFIX]
         if eta is None:
-            eta = torch.randn(weight.shape, dtype=weight.dtype, device=weight.device, generator=generator)
+            eta = standard_normal(weight, generator)
         mask = self.floatify_mask(name)
         base = weight
         if mask is not None:
             base = weight * mask
             eta = eta * mask
-        scale = (lam * alpha * self.floatify_weight_std(name)).to(weight.dtype)
-        return torch.addcmul(base, eta, scale)
+        if unit is None:
+            unit = (lam * self.floatify_weight_std(name)).to(weight.dtype)
+        return torch.addcmul(base, eta, unit * alpha)
 
     def floatify_held_weight(self, name: str, state, held: dict) -> torch.Tensor:
         """The noisy weight ``name`` inside :func:`floatify.context.hold_noise`: one η per block.
 
-        The noisy tensor is computed once (without autograd history) and reused while W, α, the mask and
-        λ are unchanged; with grad enabled each read wraps it in a fresh autograd node
-        (:class:`_HeldNoisyWeight`), so any number of ``backward``/``autograd.grad`` calls inside the
-        block are independent and W and α still get exact gradients.
+        The block holds the draw (η, a bank view, and ``λ·std(W)``), not the noisy tensor: each read
+        recomputes ``W + λ·std·α·η`` with one multiply-add, so W and α get exact gradients, every
+        ``backward`` is independent and the block keeps no weight-sized buffer. The draw is redrawn when
+        W, the mask or λ change (``weight._version``: an optimizer step inside the block). Inside
+        :func:`floatify.context.constant_weights` (a training step's attack) the noisy weight is computed once,
+        without autograd history, and reused.
         """
-        weight, alpha = self._parameters[name], self._parameters[name + ALPHA_SUFFIX]
+        weight = self._parameters[name]
         mask = self.floatify_mask(name)
-        version = (state.value, weight._version, weight.data_ptr(), alpha._version, id(mask))
+        version = (state.value, weight._version, weight.data_ptr(), id(mask))
         key = (id(self), name)
         hit = held.get(key)
         if hit is None or hit[0] != version:
-            eta = hit[1] if hit is not None else torch.randn(weight.shape, dtype=weight.dtype, device=weight.device)
-            if mask is not None:
-                eta = eta * mask  # reason: pruned weights never receive noise
+            eta = hit[1] if hit is not None else standard_normal(weight)
             with torch.no_grad():
                 unit = (state.tensor * self.floatify_weight_std(name)).to(weight.dtype)  # λ·std(W)
-                noisy = torch.addcmul(weight if mask is None else weight * mask, eta, unit * alpha)
-            hit = (version, eta, noisy, unit)
+            hit = (version, eta, unit)
             held[key] = hit
-        _, eta, noisy, unit = hit
-        if not (torch.is_grad_enabled() and (weight.requires_grad or alpha.requires_grad)):
-            return noisy
-        return _HeldNoisyWeight.apply(weight, alpha, noisy, eta, unit, mask)
+        if weights_are_constant():  # reason: an attack inside a training step: one multiply-add for all iterations
+            alpha = self._parameters[name + ALPHA_SUFFIX]
+            const_key, const_version = ("constant", id(self), name), (version, alpha._version, alpha.data_ptr())
+            const = held.get(const_key)
+            if const is None or const[0] != const_version:
+                with torch.no_grad():
+                    const = held[const_key] = (const_version, self.floatify_noisy_weight(
+                        name, state.tensor, eta=hit[1], unit=hit[2]))
+            return const[1]
+        return self.floatify_noisy_weight(name, state.tensor, eta=hit[1], unit=hit[2])
 
     # -- dual BN -------------------------------------------------------------------------
     def reset_running_stats(self) -> None:
@@ -192,30 +204,59 @@ class _ConditionedMixin:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
 
 
-class _HeldNoisyWeight(torch.autograd.Function):
-    """``W·m + λ·std·α·η`` from a precomputed value: no forward work, exact gradients for W and α."""
-
-    @staticmethod
-    def forward(ctx, weight, alpha, noisy, eta, unit, mask):
-        ctx.save_for_backward(eta, unit, mask)
-        ctx.has_mask = mask is not None
-        return noisy.view_as(noisy)  # reason: a new tensor per read, so each read has its own node
-
-    @staticmethod
-    def backward(ctx, grad):
-        eta, unit, mask = ctx.saved_tensors
-        grad_w = grad * mask if ctx.has_mask else grad
-        grad_alpha = (grad * eta).sum() * unit if ctx.needs_input_grad[1] else None
-        return grad_w, grad_alpha, None, None, None, None
-
-
 def _weight_std(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    w = weight.detach().float()
+    w = weight.detach()
     if mask is not None:
         w = w[mask]
     if w.numel() < 2:
-        return w.new_zeros(())
-    return w.std()
+        return w.new_zeros((), dtype=torch.float32)
+    return w.float().std()
+
+
+def _cpu_std(w: torch.Tensor) -> float | None:
+    """std of a detached CPU float32 tensor as a float, from Σw and Σw² (two BLAS-speed passes); else None.
+
+    reason: twice as fast as ``Tensor.std`` with a third of the small ops per layer; the formula cancels when the
+    mean dominates, so then (never seen for a trained conv/linear weight) it answers None and the caller uses
+    ``Tensor.std``. Not on other devices: reading the sums back would synchronise them.
+    """
+    if w.device.type != "cpu" or w.dtype != torch.float32 or w.numel() < 2 or torch.compiler.is_compiling():
+        return None  # reason: compiled/exported graphs compute std in-graph (no data-dependent branch)
+    flat = w.reshape(-1)
+    n = flat.numel()
+    total, sq = float(flat.sum()), float(torch.dot(flat, flat))
+    mean_sq = total * total / n
+    if mean_sq > 0.5 * sq:
+        return None
+    return math.sqrt(max(sq - mean_sq, 0.0) / (n - 1))
+
+
+def _inference_noisy_weight(module: nn.Module, name: str, weight: torch.Tensor, alpha: torch.Tensor,
+                            lam: float) -> torch.Tensor | None:
+    """``W + λ·α·std(W)·η`` in one ``torch.add`` with a Python scale: the CPU no-grad path (None elsewhere).
+
+    reason: at batch 1 a layer's noisy weight is a handful of tiny ops whose fixed cost (µs each, ×60 layers in
+    a mobilenet) and std's pass over W rival the forward. Without autograd the scalar work is done in Python
+    floats and std(W) is cached per weight, keyed on its version, storage and a probe of 64 strided entries —
+    the probe catches writes through ``weight.data`` (which leave the version unchanged) that touch the whole
+    tensor (``.data.copy_``, ``.data.mul_``, re-initialisation). A ``.data`` write to a few entries only, in
+    this no-grad path, keeps the old std until the weight's version or those entries change.
+    """
+    w = weight.detach()
+    if w.device.type != "cpu" or w.dtype != torch.float32 or w.numel() < 2:
+        return None
+    flat = w.reshape(-1)
+    key = (weight._version, w.data_ptr(), float(flat[:: max(1, flat.numel() // 64)].sum()))
+    cache = module.__dict__.get(CACHE_ATTR)
+    if cache is None:
+        cache = module.__dict__[CACHE_ATTR] = {}
+    hit = cache.get(("std", name))
+    if hit is None or hit[0] != key:
+        std = _cpu_std(w)
+        if std is None:
+            return None
+        hit = cache[("std", name)] = (key, std)
+    return torch.add(weight, standard_normal(weight), alpha=lam * float(alpha) * hit[1])
 
 
 def _weight_property(name: str) -> property:
@@ -246,6 +287,11 @@ def _weight_property(name: str) -> property:
                 f"floatify.freeze(model, lam) (one operating point, a plain model)")
         held = held_draws()
         if held is None or torch.compiler.is_compiling():
+            if not (state.runtime or torch.is_grad_enabled() or mask_key in self._buffers
+                    or torch.compiler.is_compiling()):
+                fast = _inference_noisy_weight(self, name, weight, params[alpha_key], state.value)
+                if fast is not None:
+                    return fast
             return self.floatify_noisy_weight(name, state.tensor)
         return self.floatify_held_weight(name, state, held)
 

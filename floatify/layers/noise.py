@@ -1,0 +1,116 @@
+"""Where the weight noise η ~ N(0, I) of a conditioned layer comes from.
+
+Two sources, chosen per thread/task with :func:`noise_source`:
+
+* ``"bank"`` (default): η is a window of a pre-drawn standard-normal *bank* read at a uniformly random
+  offset. One bank per device and dtype serves every layer; a read costs one random integer and no new
+  memory (the window is a view), so a noisy weight is one multiply-add over W. On CPU a fresh Gaussian draw
+  costs more than the forward it perturbs (``benchmarks/overhead.py``'s "noise floor"); the bank removes it.
+* ``"fresh"``: a new ``torch.randn`` per read, the reference.
+
+What changes for an attacker (measured with EOT in ``benchmarks/noise_source.py``): every η is still exactly
+N(0, I) — a window of independent standard normals — and the layers' offsets are independent, but the draws
+of one layer are overlapping windows of one fixed sequence (``len(bank) − numel + 1`` of them) instead of
+independent vectors. The bank is drawn once from a fixed seed (it is not a secret: a white-box attacker sees
+the model's state anyway); the offsets come from torch's default generator, so ``torch.manual_seed`` makes a
+run reproducible as it does with fresh draws. ``torch.compile``, ``floatify.export`` and ``freeze(seed=...)``
+always draw fresh (in-graph or from their own generator).
+
+Example:
+    >>> import torch, floatify
+    >>> from floatify.layers.noise import noise_source
+    >>> model = floatify.convert(torch.nn.Linear(64, 2))
+    >>> x = torch.rand(1, 64)
+    >>> with floatify.lam(1.0):
+    ...     a, b = model(x), model(x)          # two bank windows: two different draws
+    ...     with noise_source("fresh"):
+    ...         c = model(x)                   # torch.randn
+    >>> bool((a != b).any()), bool((a != c).any())
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import threading
+from collections.abc import Iterator
+
+import torch
+
+__all__ = ["NOISE_SOURCES", "DEFAULT_NOISE_SOURCE", "noise_source", "get_noise_source", "standard_normal",
+           "bank_size", "BANK_SEED", "MIN_BANK_SIZE"]
+
+NOISE_SOURCES = ("bank", "fresh")
+DEFAULT_NOISE_SOURCE = "bank"
+BANK_SEED = 0x5EED_F10A7
+MIN_BANK_SIZE = 1 << 22  # reason: ≥ 4M windows for every layer up to 4M weights; 16 MiB in float32
+"""The smallest bank; a bank grows to twice the largest weight it serves, so the largest layer gets as many
+distinct windows as it has entries."""
+
+_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("floatify_noise_source", default=DEFAULT_NOISE_SOURCE)
+_BANKS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+_LOCK = threading.Lock()
+
+get_noise_source = _SOURCE.get
+"""The noise source of the calling thread/task: ``"bank"`` or ``"fresh"``."""
+
+
+@contextlib.contextmanager
+def noise_source(kind: str) -> Iterator[str]:
+    """Draw the weight noise from ``kind`` (``"bank"`` or ``"fresh"``) inside the ``with`` block.
+
+    Example:
+        >>> from floatify.layers.noise import noise_source, get_noise_source
+        >>> with noise_source("fresh"):
+        ...     get_noise_source()
+        'fresh'
+    """
+    if kind not in NOISE_SOURCES:
+        raise ValueError(f"noise source must be one of {', '.join(NOISE_SOURCES)}, got {kind!r}")
+    token = _SOURCE.set(kind)
+    try:
+        yield kind
+    finally:
+        _SOURCE.reset(token)
+
+
+def _bank(numel: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    key = (device, dtype)
+    bank = _BANKS.get(key)
+    if bank is None or bank.numel() < 2 * numel:
+        with _LOCK:
+            bank = _BANKS.get(key)
+            if bank is None or bank.numel() < 2 * numel:
+                size = max(MIN_BANK_SIZE, 1 << math.ceil(math.log2(2 * numel)))
+                gen = torch.Generator().manual_seed(BANK_SEED)
+                # reason: drawn on the CPU from one seed, so every device and process holds the same values
+                bank = torch.randn(size, generator=gen).to(device=device, dtype=dtype)
+                _BANKS[key] = bank  # reason: rebinding, not writing in place: views handed out stay valid
+    return bank
+
+
+def bank_size(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> int:
+    """Entries in the bank for ``device``/``dtype`` (0 while none was needed)."""
+    bank = _BANKS.get((torch.device(device), dtype))
+    return 0 if bank is None else bank.numel()
+
+
+def standard_normal(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """η ~ N(0, I) shaped like ``like``: a bank window, or a fresh draw (``generator`` given, source "fresh", or
+    inside ``torch.compile``/``torch.export``).
+
+    Example:
+        >>> import torch
+        >>> w = torch.empty(3, 4)
+        >>> standard_normal(w).shape
+        torch.Size([3, 4])
+    """
+    if generator is not None or _SOURCE.get() == "fresh" or torch.compiler.is_compiling():
+        # reason: compiled and exported graphs draw in-graph (a bank offset would be a Python-side value)
+        return torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
+    numel = like.numel()
+    bank = _bank(numel, like.device, like.dtype)
+    offset = int(torch.randint(0, bank.numel() - numel + 1, ()))
+    return bank[offset:offset + numel].view(like.shape)
