@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import random
 import statistics
 import subprocess
@@ -67,6 +68,13 @@ def train_step(model, variant, opt, x, y, steps):
     opt.zero_grad()
     loss.backward()
     opt.step()
+
+
+def device_name(device: str) -> str:
+    """The card (CUDA) or the processor (CPU) the numbers were measured on."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def sync(device: str) -> None:
@@ -144,6 +152,7 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in variants.items()}
     return {
         "arch": arch, "batch": batch, "rounds": rounds, "pgd_steps": steps, "device": device,
+        "device_name": device_name(device),
         "params": n_params,
         "params_ratio_float_plain": n_params["float"] / n_params["plain"],
         "params_ratio_film_float": n_params["film"] / n_params["float"],
@@ -166,8 +175,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=7)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--peak", nargs=2, metavar=("ARCH", "VARIANT"), help=argparse.SUPPRESS)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/cost.json"))
+    p.add_argument("--out", type=Path, default=None,
+                   help="default: benchmarks/results/cost.json on CPU, cost_cuda.json on CUDA")
     args = p.parse_args()
+    if args.out is None:
+        args.out = Path(f"benchmarks/results/cost{'_cuda' if args.device.startswith('cuda') else ''}.json")
     if args.peak:
         return _peak_child(*args.peak, args.batch, args.steps, args.device)
     torch.set_num_threads(2)

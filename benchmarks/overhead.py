@@ -16,6 +16,7 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,9 @@ import torch
 
 import floatify
 from floatify.layers.noise import noise_source
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cost import device_name  # noqa: E402
 
 MODELS = {
     "resnet18": dict(name="resnet18"),
@@ -92,6 +96,7 @@ def measure(key: str, size: int, batch: int, rounds: int, device: str) -> dict:
         "model": MODELS[key]["name"],
         "input": [batch, 3, size, size],
         "device": device,
+        "device_name": device_name(device),
         "rounds": rounds,
         "median_ms": med,
         "latency_ratio_lam0": ratio0,
@@ -116,8 +121,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/overhead.json"))
+    parser.add_argument("--out", type=Path, default=None,
+                   help="default: benchmarks/results/overhead.json on CPU, overhead_cuda.json on CUDA")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = Path(f"benchmarks/results/overhead{'_cuda' if args.device.startswith('cuda') else ''}.json")
     torch.set_num_threads(2)
     results = [measure(k, args.size, b, args.rounds, args.device) for b in args.batches for k in args.models]
     print(f"{'model':24s} {'batch':>5s} {'orig ms':>8s} {'λ=0':>6s} {'λ=.5':>6s} {'λ=1':>6s} {'fresh':>6s} "

@@ -29,6 +29,7 @@ again with the same settings (delete the file after changing the library).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -90,7 +91,7 @@ def attacks(args):
     return PRESETS[args.preset](args.eps, **kwargs)
 
 
-def run(method, seed, args, data, lam=None) -> dict:
+def run(method, seed, args, data, lam=None, eval_context=contextlib.nullcontext) -> dict:
     torch.manual_seed(seed)
     base = create_model(args.model, data.num_classes).to(args.device)
     loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, drop_last=True,
@@ -118,8 +119,9 @@ def run(method, seed, args, data, lam=None) -> dict:
     test = data.test if args.eval_limit is None else Subset(data.test, range(args.eval_limit))
     lams = [lam] if method == "dedicated" else LAMS if method not in ("standard", "pgd-at") else [0.0]
     t1 = time.perf_counter()
-    report = floatify.evaluate(model, DataLoader(test, batch_size=512), lams, attacks(args),
-                               score_draws=args.score_draws, progress=False)
+    with eval_context():
+        report = floatify.evaluate(model, DataLoader(test, batch_size=512), lams, attacks(args),
+                                   score_draws=args.score_draws, progress=False)
     noise_off = next(a.label for a in attacks(args) if not a.noise)
     return {"method": method, "seed": seed, "lam": lam, "train_s": train_s, "eval_s": time.perf_counter() - t1,
             "clean": {str(v): report.score(v, "clean").mean for v in lams},

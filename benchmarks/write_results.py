@@ -62,43 +62,54 @@ def curves(results: list[dict]) -> dict[str, dict]:
     return summary
 
 
-def cost_section(cost) -> list[str]:
+def _device_label(rows: list[dict]) -> str:
+    r = rows[0]
+    return f"`{r['device']}`" + (f" ({r['device_name']})" if r.get("device_name") else "")
+
+
+def cost_section(cost, cost_cuda=None) -> list[str]:
     lines = ["## Cost: FLOAT vs plain PGD-AT vs OAT/FiLM (`benchmarks/cost.py`)", ""]
     if cost is None:
         return lines + _missing("cost.py")
     r0 = cost[0]
     lines += [f"Training step at λ = 1 with PGD-{r0['pgd_steps']} (eps 8/255), batch {r0['batch']}, 32×32 inputs, "
-              f"{r0['rounds']} interleaved rounds on `{r0['device']}`; medians and median per-round ratios. "
-              "`float` draws the weight noise once per step (default), `float-fwd` once per forward (reference "
-              "code); `paired` is the default strategy's whole step (clean pass at λ = 0 + the PGD step at λ = 1; "
-              "plain PGD-AT has no clean pass). Peak memory: growth of peak RSS (CPU) or `max_memory_allocated` "
-              "(CUDA) over two steps in a fresh process.",
-              "",
-              "| model | params plain | FLOAT (×plain) | FiLM (×FLOAT) | step plain s | FLOAT/plain "
-              "| FLOAT-fwd/plain | paired/plain | FiLM/FLOAT | latency ms λ=0 plain / FLOAT / FiLM "
-              "| latency ms λ=1 FLOAT / FiLM | peak MB plain / FLOAT / FLOAT-fwd / paired / FiLM |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in cost:
-        lat, pk = r["latency_ms"], r["peak_train_mb"]
-        lines.append(
-            f"| {r['arch']} | {r['params']['plain']:,} | {r['params']['float']:,} "
-            f"({r['params_ratio_float_plain']:.4f}) "
-            f"| {r['params']['film']:,} ({r['params_ratio_film_float']:.3f}) | {r['step_s']['plain']:.2f} "
-            f"| {r['step_ratio_float_plain']:.3f} | {r['step_ratio_floatfwd_plain']:.3f} "
-            f"| {r.get('step_ratio_paired_plain', math.nan):.3f} "
-            f"| {r['step_ratio_film_float']:.3f} | {lat['plain@0.0']:.1f} / {lat['float@0.0']:.1f} / "
-            f"{lat['film@0.0']:.1f} | {lat['float@1.0']:.1f} / {lat['film@1.0']:.1f} | {pk['plain']:.0f} / "
-            f"{pk['float']:.0f} / {pk['float-fwd']:.0f} / {pk.get('float-paired', math.nan):.0f} / {pk['film']:.0f} |")
-    lines += ["",
-              "Where FLOAT's step time goes: each noisy forward draws one Gaussian per weight plus one fused "
-              "multiply-add (the overhead table below shows the draw alone, the 'Gaussian-draw floor'). With a "
-              "fresh draw per forward, a PGD-7 step at λ = 1 pays that 8 times (7 attack iterations + the loss; "
-              "`float-fwd`); `floatify.float_loss` now draws once per step and reuses the noisy weight for the "
-              "attack iterations and the loss (`floatify.hold_noise`), so what is left is one draw, one "
-              "multiply-add and α's gradient per step — a fixed cost per step, so the ratio shrinks with batch size "
-              "and on GPUs, where the draw is cheap. The held draw keeps two weight-sized buffers (η and the noisy "
-              "weight) during the step. The trade-off section checks that the per-step draw does not weaken the "
-              "result.", ""]
+              f"{r0['rounds']} interleaved rounds; medians and median per-round ratios. `float` is the FLOAT PGD "
+              "step (one weight-noise draw per step, the default), `float-fwd` draws per forward (reference code); "
+              "`paired` is the default strategy's whole step (a clean pass at λ = 0 + the PGD step at λ = 1), "
+              "compared with `plain-paired`, the same clean + PGD loss on the unconverted model. Peak memory: growth "
+              "of peak RSS (CPU; includes allocator slack) or `max_memory_allocated` (CUDA, exact) over two steps "
+              "in a fresh process.", ""]
+    for rows in (cost, cost_cuda):
+        if not rows:
+            continue
+        lines += [f"On {_device_label(rows)}:", "",
+                  "| model | params plain | FLOAT (×plain) | FiLM (×FLOAT) | step plain s | FLOAT/plain "
+                  "| FLOAT-fwd/plain | paired/plain-paired | paired/plain | FiLM/FLOAT | latency ms λ=0 plain / FLOAT "
+                  "| latency ms λ=1 FLOAT / FiLM | peak MB plain / FLOAT / plain-paired / paired / FLOAT-fwd / FiLM |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lat, pk = r["latency_ms"], r["peak_train_mb"]
+            lines.append(
+                f"| {r['arch']} | {r['params']['plain']:,} | {r['params']['float']:,} "
+                f"({r['params_ratio_float_plain']:.4f}) "
+                f"| {r['params']['film']:,} ({r['params_ratio_film_float']:.3f}) | {r['step_s']['plain']:.2f} "
+                f"| {r['step_ratio_float_plain']:.3f} | {r['step_ratio_floatfwd_plain']:.3f} "
+                f"| {r.get('step_ratio_paired_plainpaired', math.nan):.3f} "
+                f"| {r.get('step_ratio_paired_plain', math.nan):.3f} "
+                f"| {r['step_ratio_film_float']:.3f} | {lat['plain@0.0']:.1f} / {lat['float@0.0']:.1f} "
+                f"| {lat['float@1.0']:.1f} / {lat['film@1.0']:.1f} | {pk['plain']:.0f} / {pk['float']:.0f} / "
+                f"{pk.get('plain-paired', math.nan):.0f} / {pk.get('float-paired', math.nan):.0f} / "
+                f"{pk['float-fwd']:.0f} / {pk['film']:.0f} |")
+        lines.append("")
+    if not cost_cuda:
+        lines += ["GPU: not measured (no GPU was lent to the run that wrote these results).", ""]
+    lines += ["Where FLOAT's step cost goes: one η per layer per step (a window of the Gaussian bank, "
+              "`floatify.layers.noise`: no draw, no copy), one multiply-add per layer for all attack iterations "
+              "(`floatify.context.constant_weights`: the attack needs input gradients only), one more for the loss, "
+              "and α's gradient. A noisy weight that a layer saves for backward is kept as its recipe and recomputed "
+              "there (`hold_noise` installs saved-tensor hooks, the activation-checkpointing trick), so the step "
+              "keeps no weight-sized copy alive. The paired step's extra cost over plain PGD-AT is its clean pass "
+              "(`paired/plain`), which the non-FLOAT `plain-paired` pays too.", ""]
     return lines
 
 
@@ -270,22 +281,93 @@ def floats_section(floats) -> list[str]:
     return lines
 
 
-def overhead_section(overhead) -> list[str]:
+def overhead_section(overhead, overhead_cuda=None) -> list[str]:
     lines = ["## Conversion overhead at inference (`benchmarks/overhead.py`)", ""]
     if overhead is None:
         return lines + _missing("overhead.py")
-    lines += [f"Batch {overhead[0]['input'][0]}, {overhead[0]['input'][2]} px, {overhead[0]['rounds']} interleaved "
-              "rounds, medians. The Gaussian-draw floor is the time to draw one noise tensor per weight alone.", "",
-              "| model | original ms | λ=0 ratio | λ=1 ratio | λ=1 extra ms | Gaussian-draw floor ms | params added |",
-              "|---|---|---|---|---|---|---|"]
-    for r in overhead:
-        lines.append(f"| {r['model']} | {r['median_ms']['original']:.1f} | {r['latency_ratio_lam0']:.3f} | "
-                     f"{r['latency_ratio_lam1']:.2f} | {r['lam1_extra_ms']:.0f} | {r['noise_floor_ms']:.0f} | "
-                     f"{r['param_overhead_percent']:.3f}% |")
-    lat = max(r["latency_ratio_lam0"] for r in overhead)
-    lines += ["", f"Worst λ = 0 ratio {lat:.3f} (judged against a 1.03 tolerance; the run-to-run spread of these "
-              "timings is not measured by `overhead.py`).", ""]
+    lines += [f"{overhead[0]['input'][2]} px, {overhead[0]['rounds']} interleaved rounds, medians; latency ratios "
+              "converted/original. λ > 0 reads its noise from the Gaussian bank (the default); `fresh` is λ = 1 with "
+              "a `torch.randn` draw per weight per forward (the previous implementation), and the Gaussian-draw "
+              "floor is those draws alone.", ""]
+    for rows in (overhead, overhead_cuda):
+        if not rows:
+            continue
+        lines += [f"On {_device_label(rows)}:", "",
+                  "| model | batch | original ms | λ=0 | λ=0.5 | λ=1 | λ=1 fresh | λ=1 extra ms "
+                  "| Gaussian-draw floor ms | params added |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['model']} | {r['input'][0]} | {r['median_ms']['original']:.1f} "
+                         f"| {r['latency_ratio_lam0']:.3f} | {r.get('latency_ratio_lam05', math.nan):.2f} "
+                         f"| {r['latency_ratio_lam1']:.2f} | {r.get('latency_ratio_lam1_fresh', math.nan):.2f} "
+                         f"| {r['lam1_extra_ms']:.1f} | {r['noise_floor_ms']:.1f} "
+                         f"| {r['param_overhead_percent']:.3f}% |")
+        lines.append("")
+    if not overhead_cuda:
+        lines += ["GPU: not measured.", ""]
     return lines
+
+
+def cost_targets_section(cost, overhead, noise, overhead_cuda=None, cost_cuda=None) -> list[str]:
+    """The cost targets at λ > 0 (CPU), each with its verdict, and whether the noise bank weakened the defence."""
+    lines = ["## Cost at λ > 0: the targets", ""]
+    if not (cost and overhead):
+        return lines + _missing("cost.py and overhead.py")
+    for batch, limit in ((1, 1.3), (32, 1.1)):
+        rows = [r for r in overhead if r["input"][0] == batch]
+        if not rows:
+            lines.append(f"- λ > 0 inference at batch {batch}: not measured.")
+            continue
+        worst = max(max(r["latency_ratio_lam1"], r.get("latency_ratio_lam05", 0.0)) for r in rows)
+        lines.append(f"- λ > 0 inference ≤ {limit}× the original at batch {batch} (CPU, worst of λ = 0.5 and 1): "
+                     + ", ".join(f"{r['model']} {max(r['latency_ratio_lam1'], r.get('latency_ratio_lam05', 0)):.2f}"
+                                 for r in rows)
+                     + f" — {_verdict(worst <= limit)}.")
+    lat0 = max(r["latency_ratio_lam0"] for r in overhead)
+    lines.append(f"- λ = 0 inference ≤ 1.02×: worst {lat0:.3f} — {_verdict(lat0 <= 1.02)}.")
+    for label, rows in (("CPU", cost), ("CUDA", cost_cuda)):
+        if not rows:
+            lines.append(f"- Training on {label}: not measured.")
+            continue
+        mem = [(r["arch"], r["peak_train_mb"]["float"] / r["peak_train_mb"]["plain"],
+                r["peak_train_mb"].get("float-paired", math.nan) / r["peak_train_mb"].get("plain-paired", math.nan))
+               for r in rows]
+        worst_mem = max(max(m[1], m[2]) for m in mem)
+        lines.append(f"- Training peak memory ≤ 1.25× plain PGD-AT ({label}; FLOAT/plain, paired/plain-paired): "
+                     + ", ".join(f"{a} {x:.2f} / {y:.2f}" for a, x, y in mem)
+                     + f" — {_verdict(worst_mem <= 1.25)}.")
+        steps = [(r["arch"], r["step_ratio_float_plain"], r.get("step_ratio_paired_plainpaired", math.nan))
+                 for r in rows]
+        worst_step = max(max(m[1], m[2]) for m in steps)
+        lines.append(f"- Training step ≤ 1.05× plain PGD-AT ({label}; FLOAT/plain, paired/plain-paired): "
+                     + ", ".join(f"{a} {x:.3f} / {y:.3f}" for a, x, y in steps)
+                     + f" — {_verdict(worst_step <= 1.05)}.")
+    if noise:
+        lams = noise["lams"]
+        lines += ["", f"Is the defence weakened by the noise bank? (`benchmarks/noise_source.py`; the default recipe "
+                  f"`float-paired`, seeds {noise['seeds']}, {noise['attack']}; mean over seeds, %; the reference is "
+                  "the same recipe with fresh draws, before the bank, and its spread is max − min over its seeds.)", "",
+                  "| | " + " | ".join(f"λ={v}" for v in lams) + " |", "|---|" + "---|" * len(lams)]
+        for key, label in (("reference/clean", "clean, fresh draws (reference)"), ("bank/clean", "clean, bank"),
+                           ("reference/robust", "robust, fresh draws (reference)"),
+                           ("reference/robust_spread", "reference robust seed spread"),
+                           ("bank/robust", "robust, bank (trained and attacked with it)"),
+                           ("bank-model-fresh-eval/robust", "robust, the bank model attacked with fresh draws")):
+            lines.append(f"| {label} | " + " | ".join(f"{noise[key][v]:.1f}" for v in lams) + " |")
+        outside = [f"{m} at λ={v} ({noise[f'bank_minus_reference/{m}'][v]:+.1f}, spread "
+                   f"{noise[f'reference/{m}_spread'][v]:.1f})" for m in ("clean", "robust") for v in lams
+                   if abs(noise[f"bank_minus_reference/{m}"][v]) > noise[f"reference/{m}_spread"][v]]
+        weakened = not (noise["not_below_spread/clean"] and noise["not_below_spread/robust"])
+        lines += ["", f"Not weakened (no λ below the reference by more than its seed spread, clean or robust): "
+                  f"{_verdict(not weakened)}. Within the spread both ways: "
+                  + (_verdict(True) if not outside else f"{_verdict(False)} — outside: {', '.join(outside)}") + ". "
+                  "What changed "
+                  "for an attacker: each η is still exactly N(0, I) and the layers' offsets are independent, but the "
+                  "draws of one layer are overlapping windows of one fixed Gaussian sequence (for a layer of n "
+                  "weights, len(bank) − n + 1 ≥ n + 1 distinct draws) instead of independent vectors; the EOT attack "
+                  "above faces exactly that, and scoring the same model with fresh draws shows whether the bank "
+                  "changes what the attacker sees."]
+    return lines + [""]
 
 
 def coverage_section(cov) -> list[str]:
@@ -318,20 +400,23 @@ def claims_section(cost, facts, overhead) -> list[str]:
         lines.append(f"- No significant parameter increase vs adversarial training (≤ 1.005×): worst {worst:.4f}× "
                      f"— {_verdict(worst <= 1.005)}.")
         step = max(r["step_ratio_float_plain"] for r in cost)
-        paired = all("step_ratio_paired_plain" in r for r in cost)
-        if paired:  # reason: judge what a default training step costs, clean pass included
-            step = max(r["step_ratio_paired_plain"] for r in cost)
-        lines.append("- No significant training-time increase vs PGD-AT (≤ 1.05×): "
-                     + (f"default (paired) step/plain {', '.join(_per_arch(cost, 'step_ratio_paired_plain', '{:.3f}'))}"
-                        "; the λ = 1 loss alone " if paired else "FLOAT/plain ")
-                     + f"{', '.join(_per_arch(cost, 'step_ratio_float_plain', '{:.3f}'))} — "
-                     f"{_verdict(step <= 1.05)} (per-forward draws: "
-                     f"{', '.join(_per_arch(cost, 'step_ratio_floatfwd_plain', '{:.3f}'))}).")
+        paired = all("step_ratio_paired_plainpaired" in r for r in cost)
+        if paired:  # reason: the default step has a clean pass: judge it against the same loss without FLOAT
+            step = max(step, max(r["step_ratio_paired_plainpaired"] for r in cost))
+        lines.append("- No significant training-time increase vs PGD-AT (≤ 1.05×): FLOAT PGD step/plain "
+                     f"{', '.join(_per_arch(cost, 'step_ratio_float_plain', '{:.3f}'))}"
+                     + (f"; default (paired) step/plain-paired "
+                        f"{', '.join(_per_arch(cost, 'step_ratio_paired_plainpaired', '{:.3f}'))}" if paired else "")
+                     + f" — {_verdict(step <= 1.05)} (CPU; per-forward draws: "
+                     f"{', '.join(_per_arch(cost, 'step_ratio_floatfwd_plain', '{:.3f}'))}"
+                     + (f"; the paired step's clean pass makes it "
+                        f"{', '.join(_per_arch(cost, 'step_ratio_paired_plain', '{:.2f}×'))} a plain PGD-AT step"
+                        if paired else "") + ").")
     if overhead:
         lat = max(r["latency_ratio_lam0"] for r in overhead)
         lines.append(f"- No latency increase at λ = 0: worst ratio {lat:.3f} over {len(overhead)} models — "
-                     f"{_verdict(lat <= 1.03)} (tolerance 1.03); at λ > 0 the per-forward Gaussian draw "
-                     "costs real time on CPU (overhead table), unless one draw is baked in with `freeze`.")
+                     f"{_verdict(lat <= 1.03)} (tolerance 1.03); λ > 0 costs a multiply-add per weight per forward "
+                     "(see 'Cost at λ > 0'), none once one draw is baked in with `freeze`.")
     c = facts.get("curves", {})
     default = f"float-{DEFAULT_STRATEGY}"
     if default in c and "standard" in c:
@@ -405,6 +490,7 @@ def main() -> None:
     r = args.results
     cost, trade, floats = _load(r, "cost.json"), _load(r, "tradeoff.json"), _load(r, "floats.json")
     overhead, cov = _load(r, "overhead.json"), _load(r, "coverage.json")
+    cost_cuda, overhead_cuda = _load(r, "cost_cuda.json"), _load(r, "overhead_cuda.json")
     trade_lines, facts = tradeoff_section(trade, r)
     screen = _load(r, "tradeoff-screen.json")
     screen_lines = tradeoff_section(screen, r, "tradeoff-screen")[0] if screen else []
@@ -414,14 +500,17 @@ def main() -> None:
              f"timm {timm.__version__}. Every verdict below is computed from the JSON in `benchmarks/results/`.", ""]
     lines += claims_section(cost, facts, overhead)
     lines += threat_model_section(r) + attack_strength_section(_load(r, "attack_strength.json"))
-    lines += trade_lines + screen_lines + cost_section(cost) + floats_section(floats) + overhead_section(overhead)
+    lines += cost_targets_section(cost, overhead, _load(r, "noise_source.json"), overhead_cuda, cost_cuda)
+    lines += trade_lines + screen_lines + cost_section(cost, cost_cuda) + floats_section(floats)
+    lines += overhead_section(overhead, overhead_cuda)
     lines += finetune_section(_load(r, "finetune.json")) + coverage_section(cov) + demo_section(r)
     lines += ["## CIFAR-10 on a GPU", "",
               "The same scripts take `--dataset cifar10 --download --device cuda` (trade-off) and `--device cuda` "
               "(cost); for example:", "",
               "    python benchmarks/tradeoff.py --dataset cifar10 --download --image-size 32 --epochs 100 "
               "--eval-limit 1000", "    python benchmarks/cost.py --device cuda", "",
-              "Not run here (no GPU, no dataset download on this machine).", ""]
+              "Not run: the GPU lent to a session has no network (no CIFAR-10 download) and its time is short; "
+              "the GPU columns of the cost and overhead tables are measured there when one is lent.", ""]
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")
 

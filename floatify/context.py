@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import numbers
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 __all__ = ["lam", "operating_point", "get_lam", "validate_lam", "LamState", "lam_state", "hold_noise", "held_draws",
-           "lam_from_tensor", "constant_weights", "weights_are_constant"]
+           "lam_from_tensor", "constant_weights", "weights_are_constant", "register_recomputable"]
 
 
 @dataclass(frozen=True)
@@ -122,12 +124,14 @@ one with the other. ``floatify.lam`` stays the public spelling.
 def hold_noise() -> Iterator[None]:
     """Draw the weight noise once per layer for the whole block instead of once per forward.
 
-    Every forward inside the block sees the same η (and, while W, α and λ are unchanged, the same
-    noisy weight tensor: one Gaussian draw and one multiply-add per layer for the block). It is what
-    :func:`floatify.float_loss` uses by default for a training step (``noise_draw="step"``): the PGD
-    iterations and the loss all see one draw, which makes the step cost of FLOAT close to plain PGD
-    adversarial training on CPU. Evaluation never holds the noise: EOT attacks and scoring need a fresh
-    draw per forward. Under ``torch.compile`` the block has no effect (a fresh draw per forward).
+    Every forward inside the block sees the same η (one draw per layer, a bank window: no weight-sized
+    buffer) and recomputes ``W + λ·α·std·η`` with one multiply-add; a noisy weight that a layer saves for
+    backward is kept as that recipe and recomputed in backward, so the block adds no weight-sized memory
+    between forward and backward. It is what :func:`floatify.float_loss` uses by default for a training step
+    (``noise_draw="step"``): the PGD iterations (inside :func:`constant_weights`) and the loss all see one
+    draw, which keeps the step cost of FLOAT close to plain PGD adversarial training. Evaluation never holds
+    the noise: EOT attacks and scoring need a fresh draw per forward. Under ``torch.compile`` the block has no
+    effect (a fresh draw per forward).
 
     Example:
         >>> import torch, floatify
@@ -138,21 +142,58 @@ def hold_noise() -> Iterator[None]:
         ...     torch.equal(model(x), model(x))
         True
     """
-    token = _HELD.set({})
+    held: dict = {}
+    token = _HELD.set(held)
     try:
-        yield
+        # reason: a noisy weight a layer saves for backward is stored as its recipe (W, α, the held η and λ·std)
+        # and recomputed in backward — the trick activation checkpointing uses — so a training step keeps no
+        # weight-sized copy per layer alive between forward and backward (see register_recomputable)
+        with torch.autograd.graph.saved_tensors_hooks(functools.partial(_pack, held), _unpack):
+            yield
     finally:
         _HELD.reset(token)
+
+
+def register_recomputable(tensor: torch.Tensor, recompute: Callable[[], torch.Tensor]) -> None:
+    """Inside :func:`hold_noise`: if autograd saves ``tensor`` for backward, keep ``recompute`` instead.
+
+    ``recompute()`` must return the same values (it runs in backward, without autograd history). Outside a
+    :func:`hold_noise` block it does nothing.
+    """
+    held = _HELD.get()
+    if held is not None:
+        held[("recompute", id(tensor))] = (weakref.ref(tensor), recompute)
+
+
+def _pack(held: dict, tensor: torch.Tensor):
+    entry = held.get(("recompute", id(tensor)))
+    if entry is not None and entry[0]() is tensor:  # reason: ids are reused once a tensor is freed
+        return entry[1], None
+    base = tensor._base
+    if base is not None:  # reason: F.linear saves the transposed view W.t(), not W
+        entry = held.get(("recompute", id(base)))
+        if entry is not None and entry[0]() is base:
+            return entry[1], (tensor.size(), tensor.stride(), tensor.storage_offset())
+    return tensor
+
+
+def _unpack(saved):
+    if isinstance(saved, torch.Tensor):
+        return saved
+    recompute, view = saved
+    value = recompute()
+    return value if view is None else value.as_strided(*view)
 
 
 @contextlib.contextmanager
 def constant_weights() -> Iterator[None]:
     """Inside :func:`hold_noise`: treat the noisy weights as constants, computed once for the block.
 
-    For an attack inside a training step: it differentiates with respect to the input only, so each layer's
-    held noisy weight is computed once (without autograd history) and reused by every attack iteration; on
-    exit those tensors are dropped (the loss that follows recomputes its noisy weights with gradients for W and
-    α), so they never add to the step's peak memory. Outside :func:`hold_noise` it has no effect.
+    For an attack inside a training step: it differentiates with respect to the input only, so the noisy
+    weights carry no autograd history. On CPU each layer's is computed once and reused by every attack iteration
+    (one weight-sized set, dropped on exit: the loss that follows recomputes its noisy weights with gradients for
+    W and α); on an accelerator each read recomputes it and a saved one is kept as its recipe, so the attack adds
+    no weight-sized memory. Outside :func:`hold_noise` it has no effect.
 
     Example:
         >>> import torch, floatify

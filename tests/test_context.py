@@ -2,12 +2,15 @@ import asyncio
 import contextvars
 import math
 import threading
+import weakref
 
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 import floatify
-from floatify.context import get_lam, hold_noise, operating_point
+from floatify.context import constant_weights, get_lam, hold_noise, operating_point
 
 
 def test_default_and_nesting_restore_outer_value_even_on_error():
@@ -174,3 +177,52 @@ def test_held_weight_gives_alpha_a_finite_gradient_even_at_alpha_zero(alpha_init
         torch.nn.functional.cross_entropy(layer(x), y).backward()
     grad = layer.weight_alpha.grad
     assert grad is not None and torch.isfinite(grad) and grad.abs() > 1e-6
+
+
+SAVED_WEIGHT_CASES = {  # layer, its functional form, input shape
+    "linear": (lambda: nn.Linear(64, 64, bias=False), F.linear, (4, 64)),  # saves the view W.t()
+    "conv": (lambda: nn.Conv2d(8, 8, 3, bias=False), F.conv2d, (2, 8, 6, 6)),  # saves W itself
+}
+
+
+@pytest.mark.parametrize("case", SAVED_WEIGHT_CASES)
+def test_hold_noise_saves_the_recipe_not_the_noisy_weight(case):
+    make, fn, shape = SAVED_WEIGHT_CASES[case]
+    torch.manual_seed(0)
+    model = floatify.convert(make())
+    x = torch.rand(*shape, requires_grad=True)  # reason: so the layer saves its weight for backward
+    params = [model._parameters["weight"], model.weight_alpha]
+
+    def grads(w):
+        return torch.autograd.grad(fn(x, w).square().sum(), params)
+
+    with floatify.lam(1.0), hold_noise():
+        w = model.weight
+        ref = weakref.ref(w)
+        loss = fn(x, w).square().sum()
+        del w
+        assert ref() is None  # autograd keeps the recipe, not the weight-sized tensor
+        recomputed = torch.autograd.grad(loss, params)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):  # reason: saves the tensor itself
+            stored = grads(model.weight)
+    for a, b in zip(recomputed, stored):
+        assert torch.equal(a, b)  # backward through the recomputed weight is exact
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the accelerator branch of constant_weights needs CUDA")
+@pytest.mark.parametrize("case", SAVED_WEIGHT_CASES)
+def test_constant_weights_on_cuda_recompute_instead_of_holding(case):
+    make, fn, shape = SAVED_WEIGHT_CASES[case]
+    torch.manual_seed(0)
+    model = floatify.convert(make()).cuda()
+    x = torch.rand(*shape, device="cuda", requires_grad=True)
+    with floatify.lam(1.0), hold_noise():
+        reference = torch.autograd.grad(fn(x, model.weight).square().sum(), x)[0]  # the autograd path, same η
+        with constant_weights():
+            w = model.weight
+            ref = weakref.ref(w)
+            loss = fn(x, w).square().sum()
+            del w
+            assert ref() is None  # neither held by the block nor saved by autograd
+            got = torch.autograd.grad(loss, x)[0]
+    torch.testing.assert_close(got, reference)

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from typing import Any
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from floatify.context import held_draws, lam_state, weights_are_constant
+from floatify.context import held_draws, lam_state, register_recomputable, weights_are_constant
 
 # reason: the dual-BatchNorm names are re-exported here, where the package and users imported them from
 from floatify.layers.dual_bn import (
@@ -166,9 +167,11 @@ class _ConditionedMixin:
         The block holds the draw (η, a bank view, and ``λ·std(W)``), not the noisy tensor: each read
         recomputes ``W + λ·std·α·η`` with one multiply-add, so W and α get exact gradients, every
         ``backward`` is independent and the block keeps no weight-sized buffer. The draw is redrawn when
-        W, the mask or λ change (``weight._version``: an optimizer step inside the block). Inside
-        :func:`floatify.context.constant_weights` (a training step's attack) the noisy weight is computed once,
-        without autograd history, and reused.
+        W, the mask or λ change (``weight._version``: an optimizer step inside the block). A noisy weight that a
+        layer saves for backward is kept as its recipe and recomputed there. Inside
+        :func:`floatify.context.constant_weights` (a training step's attack) the noisy weight has no autograd
+        history; on CPU it is computed once and reused by every attack iteration, on an accelerator recomputed per
+        read (memory over a nearly free multiply-add).
         """
         weight = self._parameters[name]
         mask = self.floatify_mask(name)
@@ -181,7 +184,17 @@ class _ConditionedMixin:
                 unit = (state.tensor * self.floatify_weight_std(name)).to(weight.dtype)  # λ·std(W)
             hit = (version, eta, unit)
             held[key] = hit
-        if weights_are_constant():  # reason: an attack inside a training step: one multiply-add for all iterations
+        if weights_are_constant() and weight.device.type != "cpu":
+            # reason: on an accelerator memory is scarce and a multiply-add nearly free: each attack iteration
+            # recomputes its noisy weight (no autograd history) and one saved for backward is kept as its recipe
+            with torch.no_grad():
+                noisy = self.floatify_noisy_weight(name, state.tensor, eta=hit[1], unit=hit[2])
+            register_recomputable(noisy, functools.partial(self._floatify_recompute, name, state.tensor, hit[1],
+                                                           hit[2]))
+            return noisy
+        if weights_are_constant():
+            # reason: on CPU the multiply-add is what costs: one per layer for all attack iterations, held (one
+            # weight-sized set) until the attack ends
             alpha = self._parameters[name + ALPHA_SUFFIX]
             const_key, const_version = ("constant", id(self), name), (version, alpha._version, alpha.data_ptr())
             const = held.get(const_key)
@@ -190,7 +203,15 @@ class _ConditionedMixin:
                     const = held[const_key] = (const_version, self.floatify_noisy_weight(
                         name, state.tensor, eta=hit[1], unit=hit[2]))
             return const[1]
-        return self.floatify_noisy_weight(name, state.tensor, eta=hit[1], unit=hit[2])
+        noisy = self.floatify_noisy_weight(name, state.tensor, eta=hit[1], unit=hit[2])
+        if noisy.requires_grad:  # reason: saved for backward as its recipe, not as a weight-sized copy
+            recipe = functools.partial(self._floatify_recompute, name, state.tensor, hit[1], hit[2])
+            register_recomputable(noisy, recipe)
+        return noisy
+
+    def _floatify_recompute(self, name: str, lam: torch.Tensor, eta: torch.Tensor, unit: torch.Tensor):
+        with torch.no_grad():
+            return self.floatify_noisy_weight(name, lam, eta=eta, unit=unit)
 
     # -- dual BN -------------------------------------------------------------------------
     def reset_running_stats(self) -> None:
