@@ -7,9 +7,10 @@ ratios. FLOAT is timed twice: with one weight-noise draw per training step (``no
 default) and with a fresh draw per forward (``"forward"``, the reference code); ``float-paired`` is the
 default strategy's whole training step (a clean pass at λ = 0 plus the PGD step at λ = 1), compared with
 ``plain-paired``, the same clean + PGD loss on the unconverted model. Peak memory: a fresh
-subprocess per variant runs two training steps; on CUDA ``torch.cuda.max_memory_allocated``, on CPU the
-growth of the peak resident set size during the steps (Linux ``VmHWM``, reset before the steps; includes
-allocator slack).
+subprocess per variant runs two training steps (gradients freed before the forwards, as in ``floatify.fit``, and
+again with them freed after, the other common loop order); on CUDA ``torch.cuda.max_memory_allocated``, on CPU the
+growth of the peak resident set size during the steps (Linux ``VmHWM``, reset before the steps, with glibc's
+mmap threshold fixed at 64 KiB so that freed tensors leave the resident set).
 
     python benchmarks/cost.py [--rounds 10] [--batch 64] [--device cuda] [--out benchmarks/results/cost.json]
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -50,9 +52,15 @@ def build(arch: str, variant: str, device: str) -> torch.nn.Module:
     return base.to(device)
 
 
-def train_step(model, variant, opt, x, y, steps):
-    """One training step at λ = 1 with PGD-``steps``: the library's float_loss for FLOAT and FiLM."""
+def train_step(model, variant, opt, x, y, steps, zero_grad_first=True):
+    """One training step at λ = 1 with PGD-``steps``: the library's float_loss for FLOAT and FiLM.
+
+    ``zero_grad_first``: free the previous gradients before the forwards (floatify.fit's loop) or after them
+    (``loss = ...; opt.zero_grad(); loss.backward()``, where the previous step's gradients live through the attack).
+    """
     model.train()
+    if zero_grad_first:
+        opt.zero_grad(set_to_none=True)
     if variant == "plain":  # PGD-AT: attack, then CE on the adversarial batch
         x_adv = make_attack(model, "pgd", 8 / 255, steps, 2 / 255)(x, y)
         loss = F.cross_entropy(model(x_adv), y)
@@ -65,7 +73,8 @@ def train_step(model, variant, opt, x, y, steps):
     else:
         draw = "forward" if variant == "float-fwd" else "step"
         loss = floatify.float_loss(model, x, y, 1.0, eps=8 / 255, steps=steps, noise_draw=draw)
-    opt.zero_grad()
+    if not zero_grad_first:
+        opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
 
@@ -82,10 +91,15 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def peak_memory_mb(arch: str, variant: str, batch: int, steps: int, device: str) -> float:
-    """Peak extra memory of two training steps, measured in a fresh process."""
+def peak_memory_mb(arch: str, variant: str, batch: int, steps: int, device: str, order: str = "first") -> float:
+    """Peak memory of two training steps over the model and optimizer state, measured in a fresh process."""
+    # reason: glibc keeps freed large blocks for reuse, so peak RSS depends on allocation history; with a fixed
+    # mmap threshold every tensor of 64 KiB or more is its own mapping, returned on free, and the peak RSS tracks
+    # the live tensors
+    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run([sys.executable, __file__, "--peak", arch, variant, "--batch", str(batch),
-                          "--steps", str(steps), "--device", device], capture_output=True, text=True)
+                          "--steps", str(steps), "--device", device, "--zero-grad", order],
+                         capture_output=True, text=True, env=env)
     if out.returncode != 0:  # reason: a failed memory probe must not lose the timings; say why it failed
         print(f"peak memory of {arch}/{variant} not measured: {out.stderr.strip().splitlines()[-1:]}", flush=True)
         return float("nan")
@@ -99,12 +113,13 @@ def _proc_status_bytes(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status (peak memory on CPU needs Linux)")
 
 
-def _peak_child(arch: str, variant: str, batch: int, steps: int, device: str) -> None:
+def _peak_child(arch: str, variant: str, batch: int, steps: int, device: str, order: str) -> None:
     torch.set_num_threads(2)
     model = build(arch, variant, device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.rand(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
     train_step(model, variant, opt, x, y, steps)  # reason: warm-up (lazy init, optimizer state) before the reset
+    opt.zero_grad(set_to_none=True)  # reason: the baseline is the model and optimizer state, in both orders
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -112,7 +127,7 @@ def _peak_child(arch: str, variant: str, batch: int, steps: int, device: str) ->
         Path("/proc/self/clear_refs").write_text("5")  # reason: resets VmHWM (peak RSS) to the current RSS
         base = _proc_status_bytes("VmRSS")
     for _ in range(2):
-        train_step(model, variant, opt, x, y, steps)
+        train_step(model, variant, opt, x, y, steps, zero_grad_first=order == "first")
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() - base
     else:
@@ -164,6 +179,8 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
         "step_ratio_film_float": ratio("film", "float"),
         "latency_ms": {k: 1000 * statistics.median(v) for k, v in lat.items()},
         "peak_train_mb": {k: peak_memory_mb(arch, k, batch, steps, device) for k in VARIANTS},
+        "peak_train_mb_zero_grad_late": {k: peak_memory_mb(arch, k, batch, steps, device, "late")
+                                         for k in ("plain", "float", "plain-paired", "float-paired")},
     }
 
 
@@ -175,13 +192,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=7)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--peak", nargs=2, metavar=("ARCH", "VARIANT"), help=argparse.SUPPRESS)
+    p.add_argument("--zero-grad", choices=("first", "late"), default="first", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=None,
                    help="default: benchmarks/results/cost.json on CPU, cost_cuda.json on CUDA")
     args = p.parse_args()
     if args.out is None:
         args.out = Path(f"benchmarks/results/cost{'_cuda' if args.device.startswith('cuda') else ''}.json")
     if args.peak:
-        return _peak_child(*args.peak, args.batch, args.steps, args.device)
+        return _peak_child(*args.peak, args.batch, args.steps, args.device, args.zero_grad)
     torch.set_num_threads(2)
     results = [measure(a, args.batch, args.rounds, args.steps, args.device) for a in args.archs]
     for r in results:
@@ -195,6 +213,8 @@ def main() -> None:
               f" film/float {r['step_ratio_film_float']:.3f}")
         print("  latency ms: " + ", ".join(f"{k} {v:.1f}" for k, v in r["latency_ms"].items()))
         print("  peak train MB: " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_train_mb"].items()))
+        print("  peak train MB, zero_grad after the forwards: "
+              + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_train_mb_zero_grad_late"].items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 

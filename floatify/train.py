@@ -501,12 +501,14 @@ def train_one_epoch(run: _Run, epoch: int, *, progress: bool = True) -> dict:
             lam_counts[key] = lam_counts.get(key, 0) + 1
         attack = dict(attack=cfg.attack, eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size,
                       noise_draw=cfg.noise_draw)
+        # reason: gradients freed before the step's forwards, not after: the previous step's gradients (one
+        # weight-sized set) would otherwise stay alive through the attack iterations
+        run.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=run.use_amp):
             if cfg.strategy == "paired":
                 loss = float_paired_loss(run.model, x, y, cfg.adv_weight, **attack)
             else:
                 loss = float_step_loss(run.model, x, y, lams, **attack)
-        run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         if cfg.grad_clip is not None:
             run.scaler.unscale_(run.optimizer)

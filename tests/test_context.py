@@ -226,3 +226,18 @@ def test_constant_weights_on_cuda_recompute_instead_of_holding(case):
             assert ref() is None  # neither held by the block nor saved by autograd
             got = torch.autograd.grad(loss, x)[0]
     torch.testing.assert_close(got, reference)
+
+
+def test_held_weight_gradients_are_exact():
+    torch.manual_seed(0)
+    layer = floatify.convert(nn.Linear(8, 4, bias=False))
+    x = torch.rand(5, 8)
+    w, alpha = layer._parameters["weight"], layer.weight_alpha
+    std = w.detach().std()
+    with floatify.lam(0.5), hold_noise():
+        noisy = layer.weight
+        (x @ noisy.T).sum().backward()
+    eta = (noisy.detach() - w.detach()) / (0.5 * std * alpha.detach())
+    # d/dα sum(x (W + λ α σ η)^T) = λ σ sum(x η^T);  d/dW = 1 x^T summed over the batch
+    torch.testing.assert_close(alpha.grad, 0.5 * std * (x @ eta.T).sum())
+    torch.testing.assert_close(w.grad, torch.ones(4, 1) * x.sum(0))

@@ -101,5 +101,5 @@ def test_a_held_draw_keeps_no_weight_sized_buffer():
         a = model(x)
         held = floatify.context.held_draws()
         assert torch.equal(model(x), a)  # one draw for the block
-        (_, eta, _), = held.values()
-        assert eta._base is not None  # a view of the bank, not a copy
+        held_tensors = [t for entry in held.values() for t in entry if isinstance(t, torch.Tensor)]
+        assert held_tensors and all(t.numel() == 1 or t._base is not None for t in held_tensors)  # bank views
