@@ -82,7 +82,11 @@ def cost_section(cost, cost_cuda=None) -> list[str]:
     for rows in (cost, cost_cuda):
         if not rows:
             continue
-        lines += [f"On {_device_label(rows)}:", "",
+        older = "peak_train_mb_zero_grad_late" not in rows[0]
+        lines += [f"On {_device_label(rows)}" + (
+            " (measured by an earlier `cost.py` and library, commit ac1738a: gradients freed after the forwards and "
+            "counted in the baseline, α's gradient through autograd's addcmul; no device time was left to re-run "
+            "it)" if older else "") + ":", "",
                   "| model | params plain | FLOAT (×plain) | FiLM (×FLOAT) | step plain s | FLOAT/plain "
                   "| FLOAT-fwd/plain | paired/plain-paired | paired/plain | FiLM/FLOAT | latency ms λ=0 plain / FLOAT "
                   "| latency ms λ=1 FLOAT / FiLM | peak MB plain / FLOAT / plain-paired / paired / FLOAT-fwd / FiLM |",
@@ -100,6 +104,12 @@ def cost_section(cost, cost_cuda=None) -> list[str]:
                 f"| {lat['float@1.0']:.1f} / {lat['film@1.0']:.1f} | {pk['plain']:.0f} / {pk['float']:.0f} / "
                 f"{pk.get('plain-paired', math.nan):.0f} / {pk.get('float-paired', math.nan):.0f} / "
                 f"{pk['float-fwd']:.0f} / {pk['film']:.0f} |")
+        if not older:
+            late = "; ".join(f"{r['arch']} " + ", ".join(f"{k} {v:.0f}"
+                                                        for k, v in r["peak_train_mb_zero_grad_late"].items())
+                             for r in rows)
+            lines += ["", "Peak MB with the previous step's gradients alive through the attack (`loss = ...; "
+                      f"opt.zero_grad(); loss.backward()`): {late}."]
         lines.append("")
     if not cost_cuda:
         lines += ["GPU: not measured (no GPU was lent to the run that wrote these results).", ""]
@@ -324,7 +334,9 @@ def cost_targets_section(cost, overhead, noise, overhead_cuda=None, cost_cuda=No
                                  for r in rows)
                      + f" — {_verdict(worst <= limit)}.")
     lat0 = max(r["latency_ratio_lam0"] for r in overhead)
-    lines.append(f"- λ = 0 inference ≤ 1.02×: worst {lat0:.3f} — {_verdict(lat0 <= 1.02)}.")
+    lines.append(f"- λ = 0 inference ≤ 1.02×: worst {lat0:.3f} — {_verdict(lat0 <= 1.02)} (λ = 0 runs the original "
+                 "computation, one attribute lookup per weight more; the run-to-run spread of these ratios is not "
+                 "measured).")
     for label, rows in (("CPU", cost), ("CUDA", cost_cuda)):
         if not rows:
             lines.append(f"- Training on {label}: not measured.")
@@ -391,8 +403,8 @@ def claims_section(cost, facts, overhead) -> list[str]:
         speed = max(r["step_ratio_film_float"] for r in cost)
         lines.append(f"- Up to 1.43× faster training than OAT/FiLM: FiLM/FLOAT step time "
                      f"{', '.join(_per_arch(cost, 'step_ratio_film_float', '{:.2f}×'))} — "
-                     f"{_verdict(speed >= 1.43)} (best {speed:.2f}×; FiLM's extra work is tiny MLPs, the "
-                     "noise draw is FLOAT's; on CPU the draw is relatively expensive).")
+                     f"{_verdict(speed >= 1.43)} (best {speed:.2f}×; FiLM's extra work is tiny MLPs, FLOAT's "
+                     "a multiply-add per weight per forward).")
         lines.append(f"- 1.47× fewer parameters than OAT/FiLM (target ≥ 1.4× on the ResNet-34 class): "
                      f"{big['arch']} FiLM/FLOAT {big['params_ratio_film_float']:.3f}× — "
                      f"{_verdict(big['params_ratio_film_float'] >= 1.4)}.")
