@@ -100,6 +100,8 @@ _EVAL_HELP = {
     "score_draws": "noise draws per point when scoring a randomised model",
     "limit": "evaluate only the first N test points",
     "batch_size": "evaluation batch size; large batches amortise the per-forward noise draw",
+    "noise_source": "where the weight noise comes from: bank (windows of a pre-drawn Gaussian bank) or fresh "
+                    "(torch.randn per forward); the report names it",
 }
 _EVAL_FLAGS = {"attacks": "--eval-attacks", "eps": "--eval-eps", "steps": "--eval-steps", "limit": "--eval-limit",
                "batch_size": "--eval-batch-size"}
@@ -110,7 +112,7 @@ def _add_config_options(group, config_cls: type, helps: dict[str, str], *, flags
     """One option per field of dataclass ``config_cls``; its default (and type, unless ``special``) is the field's."""
     import dataclasses
 
-    types = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
+    types = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
     for f in dataclasses.fields(config_cls):
         flag = (flags or {}).get(f.name, "--" + f.name.replace("_", "-"))
         kwargs: dict = {"default": f.default, "dest": flag.lstrip("-").replace("-", "_"),
@@ -132,6 +134,7 @@ def _add_config_options(group, config_cls: type, helps: dict[str, str], *, flags
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     from floatify.attacks import QUICK_DRAWS, QUICK_STEPS, STRONG_DRAWS, STRONG_STEPS
     from floatify.evaluate import EvalConfig
+    from floatify.layers.noise import DEFAULT_NOISE_SOURCE, NOISE_SOURCES
 
     g = p.add_argument_group("evaluation")
     _add_config_options(g, EvalConfig, _EVAL_HELP, flags=_EVAL_FLAGS, special={
@@ -141,6 +144,7 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
         "steps": {"default_text": f"the preset's: quick {QUICK_STEPS}, strong {STRONG_STEPS}"},
         "eot_draws": {"default_text": f"the preset's: quick {QUICK_DRAWS}, strong {STRONG_DRAWS}"},
         "limit": {"default_text": "all"},
+        "noise_source": {"choices": NOISE_SOURCES, "default_text": DEFAULT_NOISE_SOURCE},
     })
     g.add_argument("--save-adversarial", action="store_true", help="also write adversarial.safetensors")
 
@@ -361,7 +365,7 @@ def _evaluate_and_write(model, data, args, out: Path, meta: dict, shown: Path | 
     report = evaluate(model, loader, args.lams, specs, score_draws=args.score_draws,
                       num_classes=data.num_classes, progress=not args.no_progress,
                       save_adversarial=out / "adversarial.safetensors" if args.save_adversarial else None,
-                      meta={"preset": preset, **meta})
+                      meta={"preset": preset, **meta}, noise_source=args.noise_source)
     _write_atomic(out / "report.md", f"# floatify run: {meta.get('title', '')}\n\n" + report.to_markdown())
     _write_atomic(out / "metrics.json", report.to_json())
     report.plot(out / "tradeoff.png")

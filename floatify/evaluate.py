@@ -28,6 +28,8 @@ import torch.nn as nn
 
 from floatify.attacks import PRESETS, SCORE_DRAWS, AttackSpec, attack_and_score, expected_correct, strongest
 from floatify.context import operating_point, validate_lam
+from floatify.layers.noise import get_noise_source
+from floatify.layers.noise import noise_source as use_noise_source
 from floatify.report import Report, Score
 
 __all__ = ["evaluate", "EvalConfig"]
@@ -46,6 +48,8 @@ class EvalConfig:
         score_draws: fresh noise draws per point when scoring a randomised model.
         limit: evaluate only the first N test points (None: all).
         batch_size: evaluation batch size; large batches amortise the per-forward noise draw.
+        noise_source: where the weight noise comes from (:mod:`floatify.layers.noise`): ``"bank"`` or
+            ``"fresh"``; None: the active one (``"bank"`` unless inside ``noise_source(...)``).
     """
 
     lams: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -56,6 +60,7 @@ class EvalConfig:
     score_draws: int = SCORE_DRAWS
     limit: int | None = None
     batch_size: int = 512
+    noise_source: str | None = None
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -88,6 +93,7 @@ def evaluate(
     max_batches: int | None = None,
     progress: bool = True,
     meta: dict | None = None,
+    noise_source: str | None = EvalConfig.noise_source,
 ) -> Report:
     """Clean and robust accuracy of ``model`` at every λ in ``lams`` under every attack.
 
@@ -102,7 +108,13 @@ def evaluate(
         score_draws: noise draws per point when scoring a randomised model (λ > 0, noise on).
         save_adversarial: if given, a safetensors file receiving the kept adversarial inputs per (λ, attack).
         max_batches: evaluate only the first batches (quick looks; the report says so).
+        noise_source: ``"bank"`` or ``"fresh"`` (:mod:`floatify.layers.noise`), for the attacks and the scoring;
+            None: the active one. The report names it (``weight_noise``).
     """
+    if noise_source is not None:
+        with use_noise_source(noise_source):
+            return evaluate(model, loader, lams, attacks, eps=eps, score_draws=score_draws, num_classes=num_classes,
+                            save_adversarial=save_adversarial, max_batches=max_batches, progress=progress, meta=meta)
     lams = [validate_lam(v) for v in lams]
     if not lams:
         raise ValueError("lams must name at least one operating point")
@@ -185,7 +197,7 @@ def evaluate(
             row[key] = None if parts is None else _score(torch.cat(parts), draws[(v, key)])
         scores[str(float(v))] = row
     info = {"preset": preset, "score_draws": score_draws, "eps": f"{attacks[0].eps:.5f}",
-            "points": points}
+            "points": points, "weight_noise": get_noise_source()}  # reason: the attacker faced this noise source
     if max_batches is not None:
         info["max_batches"] = max_batches
     info.update(meta or {})

@@ -5,6 +5,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import floatify
 from floatify.attacks import AttackSpec
+from floatify.layers.noise import noise_source
 from floatify.report import Report, Score
 
 
@@ -27,6 +28,7 @@ def test_evaluate_report_round_trip_markdown_and_plot(tmp_path):
     assert md.startswith("Turning the dial from λ = 0 to λ = 1 moves clean accuracy "
                          f"{100 * clean0.mean:.1f}% → {100 * clean1.mean:.1f}%")
     assert "| λ |" in md and "n/a" in md and "pgd-2" in md and "2 steps" in md and "score_draws=3" in md
+    assert "weight_noise=bank" in md  # the noise source the attacker faced
     as_json = json.loads(report.to_json())
     assert as_json["meta"]["points"] == 12 and as_json["headline"] == report.headline
     assert list(as_json["attacks"])[:2] == ["clean", report.headline]
@@ -80,3 +82,15 @@ def test_reports_written_before_column_meanings_were_stored_still_load():
     old["scores"] = {v: {"clean": row["no attack"], "pgd (noise off)": row["pgd"]} for v, row in old["scores"].items()}
     loaded = Report.from_json(json.dumps(old))
     assert loaded.clean_label == "clean" and loaded.noise_off == ["pgd (noise off)"]
+
+
+def test_report_names_the_noise_source_it_was_measured_with():
+    model = floatify.convert(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)))
+    data = [(torch.rand(4, 3, 2, 2), torch.randint(0, 3, (4,)))]
+    with noise_source("fresh"):
+        report = floatify.evaluate(model, data, lams=[1], attacks=[AttackSpec("clean")], score_draws=2,
+                                   progress=False)
+    assert report.meta["weight_noise"] == "fresh"
+    report = floatify.evaluate(model, data, lams=[1], attacks=[AttackSpec("clean")], score_draws=2, progress=False,
+                               noise_source="fresh")  # the same, as evaluate's (and the CLI's) option
+    assert report.meta["weight_noise"] == "fresh"
