@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["lam", "operating_point", "get_lam", "validate_lam", "LamState", "lam_state", "hold_noise", "held_draws",
-           "lam_from_tensor", "constant_weights", "weights_are_constant", "register_recomputable"]
+           "lam_from_tensor", "constant_weights", "weights_are_constant", "register_recomputable", "recompute_saved"]
 
 
 @dataclass(frozen=True)
@@ -121,17 +121,17 @@ one with the other. ``floatify.lam`` stays the public spelling.
 
 
 @contextlib.contextmanager
-def hold_noise() -> Iterator[None]:
+def hold_noise(recompute: bool = True) -> Iterator[None]:
     """Draw the weight noise once per layer for the whole block instead of once per forward.
 
     Every forward inside the block sees the same η (one draw per layer, a bank window: no weight-sized
-    buffer) and recomputes ``W + λ·α·std·η`` with one multiply-add; a noisy weight that a layer saves for
-    backward is kept as that recipe and recomputed in backward, so the block adds no weight-sized memory
-    between forward and backward. It is what :func:`floatify.float_loss` uses by default for a training step
-    (``noise_draw="step"``): the PGD iterations (inside :func:`constant_weights`) and the loss all see one
-    draw, which keeps the step cost of FLOAT close to plain PGD adversarial training. Evaluation never holds
-    the noise: EOT attacks and scoring need a fresh draw per forward. Under ``torch.compile`` the block has no
-    effect (a fresh draw per forward).
+    buffer) and recomputes ``W + λ·α·std·η`` with one multiply-add. With ``recompute`` (default) a noisy weight
+    that a layer saves for backward is kept as that recipe and recomputed in backward
+    (:func:`recompute_saved`), so the block adds no weight-sized memory between forward and backward. It is
+    what :func:`floatify.float_loss` uses by default for a training step (``noise_draw="step"``): the PGD
+    iterations (inside :func:`constant_weights`) and the loss all see one draw, which keeps the step cost of
+    FLOAT close to plain PGD adversarial training. Evaluation never holds the noise: EOT attacks and scoring
+    need a fresh draw per forward. Under ``torch.compile`` the block has no effect (a fresh draw per forward).
 
     Example:
         >>> import torch, floatify
@@ -142,16 +142,38 @@ def hold_noise() -> Iterator[None]:
         ...     torch.equal(model(x), model(x))
         True
     """
-    held: dict = {}
-    token = _HELD.set(held)
+    token = _HELD.set({})
     try:
-        # reason: a noisy weight a layer saves for backward is stored as its recipe (W, α, the held η and λ·std)
-        # and recomputed in backward — the trick activation checkpointing uses — so a training step keeps no
-        # weight-sized copy per layer alive between forward and backward (see register_recomputable)
-        with torch.autograd.graph.saved_tensors_hooks(functools.partial(_pack, held), _unpack):
+        with recompute_saved() if recompute else contextlib.nullcontext():
             yield
     finally:
         _HELD.reset(token)
+
+
+@contextlib.contextmanager
+def recompute_saved() -> Iterator[None]:
+    """Inside :func:`hold_noise`: keep a noisy weight that autograd saves for backward as its recipe.
+
+    The recipe (W, α, the held η and λ·std) is recomputed in backward — the trick activation checkpointing
+    uses — so no weight-sized copy per layer stays alive between forward and backward. It installs saved-tensor
+    hooks, whose Python call per saved tensor costs time: :func:`floatify.float_loss` enables them for the
+    forwards whose graphs outlive the next layer (the loss; the attack on accelerators) and not for the CPU
+    attack, whose noisy weights are held anyway. Outside :func:`hold_noise` it does nothing.
+
+    Example:
+        >>> import torch, floatify
+        >>> from floatify.context import hold_noise, recompute_saved
+        >>> model = floatify.convert(torch.nn.Linear(4, 2))
+        >>> x = torch.rand(3, 4, requires_grad=True)
+        >>> with floatify.lam(1.0), hold_noise(recompute=False), recompute_saved():
+        ...     model(x).sum().backward()
+    """
+    held = _HELD.get()
+    if held is None:
+        yield
+        return
+    with torch.autograd.graph.saved_tensors_hooks(functools.partial(_pack, held), _unpack):
+        yield
 
 
 def register_recomputable(tensor: torch.Tensor, recompute: Callable[[], torch.Tensor]) -> None:

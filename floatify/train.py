@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from floatify.attacks import make_attack
-from floatify.context import constant_weights, hold_noise, operating_point, validate_lam
+from floatify.context import constant_weights, hold_noise, operating_point, recompute_saved, validate_lam
 from floatify.convert import iter_modules
 from floatify.layers.conditioned import is_conditioned
 from floatify.summary import param_groups
@@ -161,9 +161,12 @@ def float_loss(
     lam = validate_lam(lam)
     if noise_draw not in NOISE_DRAWS:
         raise ValueError(f"noise_draw must be one of {', '.join(NOISE_DRAWS)}, got {noise_draw!r}")
-    hold = hold_noise() if noise_draw == "step" and lam > 0.0 else contextlib.nullcontext()
+    hold = hold_noise(recompute=False) if noise_draw == "step" and lam > 0.0 else contextlib.nullcontext()
+    # reason: the CPU attack holds its noisy weights (constant_weights), so recipes would only cost time there
+    attack_recompute = contextlib.nullcontext if _on_cpu(model) else recompute_saved
     with operating_point(lam), hold:
-        loss = F.cross_entropy(model(x), y) if lam < 1.0 else None
+        with recompute_saved():
+            loss = F.cross_entropy(model(x), y) if lam < 1.0 else None
         if loss is not None and lam == 0.0:
             return _touch_unused(model, loss)
         if isinstance(attack, str):
@@ -172,9 +175,10 @@ def float_loss(
             raise ValueError("attack is None but λ > 0: pass 'pgd', 'fgsm' or a torchattacks attack")
         else:
             run_attack = attack
-        with constant_weights():  # reason: the attack needs input gradients only: one noisy weight per layer
+        with constant_weights(), attack_recompute():  # reason: the attack needs input gradients only
             x_adv = run_attack(x, y).detach()
-        adv_loss = F.cross_entropy(model(x_adv), y)
+        with recompute_saved():
+            adv_loss = F.cross_entropy(model(x_adv), y)
     total = adv_loss if loss is None else (1.0 - lam) * loss + lam * adv_loss
     return _touch_unused(model, total)
 
@@ -204,6 +208,11 @@ def float_paired_loss(
     clean = float_loss(model, x, y, 0.0, **kwargs)
     adversarial = float_loss(model, x, y, 1.0, **kwargs)
     return (1.0 - adv_weight) * clean + adv_weight * adversarial
+
+
+def _on_cpu(model: nn.Module) -> bool:
+    param = next(model.parameters(), None)
+    return param is None or param.device.type == "cpu"
 
 
 def _touch_unused(model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
