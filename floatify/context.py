@@ -184,7 +184,9 @@ def register_recomputable(tensor: torch.Tensor, recompute: Callable[[], torch.Te
     """
     held = _HELD.get()
     if held is not None:
-        held[("recompute", id(tensor))] = (weakref.ref(tensor), recompute)
+        key = ("recompute", id(tensor))
+        # reason: the entry goes when the tensor does, so a long block does not accumulate one per read
+        held[key] = (weakref.ref(tensor, lambda _, key=key: held.pop(key, None)), recompute)
 
 
 def _pack(held: dict, tensor: torch.Tensor):

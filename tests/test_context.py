@@ -241,3 +241,13 @@ def test_held_weight_gradients_are_exact():
     # d/dα sum(x (W + λ α σ η)^T) = λ σ sum(x η^T);  d/dW = 1 x^T summed over the batch
     torch.testing.assert_close(alpha.grad, 0.5 * std * (x @ eta.T).sum())
     torch.testing.assert_close(w.grad, torch.ones(4, 1) * x.sum(0))
+
+
+def test_a_long_hold_block_keeps_no_entry_per_read():
+    model = floatify.convert(nn.Linear(16, 16))
+    x = torch.rand(2, 16)
+    with floatify.lam(1.0), hold_noise():
+        for _ in range(50):
+            model(x).sum().backward()
+        held = floatify.context.held_draws()
+        assert len(held) <= 2  # the draw (and at most one live recipe), not 50 recipes
