@@ -185,18 +185,23 @@ def register_recomputable(tensor: torch.Tensor, recompute: Callable[[], torch.Te
     held = _HELD.get()
     if held is not None:
         key = ("recompute", id(tensor))
-        # reason: the entry goes when the tensor does, so a long block does not accumulate one per read
-        held[key] = (weakref.ref(tensor, lambda _, key=key: held.pop(key, None)), recompute)
+
+        def forget(_: weakref.ref) -> None:  # reason: the entry goes with the tensor: a long block keeps none per read
+            held.pop(key, None)
+
+        held[key] = (weakref.ref(tensor, forget), recompute, tensor._version)
 
 
 def _pack(held: dict, tensor: torch.Tensor):
+    # reason: a tensor changed in place since it was registered (its version, shared with its views) is no longer
+    # what the recipe computes: it is saved as is
     entry = held.get(("recompute", id(tensor)))
-    if entry is not None and entry[0]() is tensor:  # reason: ids are reused once a tensor is freed
+    if entry is not None and entry[0]() is tensor and entry[2] == tensor._version:
         return entry[1], None
     base = tensor._base
     if base is not None:  # reason: F.linear saves the transposed view W.t(), not W
         entry = held.get(("recompute", id(base)))
-        if entry is not None and entry[0]() is base:
+        if entry is not None and entry[0]() is base and entry[2] == tensor._version:
             return entry[1], (tensor.size(), tensor.stride(), tensor.storage_offset())
     return tensor
 

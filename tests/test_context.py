@@ -251,3 +251,20 @@ def test_a_long_hold_block_keeps_no_entry_per_read():
             model(x).sum().backward()
         held = floatify.context.held_draws()
         assert len(held) <= 2  # the draw (and at most one live recipe), not 50 recipes
+
+
+def test_a_recipe_refuses_once_the_weights_changed_and_in_place_edits_are_saved_as_is():
+    torch.manual_seed(0)
+    model = floatify.convert(nn.Linear(8, 8, bias=False))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.rand(3, 8, requires_grad=True)
+    with floatify.lam(1.0), hold_noise():
+        loss = model(x).square().sum()
+        loss.backward(retain_graph=True)
+        opt.step()  # W changed: the recomputed weight would not be the one the forward used
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+        w = model.weight
+        w.mul_(2)  # an in-place edit after registration: autograd must see the edited tensor
+        grad = torch.autograd.grad(F.linear(x, w).sum(), x)[0]
+    torch.testing.assert_close(grad, w.detach().sum(0).expand(3, 8))

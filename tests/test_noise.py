@@ -103,3 +103,22 @@ def test_a_held_draw_keeps_no_weight_sized_buffer():
         assert torch.equal(model(x), a)  # one draw for the block
         held_tensors = [t for entry in held.values() for t in entry if isinstance(t, torch.Tensor)]
         assert held_tensors and all(t.numel() == 1 or t._base is not None for t in held_tensors)  # bank views
+
+
+def test_a_bank_first_made_under_inference_mode_still_serves_training(monkeypatch):
+    monkeypatch.setattr("floatify.layers.noise._BANKS", {})  # reason: the first caller makes the bank
+    model = floatify.convert(nn.Linear(8, 4))
+    x = torch.rand(3, 8)
+    with torch.inference_mode(), floatify.lam(1.0):
+        model(x)
+    with floatify.lam(1.0):
+        model(x).sum().backward()  # an inference-tensor bank could not be saved for backward
+    assert model.weight_alpha.grad is not None
+
+
+def test_a_traced_model_keeps_drawing():
+    model = floatify.convert(nn.Linear(8, 4)).eval()
+    x = torch.rand(2, 8)
+    with floatify.lam(1.0), torch.no_grad():
+        traced = torch.jit.trace(model, x, check_trace=False)
+        assert not torch.equal(traced(x), traced(x))  # the offset and the scale are not baked in as constants

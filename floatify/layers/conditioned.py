@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import importlib
 import math
 from typing import Any
@@ -50,7 +49,7 @@ from floatify.layers.dual_bn import (
     set_bn_mix,
 )
 from floatify.layers.masks import CACHE_ATTR, MASK_SUFFIX, add_mask_buffers, get_mask
-from floatify.layers.noise import standard_normal
+from floatify.layers.noise import in_graph_capture, standard_normal
 from floatify.layers.registry import (
     conditioned_weight_names_for_class,
     is_batchnorm,
@@ -190,7 +189,7 @@ class _ConditionedMixin:
                 # reason: on an accelerator memory is scarce and a multiply-add nearly free: each attack iteration
                 # recomputes its noisy weight and one saved for backward is kept as its recipe
                 noisy = _noisy_value(weight, alpha, eta, unit, mask)
-                register_recomputable(noisy, functools.partial(_noisy_value, weight, alpha, eta, unit, mask))
+                register_recomputable(noisy, _recipe(weight, alpha, eta, unit, mask))
                 return noisy
             # reason: on CPU the multiply-add is what costs: one per layer for all attack iterations, held (one
             # weight-sized set) until the attack ends
@@ -203,7 +202,7 @@ class _ConditionedMixin:
             return _noisy_value(weight, alpha, eta, unit, mask)
         noisy = _NoisyWeight.apply(weight, alpha, eta, unit, mask)
         # reason: saved for backward as its recipe, not as a weight-sized copy
-        register_recomputable(noisy, functools.partial(_noisy_value, weight, alpha, eta, unit, mask))
+        register_recomputable(noisy, _recipe(weight, alpha, eta, unit, mask))
         return noisy
 
     # -- dual BN -------------------------------------------------------------------------
@@ -247,15 +246,32 @@ def _noisy_value(weight: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor, u
     """``W·m + unit·α·η`` without autograd history: the forward of :class:`_NoisyWeight` and its recomputation."""
     with torch.no_grad():
         base = weight if mask is None else weight * mask
-        if weight.device.type == "cpu" and not torch.compiler.is_compiling():
+        if weight.device.type == "cpu" and not in_graph_capture():
             return torch.add(base, eta, alpha=float(unit * alpha))  # reason: a Python scale: one pass, no temporaries
         return torch.addcmul(base, eta, unit * alpha)
+
+
+def _recipe(weight: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor, unit: torch.Tensor,
+            mask: torch.Tensor | None):
+    """What backward calls to recompute a saved noisy weight; it refuses if W or α changed in between."""
+    versions = (weight._version, alpha._version)
+
+    def recompute() -> torch.Tensor:
+        if (weight._version, alpha._version) != versions:
+            # reason: the check autograd does for a saved tensor: a recomputed weight would be silently new
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace operation: "
+                "a conditioned weight or its α changed between forward and backward (floatify recomputes the noisy "
+                "weight in backward); run backward before optimizer.step()")
+        return _noisy_value(weight, alpha, eta, unit, mask)
+
+    return recompute
 
 
 def _held_std(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """std(W) over the kept entries, once per held draw: the CPU fast formula where it applies."""
     w = weight.detach()
-    fast = _cpu_std(w if mask is None else w[mask])
+    fast = _cpu_std(w if mask is None else w[mask]) if w.device.type == "cpu" else None
     return _weight_std(weight, mask) if fast is None else torch.tensor(fast, dtype=torch.float32, device=w.device)
 
 
@@ -275,8 +291,8 @@ def _cpu_std(w: torch.Tensor) -> float | None:
     mean dominates, so then (never seen for a trained conv/linear weight) it answers None and the caller uses
     ``Tensor.std``. Not on other devices: reading the sums back would synchronise them.
     """
-    if w.device.type != "cpu" or w.dtype != torch.float32 or w.numel() < 2 or torch.compiler.is_compiling():
-        return None  # reason: compiled/exported graphs compute std in-graph (no data-dependent branch)
+    if w.device.type != "cpu" or w.dtype != torch.float32 or w.numel() < 2 or in_graph_capture():
+        return None  # reason: captured graphs compute std in-graph (no data-dependent branch)
     flat = w.reshape(-1)
     n = flat.numel()
     total, sq = float(flat.sum()), float(torch.dot(flat, flat))
@@ -342,8 +358,7 @@ def _weight_property(name: str) -> property:
                 f"floatify.freeze(model, lam) (one operating point, a plain model)")
         held = held_draws()
         if held is None or torch.compiler.is_compiling():
-            if not (state.runtime or torch.is_grad_enabled() or mask_key in self._buffers
-                    or torch.compiler.is_compiling()):
+            if not (state.runtime or torch.is_grad_enabled() or mask_key in self._buffers or in_graph_capture()):
                 fast = _inference_noisy_weight(self, name, weight, params[alpha_key], state.value)
                 if fast is not None:
                     return fast

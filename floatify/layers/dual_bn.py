@@ -146,8 +146,8 @@ def bn_property(name: str, is_buffer: bool) -> property:
             if state.runtime or torch.compiler.is_compiling():  # reason: λ is a graph input; no guard on its value
                 return torch.lerp(store[name], adv, bn_mix_weight(self, state.tensor.to(device=adv.device,
                                                                                          dtype=adv.dtype)))
-            if state.value == 1.0:
-                return adv
+            if state.value == 1.0 and not self.training:
+                return adv  # reason: eval only: in training the clean parameters keep their (zero) gradients
             # reason: eager: the weight as a Python float, one op per read instead of three (a batch-1 forward
             # of a mobilenet reads ~230 of these)
             return torch.lerp(store[name], adv, state.value ** self.__dict__.get(_BN_CURVE_ATTR, 1.0))

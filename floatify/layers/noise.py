@@ -38,9 +38,10 @@ import threading
 from collections.abc import Iterator
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode
 
 __all__ = ["NOISE_SOURCES", "DEFAULT_NOISE_SOURCE", "noise_source", "get_noise_source", "standard_normal",
-           "bank_size", "BANK_SEED", "MIN_BANK_SIZE"]
+           "bank_size", "in_graph_capture", "BANK_SEED", "MIN_BANK_SIZE"]
 
 NOISE_SOURCES = ("bank", "fresh")
 DEFAULT_NOISE_SOURCE = "bank"
@@ -85,16 +86,29 @@ def _bank(numel: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
             if bank is None or bank.numel() < 2 * numel:
                 size = max(MIN_BANK_SIZE, 1 << math.ceil(math.log2(2 * numel)))
                 gen = torch.Generator().manual_seed(BANK_SEED)
-                # reason: drawn on the CPU from one seed, so every device and process holds the same values
-                bank = torch.randn(size, generator=gen).to(device=device, dtype=dtype)
+                # reason: drawn on the CPU from one seed, so every device and process holds the same values; a
+                # plain tensor whatever mode the first caller runs in (an inference-mode bank could never be saved
+                # for backward, one made under a dispatch mode would be fake), and it is cached for the process
+                with torch.inference_mode(False), torch.no_grad(), _disable_current_modes():
+                    bank = torch.randn(size, generator=gen, device="cpu").to(device=device, dtype=dtype)
                 _BANKS[key] = bank  # reason: rebinding, not writing in place: views handed out stay valid
     return bank
 
 
 def bank_size(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> int:
     """Entries in the bank for ``device``/``dtype`` (0 while none was needed)."""
-    bank = _BANKS.get((torch.device(device), dtype))
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # reason: banks are keyed by the weights' device, cuda:N
+        device = torch.device("cuda", torch.cuda.current_device())
+    bank = _BANKS.get((device, dtype))
     return 0 if bank is None else bank.numel()
+
+
+def in_graph_capture() -> bool:
+    """True while torch.compile, torch.export or torch.jit.trace captures a graph, or a dispatch mode is active:
+    there a value read back into Python (a bank offset, a scale) would become a constant of the graph."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or _get_current_dispatch_mode() is not None)
 
 
 def standard_normal(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -107,10 +121,11 @@ def standard_normal(like: torch.Tensor, generator: torch.Generator | None = None
         >>> standard_normal(w).shape
         torch.Size([3, 4])
     """
-    if generator is not None or _SOURCE.get() == "fresh" or torch.compiler.is_compiling():
-        # reason: compiled and exported graphs draw in-graph (a bank offset would be a Python-side value)
+    if generator is not None or _SOURCE.get() == "fresh" or in_graph_capture():
+        # reason: compiled, exported and traced graphs draw in-graph (a bank offset would be a Python constant),
+        # and a dispatch mode (FakeTensorMode) must not see the bank
         return torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
     numel = like.numel()
     bank = _bank(numel, like.device, like.dtype)
-    offset = int(torch.randint(0, bank.numel() - numel + 1, ()))
+    offset = int(torch.randint(0, bank.numel() - numel + 1, (), device="cpu"))
     return bank[offset:offset + numel].view(like.shape)
