@@ -14,6 +14,7 @@ import torch.nn as nn
 import floatify
 from floatify.convert import FloatifyWarning, convert_sync_batchnorm, load_original_state_dict
 from floatify.layers import is_conditioned
+from floatify.layers.dual_bn import get_bn_curve
 from floatify.layers.noise import NOISE_SOURCES, noise_source, standard_normal
 
 from cases import CASES, SharedBlock, TiedLinears
@@ -439,3 +440,19 @@ def test_old_style_weight_norm(only, inplace, expect):
     with pytest.raises(ValueError, match=expect) as err:
         floatify.convert(model, inplace=inplace)
     assert "filter_fn" not in str(err.value)
+
+
+def test_inference_bn_mix_is_computed_once_and_follows_training():
+    torch.manual_seed(0)
+    model = floatify.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))).eval()
+    bn = model[1]
+    with torch.no_grad(), floatify.lam(0.5):
+        first = bn.running_mean
+        assert bn.running_mean is first  # one lerp per λ, not one per read
+    model.train()
+    with floatify.lam(0.5):
+        model(torch.rand(8, 3, 6, 6) * 5)  # moves the adversarial running statistics in place (same version)
+    model.eval()
+    with torch.no_grad(), floatify.lam(0.5):
+        expected = torch.lerp(bn._buffers["running_mean"], bn._buffers["running_mean_adv"], 0.5 ** get_bn_curve(bn))
+        assert torch.equal(bn.running_mean, expected) and not torch.equal(expected, first)

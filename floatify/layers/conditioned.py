@@ -43,6 +43,7 @@ from floatify.layers.dual_bn import (
     BN_MIXES,
     BN_PARAMS,
     bn_property,
+    clear_bn_mix_cache,
     dual_bn_entries,
     get_bn_mix,
     reset_dual_running_stats,
@@ -206,6 +207,10 @@ class _ConditionedMixin:
         return noisy
 
     # -- dual BN -------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        clear_bn_mix_cache(self)  # type: ignore[arg-type]  # reason: running statistics may have changed
+        return super().train(mode)  # type: ignore[misc]
+
     def reset_running_stats(self) -> None:
         if not is_batchnorm(self):  # type: ignore[arg-type]
             return super().reset_running_stats()  # type: ignore[misc]

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from floatify.context import lam_state
+from floatify.layers.masks import CACHE_ATTR
 from floatify.layers.registry import is_fx_tracing
 
 __all__ = [
@@ -118,6 +119,17 @@ def get_bn_mix(module: nn.Module) -> str:
     return module.__dict__.get(_BN_MIX_ATTR, "switch")
 
 
+_BN_CACHE = "bn-mix"
+
+
+def clear_bn_mix_cache(module: nn.Module) -> None:
+    """Forget ``module``'s cached inference mixes (called on every ``train()``/``eval()``)."""
+    cache = module.__dict__.get(CACHE_ATTR)
+    if cache:
+        for key in [k for k in cache if k[0] == _BN_CACHE]:
+            del cache[key]
+
+
 def reset_dual_running_stats(module: nn.Module) -> None:
     """Reset the clean and the adversarial running statistics of the dual BatchNorm ``module``."""
     for store, name, adv in dual_bn_entries(module):
@@ -150,7 +162,19 @@ def bn_property(name: str, is_buffer: bool) -> property:
                 return adv  # reason: eval only: in training the clean parameters keep their (zero) gradients
             # reason: eager: the weight as a Python float, one op per read instead of three (a batch-1 forward
             # of a mobilenet reads ~230 of these)
-            return torch.lerp(store[name], adv, state.value ** self.__dict__.get(_BN_CURVE_ATTR, 1.0))
+            weight = state.value ** self.__dict__.get(_BN_CURVE_ATTR, 1.0)
+            clean = store[name]
+            if self.training or torch.is_grad_enabled():
+                return torch.lerp(clean, adv, weight)
+            # reason: inference: the mix is constant for a λ, so it is computed once, keyed on λ and both tensors'
+            # versions and storage; train()/eval() clears it (running statistics change in place without a new
+            # version)
+            key = (weight, clean._version, adv._version, clean.data_ptr(), adv.data_ptr())
+            cache = self.__dict__.setdefault(CACHE_ATTR, {})
+            hit = cache.get((_BN_CACHE, name))
+            if hit is None or hit[0] != key:
+                hit = cache[(_BN_CACHE, name)] = (key, torch.lerp(clean, adv, weight))
+            return hit[1]
         try:
             return store[name]
         except KeyError:
