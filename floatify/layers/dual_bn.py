@@ -144,13 +144,16 @@ def bn_property(name: str, is_buffer: bool) -> property:
     adv_key = name + ADV_SUFFIX
     interpolable = name != "num_batches_tracked"
 
+    cache_key = (_BN_CACHE, name)
+
     def get(self):
         store = self._buffers if is_buffer else self._parameters
         state = lam_state()
         if state.active and adv_key in store and not is_fx_tracing():
             adv = store[adv_key]
-            if (adv is None or not interpolable or self.__dict__.get(_BN_MIX_ATTR) != "interpolate"
-                    or (is_buffer and self.training)):
+            training = self.training
+            attrs = self.__dict__
+            if adv is None or not interpolable or attrs.get(_BN_MIX_ATTR) != "interpolate" or (is_buffer and training):
                 # reason: in training the running statistics are updated in place, so they must be the
                 # adversarial buffers themselves, not an interpolated copy
                 return adv
@@ -158,23 +161,24 @@ def bn_property(name: str, is_buffer: bool) -> property:
             if state.runtime or torch.compiler.is_compiling():  # reason: λ is a graph input; no guard on its value
                 return torch.lerp(store[name], adv, bn_mix_weight(self, state.tensor.to(device=adv.device,
                                                                                          dtype=adv.dtype)))
-            if state.value == 1.0 and not self.training:
+            if state.value == 1.0 and not training:
                 return adv  # reason: eval only: in training the clean parameters keep their (zero) gradients
-            # reason: eager: the weight as a Python float, one op per read instead of three (a batch-1 forward
-            # of a mobilenet reads ~230 of these)
-            weight = state.value ** self.__dict__.get(_BN_CURVE_ATTR, 1.0)
             clean = store[name]
-            if self.training or torch.is_grad_enabled():
-                return torch.lerp(clean, adv, weight)
-            # reason: inference: the mix is constant for a λ, so it is computed once, keyed on λ and both tensors'
-            # versions and storage; train()/eval() clears it (running statistics change in place without a new
-            # version)
-            key = (weight, clean._version, adv._version, clean.data_ptr(), adv.data_ptr())
-            cache = self.__dict__.setdefault(CACHE_ATTR, {})
-            hit = cache.get((_BN_CACHE, name))
-            if hit is None or hit[0] != key:
-                hit = cache[(_BN_CACHE, name)] = (key, torch.lerp(clean, adv, weight))
-            return hit[1]
+            if training or torch.is_grad_enabled():  # reason: a Python-float weight: one op per read, not three
+                return torch.lerp(clean, adv, state.value ** attrs.get(_BN_CURVE_ATTR, 1.0))
+            # reason: inference: the mix is constant for a λ (a batch-1 mobilenet forward reads ~230 of these), so it
+            # is computed once, keyed on λ, the curve, both tensors and their versions; train()/eval() clears it
+            # (running statistics change in place without a new version)
+            cache = attrs.get(CACHE_ATTR)
+            hit = cache.get(cache_key) if cache else None
+            curve = attrs.get(_BN_CURVE_ATTR, 1.0)
+            if (hit is not None and hit[0] == state.value and hit[1] == curve and hit[2] is clean and hit[3] is adv
+                    and hit[4] == clean._version and hit[5] == adv._version):
+                return hit[6]
+            value = torch.lerp(clean, adv, state.value ** curve)
+            attrs.setdefault(CACHE_ATTR, {})[cache_key] = (state.value, curve, clean, adv, clean._version,
+                                                           adv._version, value)
+            return value
         try:
             return store[name]
         except KeyError:
