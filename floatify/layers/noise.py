@@ -13,8 +13,8 @@ N(0, I) — a window of independent standard normals — and the layers' offsets
 of one layer are overlapping windows of one fixed sequence (``len(bank) − numel + 1`` of them) instead of
 independent vectors. The bank is drawn once from a fixed seed (it is not a secret: a white-box attacker sees
 the model's state anyway); the offsets come from torch's default generator, so ``torch.manual_seed`` makes a
-run reproducible as it does with fresh draws. ``torch.compile``, ``floatify.export`` and ``freeze(seed=...)``
-always draw fresh (in-graph or from their own generator).
+run reproducible as it does with fresh draws. ``torch.compile``, ``floatify.export``, ``torch.jit.trace`` and
+``freeze(seed=...)`` always draw fresh (in-graph or from their own generator).
 
 Example:
     >>> import torch, floatify
@@ -38,6 +38,8 @@ import threading
 from collections.abc import Iterator
 
 import torch
+
+# reason: private, but the only way to see (and step out of) an active FakeTensorMode or other dispatch mode
 from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode
 
 __all__ = ["NOISE_SOURCES", "DEFAULT_NOISE_SOURCE", "noise_source", "get_noise_source", "standard_normal",
