@@ -54,6 +54,9 @@ def test_eval_reruns_from_checkpoint(trained_run, tmp_path):
     again = json.loads((out / "metrics.json").read_text())["scores"]["0.0"]["clean"]["mean"]
     assert again == first  # λ = 0 is deterministic: the reloaded model gives the same clean accuracy
     assert main(args) == 2  # refuses to overwrite an earlier evaluation
+    fresh = tmp_path / "fresh"
+    assert main(args[:4] + [str(fresh)] + args[5:] + ["--noise-source", "fresh"]) == 0
+    assert json.loads((fresh / "metrics.json").read_text())["meta"]["weight_noise"] == "fresh"  # named in the report
 
 
 def _err(capsys, argv):
