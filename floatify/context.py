@@ -220,9 +220,10 @@ def constant_weights() -> Iterator[None]:
 
     For an attack inside a training step: it differentiates with respect to the input only, so the noisy
     weights carry no autograd history. On CPU each layer's is computed once and reused by every attack iteration
-    (one weight-sized set, dropped on exit: the loss that follows recomputes its noisy weights with gradients for
-    W and α); on an accelerator each read recomputes it and a saved one is kept as its recipe, so the attack adds
-    no weight-sized memory. Outside :func:`hold_noise` it has no effect.
+    (one weight-sized set); the first read after the block with W and α unchanged (the loss that follows the
+    attack) takes it over, with gradients for W and α, and the rest goes with the :func:`hold_noise` block. On an
+    accelerator each read recomputes it and a saved one is kept as its recipe, so the attack adds no weight-sized
+    memory. Outside :func:`hold_noise` it has no effect.
 
     Example:
         >>> import torch, floatify
@@ -239,10 +240,6 @@ def constant_weights() -> Iterator[None]:
         yield
     finally:
         _CONSTANT.reset(token)
-        held = _HELD.get()
-        if held is not None:
-            for key in [k for k in held if k[0] == "constant"]:
-                del held[key]
 
 
 @contextlib.contextmanager

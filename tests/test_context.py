@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 import contextvars
 import math
 import threading
@@ -141,16 +142,18 @@ def test_held_weight_gives_exact_gradients_after_any_attack_backward_calls(densi
     final backward, and W/α gradients must equal those of an unheld forward with the same draw."""
     x, y = torch.rand(5, 6), torch.randint(0, 4, (5,))
     grads = []
-    for attack in ("none", "grad", "backward"):
+    for attack in ("none", "grad", "backward", "constant"):
         layer = noisy_linear()
         if density < 1:
             floatify.sparsify(layer, density)
         torch.manual_seed(1)
         with floatify.lam(0.7), hold_noise():
-            for _ in range(3 if attack != "none" else 0):
-                xi = x.clone().requires_grad_(True)
-                loss = torch.nn.functional.cross_entropy(layer(xi), y)
-                torch.autograd.grad(loss, xi) if attack == "grad" else loss.backward()
+            # "constant": a training step's attack (constant_weights), whose noisy weight the loss then takes over
+            with constant_weights() if attack == "constant" else contextlib.nullcontext():
+                for _ in range(3 if attack != "none" else 0):
+                    xi = x.clone().requires_grad_(True)
+                    loss = torch.nn.functional.cross_entropy(layer(xi), y)
+                    torch.autograd.grad(loss, xi) if attack in ("grad", "constant") else loss.backward()
             layer.zero_grad()
             torch.nn.functional.cross_entropy(layer(x), y).backward()
         grads.append([p.grad.clone() for p in layer.parameters()])
@@ -164,6 +167,29 @@ def test_held_weight_gives_exact_gradients_after_any_attack_backward_calls(densi
     for got in grads:
         for g, r in zip(got, reference):
             torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("change", ["none", "weight", "alpha", "lam"])
+def test_the_loss_after_a_cpu_attack_takes_over_its_noisy_weight_only_if_nothing_changed(change):
+    layer = noisy_linear()
+    x = torch.rand(5, 6)
+    with floatify.lam(1.0), hold_noise():
+        with constant_weights():
+            attacked = layer.weight
+        with torch.no_grad():
+            if change == "weight":
+                layer._parameters["weight"].add_(1.0)
+            elif change == "alpha":
+                layer.weight_alpha.mul_(2.0)
+        with floatify.lam(0.5 if change == "lam" else 1.0):
+            noisy = layer.weight
+            again = layer.weight  # taken over once: a second read computes its own
+        (x @ noisy.T).sum().backward()
+    shared = noisy.untyped_storage().data_ptr() == attacked.untyped_storage().data_ptr()
+    assert shared == (change == "none")
+    assert again.untyped_storage().data_ptr() != attacked.untyped_storage().data_ptr()
+    torch.testing.assert_close(noisy, again)
+    assert layer.weight_alpha.grad is not None and layer._parameters["weight"].grad is not None
 
 
 @pytest.mark.parametrize("alpha_init", [0.0, 1e-4, 0.25])

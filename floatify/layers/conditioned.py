@@ -194,14 +194,18 @@ class _ConditionedMixin:
                 return noisy
             # reason: on CPU the multiply-add is what costs: one per layer for all attack iterations, held (one
             # weight-sized set) until the attack ends
-            const_key, const_version = ("constant", id(self), name), (version, alpha._version, alpha.data_ptr())
-            const = held.get(const_key)
+            const_version = (version, alpha._version, alpha.data_ptr())
+            const = held.get(("constant", key))
             if const is None or const[0] != const_version:
-                const = held[const_key] = (const_version, _noisy_value(weight, alpha, eta, unit, mask))
+                const = held[("constant", key)] = (const_version, _noisy_value(weight, alpha, eta, unit, mask))
             return const[1]
+        # reason: the loss right after a CPU attack takes over the attack's noisy weight (same W, α and draw) instead
+        # of computing it again; taken out of the block, it is freed with the layer's forward like any other read
+        const = held.pop(("constant", key), None) if weight.device.type == "cpu" else None
+        value = const[1] if const is not None and const[0] == (version, alpha._version, alpha.data_ptr()) else None
         if not (torch.is_grad_enabled() and (weight.requires_grad or alpha.requires_grad)):
-            return _noisy_value(weight, alpha, eta, unit, mask)
-        noisy = _NoisyWeight.apply(weight, alpha, eta, unit, mask)
+            return _noisy_value(weight, alpha, eta, unit, mask) if value is None else value
+        noisy = _NoisyWeight.apply(weight, alpha, eta, unit, mask, value)
         # reason: saved for backward as its recipe, not as a weight-sized copy
         register_recomputable(noisy, _recipe(weight, alpha, eta, unit, mask))
         return noisy
@@ -231,10 +235,10 @@ class _NoisyWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight, alpha, eta, unit, mask):
+    def forward(ctx, weight, alpha, eta, unit, mask, value=None):
         ctx.save_for_backward(eta, unit, mask)
         ctx.has_mask = mask is not None
-        return _noisy_value(weight, alpha, eta, unit, mask)
+        return _noisy_value(weight, alpha, eta, unit, mask) if value is None else value  # reason: already computed
 
     @staticmethod
     def backward(ctx, grad):
@@ -243,7 +247,7 @@ class _NoisyWeight(torch.autograd.Function):
         grad_alpha = None
         if ctx.needs_input_grad[1]:
             grad_alpha = unit * torch.dot(grad.reshape(-1), eta.reshape(-1).to(grad.dtype))
-        return grad_w, grad_alpha, None, None, None
+        return grad_w, grad_alpha, None, None, None, None
 
 
 def _noisy_value(weight: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor, unit: torch.Tensor,
