@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from floatify.attacks import make_attack
 from floatify.context import constant_weights, hold_noise, operating_point, recompute_saved, validate_lam
 from floatify.convert import iter_modules
+from floatify.layers import conditioned
 from floatify.layers.conditioned import is_conditioned
 from floatify.summary import param_groups
 
@@ -163,7 +164,7 @@ def float_loss(
         raise ValueError(f"noise_draw must be one of {', '.join(NOISE_DRAWS)}, got {noise_draw!r}")
     hold = hold_noise(recompute=False) if noise_draw == "step" and lam > 0.0 else contextlib.nullcontext()
     # reason: the CPU attack holds its noisy weights (constant_weights), so recipes would only cost time there
-    attack_recompute = contextlib.nullcontext if _on_cpu(model) else recompute_saved
+    attack_recompute = contextlib.nullcontext if _holds_constant_weights(model) else recompute_saved
     with operating_point(lam), hold:
         with recompute_saved():
             loss = F.cross_entropy(model(x), y) if lam < 1.0 else None
@@ -210,9 +211,9 @@ def float_paired_loss(
     return (1.0 - adv_weight) * clean + adv_weight * adversarial
 
 
-def _on_cpu(model: nn.Module) -> bool:
+def _holds_constant_weights(model: nn.Module) -> bool:
     param = next(model.parameters(), None)
-    return param is None or param.device.type == "cpu"
+    return param is None or param.device.type in conditioned.HOLD_CONSTANT_DEVICES
 
 
 def _touch_unused(model: nn.Module, loss: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,9 @@ __all__ = [
 ]
 
 ALPHA_SUFFIX = "_alpha"
+# reason: where a training step's attack (constant_weights) computes each noisy weight once and holds the set: on
+# CPU the multiply-add is what costs; on accelerators memory is scarcer, so each read recomputes (benchmarks/cost.py)
+HOLD_CONSTANT_DEVICES = frozenset({"cpu"})
 _CLASSES: dict[type, type] = {}
 
 
@@ -186,7 +189,7 @@ class _ConditionedMixin:
             hit = held[key] = (version, raw, raw if mask is None else raw * mask, unit)
         eta, unit = hit[2], hit[3]
         if weights_are_constant():
-            if weight.device.type != "cpu":
+            if weight.device.type not in HOLD_CONSTANT_DEVICES:
                 # reason: on an accelerator memory is scarce and a multiply-add nearly free: each attack iteration
                 # recomputes its noisy weight and one saved for backward is kept as its recipe
                 noisy = _noisy_value(weight, alpha, eta, unit, mask)
@@ -201,7 +204,7 @@ class _ConditionedMixin:
             return const[1]
         # reason: the loss right after a CPU attack takes over the attack's noisy weight (same W, α and draw) instead
         # of computing it again; taken out of the block, it is freed with the layer's forward like any other read
-        const = held.pop(("constant", key), None) if weight.device.type == "cpu" else None
+        const = held.pop(("constant", key), None) if weight.device.type in HOLD_CONSTANT_DEVICES else None
         value = const[1] if const is not None and const[0] == (version, alpha._version, alpha.data_ptr()) else None
         if not (torch.is_grad_enabled() and (weight.requires_grad or alpha.requires_grad)):
             return _noisy_value(weight, alpha, eta, unit, mask) if value is None else value
