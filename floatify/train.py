@@ -56,7 +56,6 @@ import torch.nn.functional as F
 from floatify.attacks import make_attack
 from floatify.context import constant_weights, hold_noise, operating_point, recompute_saved, validate_lam
 from floatify.convert import iter_modules
-from floatify.layers import conditioned
 from floatify.layers.conditioned import is_conditioned
 from floatify.summary import param_groups
 
@@ -163,8 +162,6 @@ def float_loss(
     if noise_draw not in NOISE_DRAWS:
         raise ValueError(f"noise_draw must be one of {', '.join(NOISE_DRAWS)}, got {noise_draw!r}")
     hold = hold_noise(recompute=False) if noise_draw == "step" and lam > 0.0 else contextlib.nullcontext()
-    # reason: the CPU attack holds its noisy weights (constant_weights), so recipes would only cost time there
-    attack_recompute = contextlib.nullcontext if _holds_constant_weights(model) else recompute_saved
     with operating_point(lam), hold:
         with recompute_saved():
             loss = F.cross_entropy(model(x), y) if lam < 1.0 else None
@@ -176,7 +173,7 @@ def float_loss(
             raise ValueError("attack is None but λ > 0: pass 'pgd', 'fgsm' or a torchattacks attack")
         else:
             run_attack = attack
-        with constant_weights(), attack_recompute():  # reason: the attack needs input gradients only
+        with constant_weights():  # reason: the attack needs input gradients only: its noisy weights are constants
             x_adv = run_attack(x, y).detach()
         with recompute_saved():
             adv_loss = F.cross_entropy(model(x_adv), y)
@@ -209,11 +206,6 @@ def float_paired_loss(
     clean = float_loss(model, x, y, 0.0, **kwargs)
     adversarial = float_loss(model, x, y, 1.0, **kwargs)
     return (1.0 - adv_weight) * clean + adv_weight * adversarial
-
-
-def _holds_constant_weights(model: nn.Module) -> bool:
-    param = next(model.parameters(), None)
-    return param is None or param.device.type in conditioned.HOLD_CONSTANT_DEVICES
 
 
 def _touch_unused(model: nn.Module, loss: torch.Tensor) -> torch.Tensor:

@@ -75,9 +75,6 @@ __all__ = [
 ]
 
 ALPHA_SUFFIX = "_alpha"
-# reason: where a training step's attack (constant_weights) computes each noisy weight once and holds the set: on
-# CPU the multiply-add is what costs; on accelerators memory is scarcer, so each read recomputes (benchmarks/cost.py)
-HOLD_CONSTANT_DEVICES = frozenset({"cpu"})
 _CLASSES: dict[type, type] = {}
 
 
@@ -173,8 +170,8 @@ class _ConditionedMixin:
         W, the mask or λ change (``weight._version``: an optimizer step inside the block). A noisy weight that a
         layer saves for backward is kept as its recipe and recomputed there. Inside
         :func:`floatify.context.constant_weights` (a training step's attack) the noisy weight has no autograd
-        history; on CPU it is computed once and reused by every attack iteration, on an accelerator recomputed per
-        read (memory over a nearly free multiply-add).
+        history: it is computed once, reused by every attack iteration and taken over by the next read with
+        gradients (the loss).
         """
         weight, alpha = self._parameters[name], self._parameters[name + ALPHA_SUFFIX]
         mask = self.floatify_mask(name)
@@ -188,24 +185,19 @@ class _ConditionedMixin:
             # reason: masked once per draw (pruned weights never receive noise); a copy for sparse layers only
             hit = held[key] = (version, raw, raw if mask is None else raw * mask, unit)
         eta, unit = hit[2], hit[3]
+        const_version = (version, alpha._version, alpha.data_ptr())
         if weights_are_constant():
-            if weight.device.type not in HOLD_CONSTANT_DEVICES:
-                # reason: on an accelerator memory is scarce and a multiply-add nearly free: each attack iteration
-                # recomputes its noisy weight and one saved for backward is kept as its recipe
-                noisy = _noisy_value(weight, alpha, eta, unit, mask)
-                register_recomputable(noisy, _recipe(weight, alpha, eta, unit, mask))
-                return noisy
-            # reason: on CPU the multiply-add is what costs: one per layer for all attack iterations, held (one
-            # weight-sized set) until the attack ends
-            const_version = (version, alpha._version, alpha.data_ptr())
+            # reason: a multiply-add per layer for all attack iterations, not one per read: the set (one weight-sized
+            # tensor per layer) is held until the loss after the attack takes it over; per-read recomputation cost
+            # a resnet18 step 1.75x PGD-AT's on an H200 against 1.33x held (benchmarks/RESULTS.md)
             const = held.get(("constant", key))
             if const is None or const[0] != const_version:
                 const = held[("constant", key)] = (const_version, _noisy_value(weight, alpha, eta, unit, mask))
             return const[1]
-        # reason: the loss right after a CPU attack takes over the attack's noisy weight (same W, α and draw) instead
+        # reason: the loss right after the attack takes over the attack's noisy weight (same W, α and draw) instead
         # of computing it again; taken out of the block, it is freed with the layer's forward like any other read
-        const = held.pop(("constant", key), None) if weight.device.type in HOLD_CONSTANT_DEVICES else None
-        value = const[1] if const is not None and const[0] == (version, alpha._version, alpha.data_ptr()) else None
+        const = held.pop(("constant", key), None)
+        value = const[1] if const is not None and const[0] == const_version else None
         if not (torch.is_grad_enabled() and (weight.requires_grad or alpha.requires_grad)):
             return _noisy_value(weight, alpha, eta, unit, mask) if value is None else value
         noisy = _NoisyWeight.apply(weight, alpha, eta, unit, mask, value)
