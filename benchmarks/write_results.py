@@ -114,12 +114,17 @@ def cost_section(cost, cost_cuda=None) -> list[str]:
     if not cost_cuda:
         lines += ["GPU: not measured (no GPU was lent to the run that wrote these results).", ""]
     lines += ["Where FLOAT's step cost goes: one η per layer per step (a window of the Gaussian bank, "
-              "`floatify.layers.noise`: no draw, no copy), one multiply-add per layer for all attack iterations "
-              "(`floatify.context.constant_weights`: the attack needs input gradients only), one more for the loss, "
-              "and α's gradient. A noisy weight that a layer saves for backward is kept as its recipe and recomputed "
-              "there (`hold_noise` installs saved-tensor hooks, the activation-checkpointing trick), so the step "
-              "keeps no weight-sized copy alive. The paired step's extra cost over plain PGD-AT is its clean pass "
-              "(`paired/plain`), which the non-FLOAT `plain-paired` pays too.", ""]
+              "`floatify.layers.noise`: no draw, no copy), std(W) once per step, one multiply-add per layer for all "
+              "attack iterations (`floatify.context.constant_weights`: the attack needs input gradients only; the "
+              "set is held, one weight-sized tensor per layer, and the loss that follows takes it over), one more "
+              "multiply-add in backward and α's gradient (one dot product). The loss's noisy weights are saved for "
+              "backward as their recipe and recomputed there (saved-tensor hooks, the activation-checkpointing "
+              "trick), so no weight-sized copy outlives the loss forward. The set the attack holds is what the "
+              "gradients-alive order pays: `floatify.fit` frees the gradients before the forwards. On CPU these "
+              "passes over the weights (about five, memory-bound) and the per-layer Python are the remaining 4–6 % "
+              "at 32 px, where the weights outweigh the activations; on a GPU the per-layer kernel launches and "
+              "Python are (the step is launch-bound at this size). The paired step's extra cost over plain PGD-AT "
+              "is its clean pass (`paired/plain`), which the non-FLOAT `plain-paired` pays too.", ""]
     return lines
 
 
@@ -345,9 +350,19 @@ def cost_targets_section(cost, overhead, noise, overhead_cuda=None, cost_cuda=No
                 r["peak_train_mb"].get("float-paired", math.nan) / r["peak_train_mb"].get("plain-paired", math.nan))
                for r in rows]
         worst_mem = max(max(m[1], m[2]) for m in mem)
-        lines.append(f"- Training peak memory ≤ 1.25× plain PGD-AT ({label}; FLOAT/plain, paired/plain-paired): "
+        lines.append(f"- Training peak memory ≤ 1.25× plain PGD-AT ({label}; FLOAT/plain, paired/plain-paired; "
+                     "gradients freed before the forwards, as `floatify.fit` does): "
                      + ", ".join(f"{a} {x:.2f} / {y:.2f}" for a, x, y in mem)
                      + f" — {_verdict(worst_mem <= 1.25)}.")
+        if all("peak_train_mb_zero_grad_late" in r for r in rows):
+            late = [(r["arch"], r["peak_train_mb_zero_grad_late"]["float"] / r["peak_train_mb_zero_grad_late"]["plain"],
+                     r["peak_train_mb_zero_grad_late"]["float-paired"]
+                     / r["peak_train_mb_zero_grad_late"]["plain-paired"]) for r in rows]
+            worst_late = max(max(m[1], m[2]) for m in late)
+            lines.append("  - with the previous step's gradients alive through the attack (`zero_grad` after the "
+                         "forwards): " + ", ".join(f"{a} {x:.2f} / {y:.2f}" for a, x, y in late)
+                         + f" — {_verdict(worst_late <= 1.25)} (the attack's held noisy weight set, one weight-sized "
+                         "tensor per layer, adds to the gradients there).")
         steps = [(r["arch"], r["step_ratio_float_plain"], r.get("step_ratio_paired_plainpaired", math.nan))
                  for r in rows]
         worst_step = max(max(m[1], m[2]) for m in steps)
