@@ -479,7 +479,8 @@ def finetune_section(ft) -> list[str]:
     budget = a["epochs"] / 3
     moves = {int(e): m for e, m in summ["clean_move_at_lam0"].items()}
     lines += [f"{a['model']} on digits, eps {a['eps']:.3g}: a standard model trained with cross-entropy for "
-              f"{a['epochs']} epochs is converted and FLOAT fine-tuned (library defaults, lr {a['finetune_lr']}, "
+              f"{a['epochs']} epochs is converted and FLOAT fine-tuned (library defaults, lr {a['finetune_lr']}, batch "
+              f"{a.get('finetune_batch', 64)}, "
               f"cosine, nothing frozen) for k epochs, against FLOAT trained from scratch for {a['epochs']} epochs "
               f"(lr {a['lr']}). Seeds {a['seeds']} (means); {a['eval_limit']} test points, `{a['preset']}` preset, "
               f"robust = the headline: {ft['runs'][0]['scratch']['headline']}. Cells: clean / robust (%).", "",

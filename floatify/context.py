@@ -127,7 +127,8 @@ def hold_noise(recompute: bool = True) -> Iterator[None]:
     Every forward inside the block sees the same η (one draw per layer, a bank window: no weight-sized
     buffer) and recomputes ``W + λ·α·std·η`` with one multiply-add. With ``recompute`` (default) a noisy weight
     that a layer saves for backward is kept as that recipe and recomputed in backward
-    (:func:`recompute_saved`), so the block adds no weight-sized memory between forward and backward. It is
+    (:func:`recompute_saved`), so no weight-sized copy per layer lives from forward to backward (the set that
+    :func:`constant_weights` holds lives until the loss takes it over). It is
     what :func:`floatify.float_loss` uses by default for a training step (``noise_draw="step"``): the PGD
     iterations (inside :func:`constant_weights`) and the loss all see one draw, which keeps the step cost of
     FLOAT close to plain PGD adversarial training. Evaluation never holds the noise: EOT attacks and scoring
@@ -224,7 +225,9 @@ def constant_weights() -> Iterator[None]:
     instead of 1.33x); the first read after the block with W and α unchanged (the loss that follows the attack)
     takes it over, with gradients for W and α, and the rest goes with the :func:`hold_noise` block. Where the
     previous step's gradients are still alive (``zero_grad`` after the forwards) the set adds to the peak memory;
-    :func:`floatify.fit` frees them first. Outside :func:`hold_noise` it has no effect.
+    :func:`floatify.fit` frees them first. Like a tensor autograd saves, the held set is checked against W's and
+    α's versions, so an in-place change between the attack and the loss is seen but a write through ``.data``
+    is not. Outside :func:`hold_noise` it has no effect.
 
     Example:
         >>> import torch, floatify

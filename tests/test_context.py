@@ -212,7 +212,8 @@ SAVED_WEIGHT_CASES = {  # layer, its functional form, input shape
 
 
 @pytest.mark.parametrize("case", SAVED_WEIGHT_CASES)
-def test_hold_noise_saves_the_recipe_not_the_noisy_weight(case):
+@pytest.mark.parametrize("after_attack", [False, True], ids=["alone", "after-attack"])
+def test_hold_noise_saves_the_recipe_not_the_noisy_weight(case, after_attack):
     make, fn, shape = SAVED_WEIGHT_CASES[case]
     torch.manual_seed(0)
     model = floatify.convert(make())
@@ -223,11 +224,17 @@ def test_hold_noise_saves_the_recipe_not_the_noisy_weight(case):
         return torch.autograd.grad(fn(x, w).square().sum(), params)
 
     with floatify.lam(1.0), hold_noise():
+        if after_attack:  # the loss takes over the attack's held noisy weight: it must not outlive the forward either
+            with constant_weights():
+                attacked = weakref.ref(model.weight)
+                torch.autograd.grad(fn(x, model.weight).sum(), x)
         w = model.weight
         ref = weakref.ref(w)
         loss = fn(x, w).square().sum()
         del w
         assert ref() is None  # autograd keeps the recipe, not the weight-sized tensor
+        if after_attack:
+            assert attacked() is None
         recomputed = torch.autograd.grad(loss, params)
         with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):  # reason: saves the tensor itself
             stored = grads(model.weight)

@@ -165,13 +165,13 @@ class _ConditionedMixin:
         """The noisy weight ``name`` inside :func:`floatify.context.hold_noise`: one η per block.
 
         The block holds the draw (η, a bank view, and ``λ·std(W)``), not the noisy tensor: each read
-        recomputes ``W + λ·std·α·η`` with one multiply-add, so W and α get exact gradients, every
-        ``backward`` is independent and the block keeps no weight-sized buffer. The draw is redrawn when
+        recomputes ``W + λ·std·α·η`` with one multiply-add, so W and α get exact gradients and every
+        ``backward`` is independent. The draw is redrawn when
         W, the mask or λ change (``weight._version``: an optimizer step inside the block). A noisy weight that a
         layer saves for backward is kept as its recipe and recomputed there. Inside
         :func:`floatify.context.constant_weights` (a training step's attack) the noisy weight has no autograd
-        history: it is computed once, reused by every attack iteration and taken over by the next read with
-        gradients (the loss).
+        history: it is computed once, reused by every attack iteration and held (one weight-sized tensor per layer)
+        until the next read takes it over (the loss) or the block ends.
         """
         weight, alpha = self._parameters[name], self._parameters[name + ALPHA_SUFFIX]
         mask = self.floatify_mask(name)
@@ -233,7 +233,11 @@ class _NoisyWeight(torch.autograd.Function):
     def forward(ctx, weight, alpha, eta, unit, mask, value=None):
         ctx.save_for_backward(eta, unit, mask)
         ctx.has_mask = mask is not None
-        return _noisy_value(weight, alpha, eta, unit, mask) if value is None else value  # reason: already computed
+        if value is None:
+            return _noisy_value(weight, alpha, eta, unit, mask)
+        # reason: a new tensor on the held storage: returned as is, autograd would make the output a view of it,
+        # and F.linear's saved W.t() would then not be recognised as a recipe (saved_tensors_hooks see its base)
+        return value.detach()
 
     @staticmethod
     def backward(ctx, grad):
