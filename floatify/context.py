@@ -223,9 +223,11 @@ def constant_weights() -> Iterator[None]:
     weights carry no autograd history. Each layer's is computed once and reused by every attack iteration (one
     weight-sized set, on every device: recomputing it per read made a resnet18 step on an H200 1.75x PGD-AT's
     instead of 1.33x); the first read after the block with W and α unchanged (the loss that follows the attack)
-    takes it over, with gradients for W and α, and the rest goes with the :func:`hold_noise` block. Where the
-    previous step's gradients are still alive (``zero_grad`` after the forwards) the set adds to the peak memory;
-    :func:`floatify.fit` frees them first. Like a tensor autograd saves, the held set is checked against W's and
+    takes it over, with gradients for W and α, and the rest goes with the :func:`hold_noise` block. A weight
+    that already has a gradient (the previous step's, alive through the attack when ``zero_grad`` runs after the
+    forwards) is recomputed per read instead, since the set would add to the peak memory there;
+    :func:`floatify.float_loss` then wraps the attack in :func:`recompute_saved` (:func:`floatify.fit` frees the
+    gradients first, so it holds). Like a tensor autograd saves, the held set is checked against W's and
     α's versions, so an in-place change between the attack and the loss is seen but a write through ``.data``
     is not. Outside :func:`hold_noise` it has no effect.
 

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from floatify.attacks import make_attack
 from floatify.context import constant_weights, hold_noise, operating_point, recompute_saved, validate_lam
 from floatify.convert import iter_modules
-from floatify.layers.conditioned import is_conditioned
+from floatify.layers.conditioned import ALPHA_SUFFIX, is_conditioned
 from floatify.summary import param_groups
 
 __all__ = ["LamSampler", "float_loss", "float_step_loss", "float_paired_loss", "fit", "TrainConfig", "STRATEGIES",
@@ -173,7 +173,11 @@ def float_loss(
             raise ValueError("attack is None but λ > 0: pass 'pgd', 'fgsm' or a torchattacks attack")
         else:
             run_attack = attack
-        with constant_weights():  # reason: the attack needs input gradients only: its noisy weights are constants
+        # reason: the attack needs input gradients only, so its noisy weights are constants, held as one set; where
+        # the previous step's gradients are still alive the layers recompute them per read instead, and the hooks
+        # keep the ones the attack saves for backward as recipes
+        attack_recompute = recompute_saved if _gradients_alive(model) else contextlib.nullcontext
+        with constant_weights(), attack_recompute():
             x_adv = run_attack(x, y).detach()
         with recompute_saved():
             adv_loss = F.cross_entropy(model(x_adv), y)
@@ -206,6 +210,13 @@ def float_paired_loss(
     clean = float_loss(model, x, y, 0.0, **kwargs)
     adversarial = float_loss(model, x, y, 1.0, **kwargs)
     return (1.0 - adv_weight) * clean + adv_weight * adversarial
+
+
+def _gradients_alive(model: nn.Module) -> bool:
+    """True when a conditioned weight still has a gradient (``zero_grad`` runs after the forwards in this loop)."""
+    params = dict(model.named_parameters())
+    weights = (params.get(name[: -len(ALPHA_SUFFIX)]) for name in params if name.endswith(ALPHA_SUFFIX))
+    return any(w is not None and w.grad is not None for w in weights)
 
 
 def _touch_unused(model: nn.Module, loss: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import weakref
 
 import pytest
 import torch
@@ -115,6 +116,29 @@ def test_attack_sees_noise_on_eval_bn_and_leaves_param_grads_alone():
     assert all(p.grad is None for p in model.parameters())
     assert model.training, "torchattacks must restore train mode"
     assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+@pytest.mark.parametrize("gradients_alive", [False, True], ids=["zero-grad-first", "zero-grad-late"])
+def test_the_attack_holds_its_noisy_weights_only_while_no_gradient_is_alive(gradients_alive):
+    # reason: a held set adds one weight-sized tensor per layer, which only costs peak memory where the previous
+    # step's gradients live through the attack; there each read recomputes (with recipes for what autograd saves)
+    model, (x, y) = tiny_model(), batch()
+    if gradients_alive:
+        floatify.float_loss(model, x, y, 1.0).backward()
+    seen = {}
+
+    def spy(a, b):
+        w = model[0].weight
+        seen["held"] = w.data_ptr() == model[0].weight.data_ptr()
+        ref = weakref.ref(w)
+        graph = F.conv2d(a.clone().requires_grad_(True), w).sum()  # autograd saves w for the input gradient
+        del w
+        seen["freed"] = ref() is None  # neither held by the block nor saved by autograd (kept as its recipe)
+        del graph  # reason: the graph (and what it saved) lived until the check
+        return a
+
+    floatify.float_loss(model, x, y, 1.0, attack=spy).backward()
+    assert seen == {"held": not gradients_alive, "freed": gradients_alive}
 
 
 def test_sampler_distributions():

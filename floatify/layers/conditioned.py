@@ -171,7 +171,8 @@ class _ConditionedMixin:
         layer saves for backward is kept as its recipe and recomputed there. Inside
         :func:`floatify.context.constant_weights` (a training step's attack) the noisy weight has no autograd
         history: it is computed once, reused by every attack iteration and held (one weight-sized tensor per layer)
-        until the next read takes it over (the loss) or the block ends.
+        until the next read takes it over (the loss) or the block ends — unless W already has a gradient (the
+        previous step's, alive through the attack): then each read recomputes it, memory over speed.
         """
         weight, alpha = self._parameters[name], self._parameters[name + ALPHA_SUFFIX]
         mask = self.floatify_mask(name)
@@ -187,9 +188,16 @@ class _ConditionedMixin:
         eta, unit = hit[2], hit[3]
         const_version = (version, alpha._version, alpha.data_ptr())
         if weights_are_constant():
+            if weight.grad is not None:
+                # reason: the previous step's gradients are alive (zero_grad after the forwards), so a held set would
+                # add one weight-sized tensor per layer to the peak: each read recomputes, and a noisy weight the
+                # attack saves for backward is kept as its recipe (float_loss installs the hooks for this case)
+                noisy = _noisy_value(weight, alpha, eta, unit, mask)
+                register_recomputable(noisy, _recipe(weight, alpha, eta, unit, mask))
+                return noisy
             # reason: a multiply-add per layer for all attack iterations, not one per read: the set (one weight-sized
             # tensor per layer) is held until the loss after the attack takes it over; per-read recomputation cost
-            # a resnet18 step 1.75x PGD-AT's on an H200 against 1.33x held (benchmarks/RESULTS.md)
+            # a resnet18 step 1.8x PGD-AT's on an H200 against 1.3x held (benchmarks/RESULTS.md)
             const = held.get(("constant", key))
             if const is None or const[0] != const_version:
                 const = held[("constant", key)] = (const_version, _noisy_value(weight, alpha, eta, unit, mask))
