@@ -158,8 +158,9 @@ def recompute_saved() -> Iterator[None]:
     The recipe (W, α, the held η and λ·std) is recomputed in backward — the trick activation checkpointing
     uses — so no weight-sized copy per layer stays alive between forward and backward. It installs saved-tensor
     hooks, whose Python call per saved tensor costs time: :func:`floatify.float_loss` enables them for the
-    forward whose graph outlives the next layer (the loss) and not for the attack, whose noisy weights are held
-    anyway (:func:`constant_weights`). Outside :func:`hold_noise` it does nothing.
+    forward whose graph outlives the next layer (the loss) and, for the attack, only where the previous step's
+    gradients are alive (there :func:`constant_weights` recomputes instead of holding). Outside
+    :func:`hold_noise` it does nothing.
 
     Example:
         >>> import torch, floatify
@@ -221,15 +222,15 @@ def constant_weights() -> Iterator[None]:
 
     For an attack inside a training step: it differentiates with respect to the input only, so the noisy
     weights carry no autograd history. Each layer's is computed once and reused by every attack iteration (one
-    weight-sized set, on every device: recomputing it per read made a resnet18 step on an H200 1.75x PGD-AT's
-    instead of 1.33x); the first read after the block with W and α unchanged (the loss that follows the attack)
-    takes it over, with gradients for W and α, and the rest goes with the :func:`hold_noise` block. A weight
-    that already has a gradient (the previous step's, alive through the attack when ``zero_grad`` runs after the
-    forwards) is recomputed per read instead, since the set would add to the peak memory there;
-    :func:`floatify.float_loss` then wraps the attack in :func:`recompute_saved` (:func:`floatify.fit` frees the
-    gradients first, so it holds). Like a tensor autograd saves, the held set is checked against W's and
-    α's versions, so an in-place change between the attack and the loss is seen but a write through ``.data``
-    is not. Outside :func:`hold_noise` it has no effect.
+    weight-sized set, on every device: recomputing it per read made a resnet18 step on an H200 1.8x PGD-AT's
+    instead of 1.3x, benchmarks/RESULTS.md); the first read after the block with W and α unchanged (the loss
+    that follows the attack) takes it over, with gradients for W and α, and the rest goes with the
+    :func:`hold_noise` block. A weight that already has a gradient (the previous step's, alive through the
+    attack when ``zero_grad`` runs after the forwards) is recomputed per read instead, since the set would add
+    to the peak memory there; :func:`floatify.float_loss` then wraps the attack in :func:`recompute_saved`
+    (:func:`floatify.fit` frees the gradients first, so it holds). Like a tensor autograd saves, the held set is
+    checked against W's and α's versions, so an in-place change between the attack and the loss is seen but a
+    write through ``.data`` is not. Outside :func:`hold_noise` it has no effect.
 
     Example:
         >>> import torch, floatify

@@ -214,7 +214,7 @@ def float_paired_loss(
 
 def _gradients_alive(model: nn.Module) -> bool:
     """True when a conditioned weight still has a gradient (``zero_grad`` runs after the forwards in this loop)."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # reason: a tied weight under each of its names
     weights = (params.get(name[: -len(ALPHA_SUFFIX)]) for name in params if name.endswith(ALPHA_SUFFIX))
     return any(w is not None and w.grad is not None for w in weights)
 

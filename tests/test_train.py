@@ -141,6 +141,21 @@ def test_the_attack_holds_its_noisy_weights_only_while_no_gradient_is_alive(grad
     assert seen == {"held": not gradients_alive, "freed": gradients_alive}
 
 
+def test_gradients_alive_sees_a_tied_weight_under_its_converted_name():
+    from floatify.train import _gradients_alive
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(3, 4), nn.Linear(4, 3)
+            self.head.weight = self.emb.weight  # reason: named_parameters() lists it once, under emb
+
+    model = floatify.convert(Tied(), filter_fn=lambda module, fqn: fqn == "head")
+    assert not _gradients_alive(model)
+    model.emb.weight.grad = torch.zeros(3, 4)
+    assert _gradients_alive(model)
+
+
 def test_sampler_distributions():
     oat = LamSampler("oat", seed=0, zero_share=0.25)
     draws = [oat(i)[0] for i in range(6000)]
