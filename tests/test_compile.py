@@ -27,8 +27,7 @@ def test_compile_follows_lam_without_recompiling(backend):
             torch.manual_seed(0)
             outputs[value] = compiled(x)
             torch.manual_seed(0)
-            with noise_source("fresh"):  # reason: compiled graphs draw with torch.randn, eager reads the bank
-                reference = model(x)
+            reference = model(x)  # the eager bank windows: compiled graphs draw their offsets in the graph
         if backend == "eager":  # same RNG stream as eager: outputs identical
             assert torch.equal(outputs[value], reference), value
     assert counter.frame_count <= 2, f"compiled {counter.frame_count} times for 7 λ values"
@@ -45,3 +44,63 @@ def test_compiled_training_step_reaches_alpha():
     with floatify.lam(1.0):
         compiled(torch.rand(8, 8)).sum().backward()
     assert model[0].weight_alpha.grad is not None and model[0].weight_alpha.grad.abs() > 0
+
+
+@pytest.mark.parametrize("source", ["bank", "fresh"])
+def test_compiled_graphs_draw_from_the_chosen_noise_source(source):
+    torch._dynamo.reset()
+    model = floatify.convert(CASES["cnn"][0]()).eval()
+    x = torch.rand(2, 3, 8, 8)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with floatify.lam(1.0), noise_source(source):
+        torch.manual_seed(0)
+        got = compiled(x)
+        torch.manual_seed(0)
+        reference = model(x)  # the same windows (bank) or the same torch.randn stream (fresh)
+    assert torch.equal(got, reference)
+
+
+class _WeightOut(torch.nn.Linear):
+    def forward(self, x):
+        return self.weight + 0 * x.sum()  # reason: the compiled graph returns the noisy weight it computed
+
+
+def test_inductor_reads_a_bank_window_at_an_offset_drawn_per_call(monkeypatch):
+    from floatify.layers import noise
+
+    monkeypatch.setattr(noise, "_BANKS", {})  # reason: no bank yet: compiling must make it, outside the graph
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = floatify.convert(_WeightOut(16, 8))
+    compiled = torch.compile(layer, fullgraph=True)
+    w, alpha = layer._parameters["weight"].detach(), layer.weight_alpha.detach()
+    scale = alpha * w.std()
+    offsets = []
+    with torch.no_grad(), floatify.lam(1.0):
+        for _ in range(3):
+            out = compiled(torch.zeros(1, 16))
+            bank = noise._BANKS[(w.device, w.dtype)]
+            eta = ((out - w) / scale).reshape(-1)
+            hits = torch.nonzero(torch.isclose(bank, eta[0], rtol=0, atol=1e-5)).flatten().tolist()
+            match = [o for o in hits if torch.allclose(bank[o:o + eta.numel()], eta, atol=1e-4)]
+            assert match, "the compiled noise is not a window of the bank"
+            offsets.append(match[0])
+    assert len(set(offsets)) == 3  # a new offset per call, drawn in the graph
+
+
+def test_compiling_first_with_a_larger_layer_later_needs_no_bank_regrown_mid_trace(monkeypatch):
+    from floatify.layers import noise
+
+    # reason: the first layer makes a small bank while tracing; the larger one after it must not regrow it (the
+    # earlier layer's read of it is already part of the graph): it gets an extra bank
+    monkeypatch.setattr(noise, "_BANKS", {})
+    monkeypatch.setattr(noise, "_EXTRA_BANKS", {})
+    monkeypatch.setattr(noise, "MIN_BANK_SIZE", 64)
+    torch._dynamo.reset()
+    model = floatify.convert(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 200))).eval()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.rand(2, 4)
+    with torch.no_grad(), floatify.lam(1.0):
+        a, b = compiled(x), compiled(x)
+    assert not torch.equal(a, b) and torch.isfinite(a).all()
+    assert list(noise._EXTRA_BANKS) == [(torch.device("cpu"), torch.float32, 4096)]

@@ -54,6 +54,7 @@ distinct windows as it has entries."""
 
 _SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("floatify_noise_source", default=DEFAULT_NOISE_SOURCE)
 _BANKS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+_EXTRA_BANKS: dict[tuple[torch.device, torch.dtype, int], torch.Tensor] = {}  # reason: see _ensure_bank
 _LOCK = threading.Lock()
 
 get_noise_source = _SOURCE.get
@@ -86,15 +87,22 @@ def _bank(numel: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         with _LOCK:
             bank = _BANKS.get(key)
             if bank is None or bank.numel() < 2 * numel:
-                size = max(MIN_BANK_SIZE, 1 << math.ceil(math.log2(2 * numel)))
-                gen = torch.Generator().manual_seed(BANK_SEED)
-                # reason: drawn on the CPU from one seed, so every device and process holds the same values; a
-                # plain tensor whatever mode the first caller runs in (an inference-mode bank could never be saved
-                # for backward, one made under a dispatch mode would be fake), and it is cached for the process
-                with torch.inference_mode(False), torch.no_grad(), _disable_current_modes():
-                    bank = torch.randn(size, generator=gen, device="cpu").to(device=device, dtype=dtype)
-                _BANKS[key] = bank  # reason: rebinding, not writing in place: views handed out stay valid
+                bank = _BANKS[key] = _draw_bank(_size_for(numel), device, dtype)
+                # reason: rebinding, not writing in place: views handed out stay valid
     return bank
+
+
+def _size_for(numel: int) -> int:
+    return max(MIN_BANK_SIZE, 1 << math.ceil(math.log2(2 * numel)))
+
+
+def _draw_bank(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(BANK_SEED)
+    # reason: drawn on the CPU from one seed, so every device and process holds the same values; a plain tensor
+    # whatever mode the first caller runs in (an inference-mode bank could never be saved for backward, one made
+    # under a dispatch mode would be fake), and it is cached for the process
+    with torch.inference_mode(False), torch.no_grad(), _disable_current_modes():
+        return torch.randn(size, generator=gen, device="cpu").to(device=device, dtype=dtype)
 
 
 def bank_size(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> int:
@@ -123,11 +131,52 @@ def standard_normal(like: torch.Tensor, generator: torch.Generator | None = None
         >>> standard_normal(w).shape
         torch.Size([3, 4])
     """
+    if generator is None and _SOURCE.get() != "fresh" and torch.compiler.is_compiling() \
+            and not torch.compiler.is_exporting():
+        return _compiled_window(like)
     if generator is not None or _SOURCE.get() == "fresh" or in_graph_capture():
-        # reason: compiled, exported and traced graphs draw in-graph (a bank offset would be a Python constant),
-        # and a dispatch mode (FakeTensorMode) must not see the bank
+        # reason: exported and traced graphs draw in-graph (a bank offset would be a Python constant, and an
+        # exported program would carry the bank), and a dispatch mode (FakeTensorMode) must not see the bank
         return torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
     numel = like.numel()
     bank = _bank(numel, like.device, like.dtype)
     offset = int(torch.randint(0, bank.numel() - numel + 1, (), device="cpu"))
     return bank[offset:offset + numel].view(like.shape)
+
+
+def _compiled_window(like: torch.Tensor) -> torch.Tensor:
+    """Under ``torch.compile``: a bank window at an offset drawn in the graph.
+
+    reason: the eager offset is a Python int, which a graph would freeze; here the offset is a graph tensor and
+    the window an indexed read that the compiler fuses into the noisy weight's multiply-add (a fresh in-graph
+    ``randn`` of a resnet18's weights cost ~20x its compiled forward on CPU). The bank is made, if missing, while
+    tracing (outside the graph) and read as a graph input.
+    """
+    numel = like.numel()
+    size = _ensure_bank(numel, like.device, like.dtype)
+    # reason: global tensors become inputs of the graph, guarded by it
+    bank = _BANKS[(like.device, like.dtype)] if size == 0 else _EXTRA_BANKS[(like.device, like.dtype, size)]
+    offset = torch.randint(0, bank.numel() - numel + 1, (), device=like.device)
+    return bank[torch.arange(numel, device=like.device) + offset].view(like.shape)
+
+
+@torch.compiler.assume_constant_result
+def _ensure_bank(numel: int, device: torch.device, dtype: torch.dtype) -> int:
+    """The bank for a weight of ``numel`` entries under ``torch.compile``: 0 for the device's bank (made if
+    missing), else the size of an extra bank. It runs once per layer, at trace time, outside the graph.
+
+    reason: drawing a bank cannot be traced, and a constant result lets the compiler run it outside the graph (a
+    tensor result would be one graph constant per layer, which it rejects). The device's bank is never regrown
+    here: layers traced earlier already read it, so a larger layer gets an extra bank of its own.
+    """
+    bank = _BANKS.get((device, dtype))
+    if bank is None:
+        _bank(numel, device, dtype)
+        return 0
+    if bank.numel() >= 2 * numel:
+        return 0
+    size = _size_for(numel)
+    with _LOCK:
+        if (device, dtype, size) not in _EXTRA_BANKS:
+            _EXTRA_BANKS[(device, dtype, size)] = _draw_bank(size, device, dtype)
+    return size
