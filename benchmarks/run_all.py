@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ("coverage.py", "overhead.py", "cost.py", "threat_model.py", "attack_strength.py", "tradeoff.py",
-           "noise_source.py", "floats.py", "finetune.py", "demo.py", "write_results.py")
+SCRIPTS = ("coverage.py", "overhead.py", "overhead.py --compiled", "cost.py", "threat_model.py", "attack_strength.py",
+           "tradeoff.py", "noise_source.py", "floats.py", "finetune.py", "demo.py", "write_results.py")
 for script in SCRIPTS:
     print(f"== {script}", flush=True)
-    subprocess.run([sys.executable, str(HERE / script)], check=True)
+    name, *args = script.split()
+    subprocess.run([sys.executable, str(HERE / name), *args], check=True)

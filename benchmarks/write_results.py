@@ -328,6 +328,26 @@ def overhead_section(overhead, overhead_cuda=None) -> list[str]:
     return lines
 
 
+def compiled_section(rows) -> list[str]:
+    """``overhead.py --compiled``: torch.compile (inductor) of the original and of the converted model."""
+    if not rows:
+        return []
+    lines = ["### Under `torch.compile` (`benchmarks/overhead.py --compiled`)", "",
+             f"On {_device_label(rows)}, {rows[0]['input'][2]} px, {rows[0]['rounds']} interleaved rounds; latency "
+             "over the compiled original (inductor). Compiled graphs read the noise bank at an offset drawn in the "
+             "graph (an in-graph `torch.randn` per weight made a compiled resnet18 about 20x slower at λ = 1 on "
+             "CPU); the eager λ = 1 column is the uncompiled converted model, for comparison.", "",
+             "| model | batch | compiled original ms | compiled λ=0 | compiled λ=1 | eager λ=1 |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        q = r["ratio_over_compiled_original"]
+        lines.append(f"| {r['model']} | {r['input'][0]} | {r['median_ms']['compiled_original']:.1f} "
+                     f"| {q['compiled_lam0']:.3f} | {q['compiled_lam1']:.2f} | {q['converted_lam1']:.2f} |")
+    return lines + ["", "Compiled λ > 0 still computes std(W) and the noisy weight in every forward (the eager no-grad "
+                         "path caches std(W)), so on CPU the eager converted model is as fast or faster at batch 1.",
+                    ""]
+
+
 def cost_targets_section(cost, overhead, noise, overhead_cuda=None, cost_cuda=None,
                          cost_cuda_per_read=None) -> list[str]:
     """The cost targets at λ > 0 (CPU), each with its verdict, and whether the noise bank weakened the defence.
@@ -547,7 +567,7 @@ def main() -> None:
     lines += cost_targets_section(cost, overhead, _load(r, "noise_source.json"), overhead_cuda, cost_cuda,
                                   cost_cuda_per_read)
     lines += trade_lines + screen_lines + cost_section(cost, cost_cuda, cost_cuda_per_read) + floats_section(floats)
-    lines += overhead_section(overhead, overhead_cuda)
+    lines += overhead_section(overhead, overhead_cuda) + compiled_section(_load(r, "overhead_compiled.json"))
     lines += finetune_section(_load(r, "finetune.json")) + coverage_section(cov) + demo_section(r)
     lines += ["## CIFAR-10 on a GPU", "",
               "The same scripts take `--dataset cifar10 --download --device cuda` (trade-off) and `--device cuda` "

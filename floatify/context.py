@@ -132,7 +132,7 @@ def hold_noise(recompute: bool = True) -> Iterator[None]:
     what :func:`floatify.float_loss` uses by default for a training step (``noise_draw="step"``): the PGD
     iterations (inside :func:`constant_weights`) and the loss all see one draw, which keeps the step cost of
     FLOAT close to plain PGD adversarial training. Evaluation never holds the noise: EOT attacks and scoring
-    need a fresh draw per forward. Under ``torch.compile`` the block has no effect (a fresh draw per forward).
+    need a fresh draw per forward. Under ``torch.compile`` the block has no effect (a new draw per forward).
 
     Example:
         >>> import torch, floatify

@@ -13,8 +13,9 @@ N(0, I) — a window of independent standard normals — and the layers' offsets
 of one layer are overlapping windows of one fixed sequence (``len(bank) − numel + 1`` of them) instead of
 independent vectors. The bank is drawn once from a fixed seed (it is not a secret: a white-box attacker sees
 the model's state anyway); the offsets come from torch's default generator, so ``torch.manual_seed`` makes a
-run reproducible as it does with fresh draws. ``torch.compile``, ``floatify.export``, ``torch.jit.trace`` and
-``freeze(seed=...)`` always draw fresh (in-graph or from their own generator).
+run reproducible as it does with fresh draws. Under ``torch.compile`` the offset is drawn in the graph and the
+window read by index (the bank a graph input); ``floatify.export``, ``torch.jit.trace`` and ``freeze(seed=...)``
+always draw fresh (in-graph or from their own generator), so an exported program carries no bank.
 
 Example:
     >>> import torch, floatify
@@ -122,8 +123,8 @@ def in_graph_capture() -> bool:
 
 
 def standard_normal(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """η ~ N(0, I) shaped like ``like``: a bank window, or a fresh draw (``generator`` given, source "fresh", or
-    inside ``torch.compile``/``torch.export``).
+    """η ~ N(0, I) shaped like ``like``: a bank window (under ``torch.compile`` at an offset drawn in the graph),
+    or a fresh draw (``generator`` given, source "fresh", or inside ``torch.export``/``jit.trace``).
 
     Example:
         >>> import torch
