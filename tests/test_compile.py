@@ -88,19 +88,26 @@ def test_inductor_reads_a_bank_window_at_an_offset_drawn_per_call(monkeypatch):
     assert len(set(offsets)) == 3  # a new offset per call, drawn in the graph
 
 
-def test_compiling_first_with_a_larger_layer_later_needs_no_bank_regrown_mid_trace(monkeypatch):
+def test_a_larger_layer_traced_later_gets_its_own_bank_and_eager_regrowth_needs_no_recompile(monkeypatch):
     from floatify.layers import noise
 
     # reason: the first layer makes a small bank while tracing; the larger one after it must not regrow it (the
-    # earlier layer's read of it is already part of the graph): it gets an extra bank
+    # earlier layer's read of it is already part of the graph): it gets an extra bank. A later eager call of a
+    # larger model regrows the device's bank, which the graph takes without recompiling.
     monkeypatch.setattr(noise, "_BANKS", {})
     monkeypatch.setattr(noise, "_EXTRA_BANKS", {})
     monkeypatch.setattr(noise, "MIN_BANK_SIZE", 64)
     torch._dynamo.reset()
     model = floatify.convert(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 200))).eval()
-    compiled = torch.compile(model, fullgraph=True)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
     x = torch.rand(2, 4)
     with torch.no_grad(), floatify.lam(1.0):
         a, b = compiled(x), compiled(x)
-    assert not torch.equal(a, b) and torch.isfinite(a).all()
-    assert list(noise._EXTRA_BANKS) == [(torch.device("cpu"), torch.float32, 4096)]
+        assert list(noise._EXTRA_BANKS) == [(torch.device("cpu"), torch.float32, 4096)]
+        floatify.convert(torch.nn.Linear(100, 100))(torch.rand(1, 100))  # eager: the device's bank grows
+        assert noise.bank_size() == 32768
+        with torch.compiler.set_stance("fail_on_recompile"):
+            c = compiled(x)
+    assert counter.frame_count == 1
+    assert not torch.equal(a, b) and not torch.equal(b, c) and torch.isfinite(c).all()

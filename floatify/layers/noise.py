@@ -157,6 +157,7 @@ def _compiled_window(like: torch.Tensor) -> torch.Tensor:
     size = _ensure_bank(numel, like.device, like.dtype)
     # reason: global tensors become inputs of the graph, guarded by it
     bank = _BANKS[(like.device, like.dtype)] if size == 0 else _EXTRA_BANKS[(like.device, like.dtype, size)]
+    torch._check(bank.numel() >= 2 * numel)  # reason: what _ensure_bank made true, told to the symbolic shapes
     offset = torch.randint(0, bank.numel() - numel + 1, (), device=like.device)
     return bank[torch.arange(numel, device=like.device) + offset].view(like.shape)
 
@@ -168,16 +169,20 @@ def _ensure_bank(numel: int, device: torch.device, dtype: torch.dtype) -> int:
 
     reason: drawing a bank cannot be traced, and a constant result lets the compiler run it outside the graph (a
     tensor result would be one graph constant per layer, which it rejects). The device's bank is never regrown
-    here: layers traced earlier already read it, so a larger layer gets an extra bank of its own.
+    here: layers traced earlier already read it, so a larger layer gets an extra bank of its own, kept for the
+    process (graphs may read it).
     """
     bank = _BANKS.get((device, dtype))
+    size = 0
     if bank is None:
-        _bank(numel, device, dtype)
-        return 0
-    if bank.numel() >= 2 * numel:
-        return 0
-    size = _size_for(numel)
-    with _LOCK:
-        if (device, dtype, size) not in _EXTRA_BANKS:
-            _EXTRA_BANKS[(device, dtype, size)] = _draw_bank(size, device, dtype)
+        bank = _bank(numel, device, dtype)
+    elif bank.numel() < 2 * numel:
+        size = _size_for(numel)
+        with _LOCK:
+            bank = _EXTRA_BANKS.get((device, dtype, size))
+            if bank is None:
+                bank = _EXTRA_BANKS[(device, dtype, size)] = _draw_bank(size, device, dtype)
+    # reason: the graph reads the bank as an input; not specialising on its size lets a bank that eager code regrows
+    # later (a larger model) serve the same graph without a recompile
+    torch._dynamo.maybe_mark_dynamic(bank, 0)
     return size
