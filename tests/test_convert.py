@@ -292,6 +292,18 @@ def test_bn_mix_interpolate_trains_both_affine_sets_and_updates_adversarial_stat
     assert torch.allclose(bn._parameters["weight"].grad * share, (1 - share) * bn.weight_adv.grad)
 
 
+@pytest.mark.parametrize("bn_mix", ["interpolate", "switch"])
+def test_bn_at_lam_one_trains_only_the_adversarial_set(bn_mix):
+    config = floatify.FloatConfig(bn_mix=bn_mix)
+    model = floatify.convert(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), config).train()
+    with floatify.lam(1.0):
+        model(torch.rand(16, 4)).sum().backward()
+    bn = model[1]
+    # no gradient at all for the clean set (not a zero one, which momentum and weight decay would act on)
+    assert bn._parameters["weight"].grad is None and bn._parameters["bias"].grad is None
+    assert bn.weight_adv.grad is not None and bn.weight_adv.grad.abs().sum() > 0
+
+
 def test_sync_batchnorm_conversion_keeps_dual_bn():
     model = floatify.convert(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)))
     with torch.no_grad():

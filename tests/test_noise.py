@@ -101,7 +101,8 @@ def test_a_held_draw_keeps_no_weight_sized_buffer():
         a = model(x)
         held = floatify.context.held_draws()
         assert torch.equal(model(x), a)  # one draw for the block
-        held_tensors = [t for entry in held.values() for t in entry if isinstance(t, torch.Tensor)]
+        entries = [[getattr(e, n) for n in e.__slots__] if hasattr(e, "__slots__") else e for e in held.values()]
+        held_tensors = [t for entry in entries for t in entry if isinstance(t, torch.Tensor)]
         assert held_tensors and all(t.numel() == 1 or t._base is not None for t in held_tensors)  # bank views
 
 

@@ -164,9 +164,9 @@ class _ConditionedMixin:
     def floatify_held_weight(self, name: str, state, held: dict) -> torch.Tensor:
         """The noisy weight ``name`` inside :func:`floatify.context.hold_noise`: one η per block.
 
-        The block holds the draw (η, a bank view, and ``λ·std(W)``), not the noisy tensor: each read
-        recomputes ``W + λ·std·α·η`` with one multiply-add, so W and α get exact gradients and every
-        ``backward`` is independent. The draw is redrawn when
+        The block holds the draw (η, a bank view, ``λ·std(W)`` and the scale ``λ·std(W)·α`` per α version), not
+        the noisy tensor: each read recomputes ``W + scale·η`` with one multiply-add, so W and α get exact gradients
+        and every ``backward`` is independent. The draw is redrawn when
         W, the mask or λ change (``weight._version``: an optimizer step inside the block). A noisy weight that a
         layer saves for backward is kept as its recipe and recomputed there. Inside
         :func:`floatify.context.constant_weights` (a training step's attack) the noisy weight has no autograd
@@ -179,38 +179,33 @@ class _ConditionedMixin:
         version = (state.value, weight._version, weight.data_ptr(), id(mask))
         key = (id(self), name)
         hit = held.get(key)
-        if hit is None or hit[0] != version:
-            raw = hit[1] if hit is not None else standard_normal(weight)
-            with torch.no_grad():
-                unit = (state.tensor * _held_std(weight, mask)).to(weight.dtype)  # λ·std(W)
-            # reason: masked once per draw (pruned weights never receive noise); a copy for sparse layers only
-            hit = held[key] = (version, raw, raw if mask is None else raw * mask, unit)
-        eta, unit = hit[2], hit[3]
-        const_version = (version, alpha._version, alpha.data_ptr())
+        if hit is None or hit.version != version:
+            hit = held[key] = _HeldDraw(version, hit.raw if hit is not None else standard_normal(weight), weight,
+                                        mask, state.value)
+        scale = hit.scale(alpha)
         if weights_are_constant():
             if weight.grad is not None:
                 # reason: the previous step's gradients are alive (zero_grad after the forwards), so a held set would
                 # add one weight-sized tensor per layer to the peak: each read recomputes, and a noisy weight the
                 # attack saves for backward is kept as its recipe (float_loss installs the hooks for this case)
-                noisy = _noisy_value(weight, alpha, eta, unit, mask)
-                register_recomputable(noisy, _recipe(weight, alpha, eta, unit, mask))
+                noisy = _noisy_value(weight, hit.eta, scale, mask)
+                register_recomputable(noisy, _recipe(weight, alpha, hit.eta, scale, mask))
                 return noisy
             # reason: a multiply-add per layer for all attack iterations, not one per read: the set (one weight-sized
             # tensor per layer) is held until the loss after the attack takes it over; per-read recomputation cost
             # a resnet18 step 1.8x PGD-AT's on an H200 against 1.3x held (benchmarks/RESULTS.md)
-            const = held.get(("constant", key))
-            if const is None or const[0] != const_version:
-                const = held[("constant", key)] = (const_version, _noisy_value(weight, alpha, eta, unit, mask))
-            return const[1]
+            if hit.constant is None or hit.constant[0] is not scale:
+                hit.constant = (scale, _noisy_value(weight, hit.eta, scale, mask))
+            return hit.constant[1]
         # reason: the loss right after the attack takes over the attack's noisy weight (same W, α and draw) instead
         # of computing it again; taken out of the block, it is freed with the layer's forward like any other read
-        const = held.pop(("constant", key), None)
-        value = const[1] if const is not None and const[0] == const_version else None
+        const, hit.constant = hit.constant, None
+        value = const[1] if const is not None and const[0] is scale else None
         if not (torch.is_grad_enabled() and (weight.requires_grad or alpha.requires_grad)):
-            return _noisy_value(weight, alpha, eta, unit, mask) if value is None else value
-        noisy = _NoisyWeight.apply(weight, alpha, eta, unit, mask, value)
+            return _noisy_value(weight, hit.eta, scale, mask) if value is None else value
+        noisy = _NoisyWeight.apply(weight, alpha, hit.eta, hit.unit, scale, mask, value)
         # reason: saved for backward as its recipe, not as a weight-sized copy
-        register_recomputable(noisy, _recipe(weight, alpha, eta, unit, mask))
+        register_recomputable(noisy, _recipe(weight, alpha, hit.eta, scale, mask))
         return noisy
 
     # -- dual BN -------------------------------------------------------------------------
@@ -229,6 +224,36 @@ class _ConditionedMixin:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
 
 
+class _HeldDraw:
+    """One layer's draw inside :func:`floatify.context.hold_noise`: η (a bank view, masked), ``λ·std(W)`` and the
+    scale ``λ·std(W)·α`` (kept per α version), and the attack's noisy weight until the loss takes it over."""
+
+    __slots__ = ("version", "raw", "eta", "unit", "constant", "_scale", "_scale_key")
+
+    def __init__(self, version: tuple, raw: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | None,
+                 lam: float) -> None:
+        self.version, self.raw = version, raw
+        # reason: masked once per draw (pruned weights never receive noise); a copy for sparse layers only
+        self.eta = raw if mask is None else raw * mask
+        with torch.no_grad():
+            unit = _held_std(weight, mask)
+            if lam != 1.0:  # reason: λ = 1 (every training step's attack) skips a kernel launch per layer
+                unit = unit * lam
+            self.unit = unit.to(weight.dtype)
+        self.constant: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._scale: torch.Tensor | None = None
+        self._scale_key: tuple | None = None
+
+    def scale(self, alpha: torch.Tensor) -> torch.Tensor:
+        """``λ·std(W)·α`` without history, computed once per α version (an optimizer step makes a new one)."""
+        key = (alpha._version, alpha.data_ptr())
+        if self._scale is None or self._scale_key != key:
+            with torch.no_grad():
+                self._scale = self.unit * alpha
+            self._scale_key = key
+        return self._scale
+
+
 class _NoisyWeight(torch.autograd.Function):
     """``W·m + λ·std·α·η`` with exact gradients: W gets the output's gradient (masked), α gets λ·std·⟨grad, η⟩.
 
@@ -238,11 +263,11 @@ class _NoisyWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight, alpha, eta, unit, mask, value=None):
+    def forward(ctx, weight, alpha, eta, unit, scale, mask, value=None):
         ctx.save_for_backward(eta, unit, mask)
         ctx.has_mask = mask is not None
         if value is None:
-            return _noisy_value(weight, alpha, eta, unit, mask)
+            return _noisy_value(weight, eta, scale, mask)
         # reason: a new tensor on the held storage: returned as is, autograd would make the output a view of it,
         # and F.linear's saved W.t() would then not be recognised as a recipe (saved_tensors_hooks see its base)
         return value.detach()
@@ -254,20 +279,20 @@ class _NoisyWeight(torch.autograd.Function):
         grad_alpha = None
         if ctx.needs_input_grad[1]:
             grad_alpha = unit * torch.dot(grad.reshape(-1), eta.reshape(-1).to(grad.dtype))
-        return grad_w, grad_alpha, None, None, None, None
+        return grad_w, grad_alpha, None, None, None, None, None
 
 
-def _noisy_value(weight: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor, unit: torch.Tensor,
+def _noisy_value(weight: torch.Tensor, eta: torch.Tensor, scale: torch.Tensor,
                  mask: torch.Tensor | None) -> torch.Tensor:
-    """``W·m + unit·α·η`` without autograd history: the forward of :class:`_NoisyWeight` and its recomputation."""
+    """``W·m + scale·η`` (scale = λ·std·α) without autograd history: :class:`_NoisyWeight`'s forward and recipe."""
     with torch.no_grad():
         base = weight if mask is None else weight * mask
         if weight.device.type == "cpu" and not in_graph_capture():
-            return torch.add(base, eta, alpha=float(unit * alpha))  # reason: a Python scale: one pass, no temporaries
-        return torch.addcmul(base, eta, unit * alpha)
+            return torch.add(base, eta, alpha=float(scale))  # reason: a Python scale: one pass, no temporaries
+        return torch.addcmul(base, eta, scale)
 
 
-def _recipe(weight: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor, unit: torch.Tensor,
+def _recipe(weight: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor, scale: torch.Tensor,
             mask: torch.Tensor | None):
     """What backward calls to recompute a saved noisy weight; it refuses if W or α changed in between."""
     versions = (weight._version, alpha._version)
@@ -279,7 +304,7 @@ def _recipe(weight: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor, unit: 
                 "one of the variables needed for gradient computation has been modified by an inplace operation: "
                 "a conditioned weight or its α changed between forward and backward (floatify recomputes the noisy "
                 "weight in backward); run backward before optimizer.step()")
-        return _noisy_value(weight, alpha, eta, unit, mask)
+        return _noisy_value(weight, eta, scale, mask)
 
     return recompute
 
@@ -365,6 +390,11 @@ def _weight_property(name: str) -> property:
             if mask_key not in self._buffers:
                 return weight
             return weight * self.floatify_mask(name)
+        held = held_draws()
+        if held is not None and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            # reason: first, the training step's path (read ~8 times per layer per step): no export can be running
+            # here (torch.export compiles, ONNX's TorchScript exporter traces)
+            return self.floatify_held_weight(name, state, held)
         if not state.runtime and (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
             # reason: a plain export at λ > 0 would record one draw (or fail on randn in ONNX) and ship a
             # model that is silently either deterministic or not the dial
@@ -372,7 +402,6 @@ def _weight_property(name: str) -> property:
                 f"exporting a converted model at λ = {state.value:g} would bake one weight-noise draw into the "
                 f"program; use floatify.export(model, example_inputs) (λ as a runtime input) or export "
                 f"floatify.freeze(model, lam) (one operating point, a plain model)")
-        held = held_draws()
         if held is None or torch.compiler.is_compiling():
             if not (state.runtime or torch.is_grad_enabled() or mask_key in self._buffers or in_graph_capture()):
                 fast = _inference_noisy_weight(self, name, weight, params[alpha_key], state.value)
