@@ -4,7 +4,9 @@ Parameters, training step time (same attack settings: PGD-7, eps 8/255, at λ = 
 λ = 0 and λ = 1 and peak training memory for ResNet-18/34-class models at 32×32. Step timings are
 interleaved (every round times every variant, in a shuffled order) and reported as medians and median
 ratios. FLOAT is timed twice: with one weight-noise draw per training step (``noise_draw="step"``, the
-default) and with a fresh draw per forward (``"forward"``, the reference code); ``float-paired`` is the
+default) and with a fresh draw per forward (``"forward"``, the reference code); ``float-late`` is the default step
+in a loop that frees the gradients after the forwards (the attack then recomputes its noisy weights per read);
+``float-paired`` is the
 default strategy's whole training step (a clean pass at λ = 0 plus the PGD step at λ = 1), compared with
 ``plain-paired``, the same clean + PGD loss on the unconverted model. Peak memory: a fresh
 subprocess per variant runs two training steps (gradients freed before the forwards, as in ``floatify.fit``, and
@@ -39,7 +41,8 @@ from floatify.train import DEFAULT_ADV_WEIGHT, float_paired_loss
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import filmify  # noqa: E402
 
-VARIANTS = ("plain", "plain-paired", "float", "float-fwd", "float-paired", "film")
+VARIANTS = ("plain", "plain-paired", "float", "float-fwd", "float-late", "float-paired", "film")
+TRAIN_ONLY = ("float-fwd", "float-late", "float-paired", "plain-paired")  # reason: same models as at inference
 
 
 def build(arch: str, variant: str, device: str) -> torch.nn.Module:
@@ -59,6 +62,8 @@ def train_step(model, variant, opt, x, y, steps, zero_grad_first=True):
     (``loss = ...; opt.zero_grad(); loss.backward()``, where the previous step's gradients live through the attack).
     """
     model.train()
+    if variant == "float-late":  # reason: the FLOAT step in a loop that frees the gradients after the forwards
+        zero_grad_first = False
     if zero_grad_first:
         opt.zero_grad(set_to_none=True)
     if variant == "plain":  # PGD-AT: attack, then CE on the adversarial batch
@@ -140,7 +145,7 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
     opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in variants.items()}
     x, y = torch.rand(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
     step_t = {k: [] for k in variants}
-    timed = [k for k in variants if k not in ("float-fwd", "float-paired", "plain-paired")]
+    timed = [k for k in variants if k not in TRAIN_ONLY]
     lat = {f"{k}@{v}": [] for k in timed for v in (0.0, 1.0)}
     for k, m in variants.items():  # warm-up
         train_step(m, k, opts[k], x, y, 1)
@@ -153,7 +158,7 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
             train_step(variants[k], k, opts[k], x, y, steps)
             sync(device)
             step_t[k].append(time.perf_counter() - t)
-            if k in ("float-fwd", "float-paired", "plain-paired"):  # reason: same models as at inference
+            if k in TRAIN_ONLY:
                 continue
             variants[k].eval()
             with torch.no_grad():
@@ -174,11 +179,12 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
         "step_s": {k: statistics.median(v) for k, v in step_t.items()},
         "step_ratio_float_plain": ratio("float", "plain"),
         "step_ratio_floatfwd_plain": ratio("float-fwd", "plain"),
+        "step_ratio_floatlate_plain": ratio("float-late", "plain"),
         "step_ratio_paired_plain": ratio("float-paired", "plain"),
         "step_ratio_paired_plainpaired": ratio("float-paired", "plain-paired"),
         "step_ratio_film_float": ratio("film", "float"),
         "latency_ms": {k: 1000 * statistics.median(v) for k, v in lat.items()},
-        "peak_train_mb": {k: peak_memory_mb(arch, k, batch, steps, device) for k in VARIANTS},
+        "peak_train_mb": {k: peak_memory_mb(arch, k, batch, steps, device) for k in VARIANTS if k != "float-late"},
         "peak_train_mb_zero_grad_late": {k: peak_memory_mb(arch, k, batch, steps, device, "late")
                                          for k in ("plain", "float", "plain-paired", "float-paired")},
     }
@@ -209,6 +215,7 @@ def main() -> None:
         print(f"  step (PGD-{r['pgd_steps']}, batch {r['batch']}): " +
               ", ".join(f"{k} {v:.2f}s" for k, v in r["step_s"].items()) +
               f" | float/plain {r['step_ratio_float_plain']:.3f} float-fwd/plain {r['step_ratio_floatfwd_plain']:.3f}"
+              f" float-late/plain {r['step_ratio_floatlate_plain']:.3f}"
               f" float-paired/plain-paired {r['step_ratio_paired_plainpaired']:.3f}"
               f" film/float {r['step_ratio_film_float']:.3f}")
         print("  latency ms: " + ", ".join(f"{k} {v:.1f}" for k, v in r["latency_ms"].items()))

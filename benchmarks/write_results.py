@@ -67,7 +67,7 @@ def _device_label(rows: list[dict]) -> str:
     return f"`{r['device']}`" + (f" ({r['device_name']})" if r.get("device_name") else "")
 
 
-def cost_section(cost, cost_cuda=None, cost_cuda_per_read=None) -> list[str]:
+def cost_section(cost, cost_cuda=None) -> list[str]:
     lines = ["## Cost: FLOAT vs plain PGD-AT vs OAT/FiLM (`benchmarks/cost.py`)", ""]
     if cost is None:
         return lines + _missing("cost.py")
@@ -105,14 +105,15 @@ def cost_section(cost, cost_cuda=None, cost_cuda_per_read=None) -> list[str]:
                 f"{pk.get('plain-paired', math.nan):.0f} / {pk.get('float-paired', math.nan):.0f} / "
                 f"{pk['float-fwd']:.0f} / {pk['film']:.0f} |")
         if not older:
-            per_read = rows is cost_cuda and cost_cuda_per_read
             late = "; ".join(f"{r['arch']} " + ", ".join(f"{k} {v:.0f}"
                                                         for k, v in r["peak_train_mb_zero_grad_late"].items())
-                             for r in (cost_cuda_per_read if per_read else rows))
+                             for r in rows)
             lines += ["", "Peak MB with the previous step's gradients alive through the attack (`loss = ...; "
-                      f"opt.zero_grad(); loss.backward()`): {late}"
-                      + (" (`cost_cuda_per_read.json`: the attack recomputing its noisy weights per read, the path "
-                         "such a step takes)" if per_read else "") + "."]
+                      f"opt.zero_grad(); loss.backward()`): {late}."]
+            if all("step_ratio_floatlate_plain" in r for r in rows):
+                lines += ["", "FLOAT step in that loop order (`float-late`: the attack recomputes its noisy weights "
+                          "per read instead of holding them) over plain PGD-AT: "
+                          + ", ".join(f"{r['arch']} {r['step_ratio_floatlate_plain']:.3f}" for r in rows) + "."]
         lines.append("")
     if not cost_cuda:
         lines += ["GPU: not measured (no GPU was lent to the run that wrote these results).", ""]
@@ -125,10 +126,11 @@ def cost_section(cost, cost_cuda=None, cost_cuda_per_read=None) -> list[str]:
               "trick), so no weight-sized copy outlives the loss forward. Where the previous step's gradients are "
               "still alive (`zero_grad` after the forwards) the attack recomputes its noisy weights per read instead "
               "of holding the set, which costs step time, not memory; `floatify.fit` frees the gradients before the "
-              "forwards. On CPU these "
-              "passes over the weights (about five, memory-bound) and the per-layer Python are the remaining 4–6 % "
-              "at 32 px, where the weights outweigh the activations; on a GPU the per-layer kernel launches and "
-              "Python are (the step is launch-bound at this size). The paired step's extra cost over plain PGD-AT "
+              "forwards. A dual BatchNorm at λ = 1 reads its adversarial set as is, in training too (no mix, no "
+              "gradient for the clean set). On CPU these passes over the weights (about five, memory-bound) and the "
+              "per-layer Python are the remaining 3–7 % at 32 px (the range of two runs), where the weights outweigh "
+              "the activations; on a GPU the per-layer kernel launches and Python are (the plain step is bound by the "
+              "host that launches its kernels at this size). The paired step's extra cost over plain PGD-AT "
               "is its clean pass (`paired/plain`), which the non-FLOAT `plain-paired` pays too.", ""]
     return lines
 
@@ -348,12 +350,8 @@ def compiled_section(rows) -> list[str]:
                     ""]
 
 
-def cost_targets_section(cost, overhead, noise, overhead_cuda=None, cost_cuda=None,
-                         cost_cuda_per_read=None) -> list[str]:
-    """The cost targets at λ > 0 (CPU), each with its verdict, and whether the noise bank weakened the defence.
-
-    ``cost_cuda_per_read``: a CUDA run of the per-read path (the attack recomputing its noisy weights), the path a
-    step with the previous gradients alive takes; where given, its gradients-alive peaks are the ones judged."""
+def cost_targets_section(cost, overhead, noise, overhead_cuda=None, cost_cuda=None) -> list[str]:
+    """The cost targets at λ > 0 (CPU), each with its verdict, and whether the noise bank weakened the defence."""
     lines = ["## Cost at λ > 0: the targets", ""]
     if not (cost and overhead):
         return lines + _missing("cost.py and overhead.py")
@@ -383,20 +381,18 @@ def cost_targets_section(cost, overhead, noise, overhead_cuda=None, cost_cuda=No
                      "gradients freed before the forwards, as `floatify.fit` does): "
                      + ", ".join(f"{a} {x:.2f} / {y:.2f}" for a, x, y in mem)
                      + f" — {_verdict(worst_mem <= 1.25)}.")
-        late_rows = cost_cuda_per_read if label == "CUDA" and cost_cuda_per_read else rows
-        if all("peak_train_mb_zero_grad_late" in r for r in late_rows):
+        if all("peak_train_mb_zero_grad_late" in r for r in rows):
             late = [(r["arch"], r["peak_train_mb_zero_grad_late"]["float"] / r["peak_train_mb_zero_grad_late"]["plain"],
                      r["peak_train_mb_zero_grad_late"]["float-paired"]
-                     / r["peak_train_mb_zero_grad_late"]["plain-paired"]) for r in late_rows]
+                     / r["peak_train_mb_zero_grad_late"]["plain-paired"]) for r in rows]
             worst_late = max(max(m[1], m[2]) for m in late)
             lines.append("  - with the previous step's gradients alive through the attack (`zero_grad` after the "
                          "forwards; there the attack recomputes its noisy weights per read instead of holding them): "
                          + ", ".join(f"{a} {x:.2f} / {y:.2f}" for a, x, y in late)
                          + f" — {_verdict(worst_late <= 1.25)}"
-                         + (" (from `results/cost_cuda_per_read.json`, an H200 run of that per-read path, whose "
-                            "step was "
-                            + ", ".join(f"{r['arch']} {r['step_ratio_float_plain']:.2f}×" for r in late_rows)
-                            + " plain PGD-AT: memory over speed in that loop order)" if late_rows is not rows else "")
+                         + (" (memory over speed: that step is "
+                            + ", ".join(f"{r['arch']} {r['step_ratio_floatlate_plain']:.2f}×" for r in rows)
+                            + " plain PGD-AT's)" if all("step_ratio_floatlate_plain" in r for r in rows) else "")
                          + ".")
         steps = [(r["arch"], r["step_ratio_float_plain"], r.get("step_ratio_paired_plainpaired", math.nan))
                  for r in rows]
@@ -554,7 +550,6 @@ def main() -> None:
     cost, trade, floats = _load(r, "cost.json"), _load(r, "tradeoff.json"), _load(r, "floats.json")
     overhead, cov = _load(r, "overhead.json"), _load(r, "coverage.json")
     cost_cuda, overhead_cuda = _load(r, "cost_cuda.json"), _load(r, "overhead_cuda.json")
-    cost_cuda_per_read = _load(r, "cost_cuda_per_read.json")
     trade_lines, facts = tradeoff_section(trade, r)
     screen = _load(r, "tradeoff-screen.json")
     screen_lines = tradeoff_section(screen, r, "tradeoff-screen")[0] if screen else []
@@ -564,9 +559,8 @@ def main() -> None:
              f"timm {timm.__version__}. Every verdict below is computed from the JSON in `benchmarks/results/`.", ""]
     lines += claims_section(cost, facts, overhead)
     lines += threat_model_section(r) + attack_strength_section(_load(r, "attack_strength.json"))
-    lines += cost_targets_section(cost, overhead, _load(r, "noise_source.json"), overhead_cuda, cost_cuda,
-                                  cost_cuda_per_read)
-    lines += trade_lines + screen_lines + cost_section(cost, cost_cuda, cost_cuda_per_read) + floats_section(floats)
+    lines += cost_targets_section(cost, overhead, _load(r, "noise_source.json"), overhead_cuda, cost_cuda)
+    lines += trade_lines + screen_lines + cost_section(cost, cost_cuda) + floats_section(floats)
     lines += overhead_section(overhead, overhead_cuda) + compiled_section(_load(r, "overhead_compiled.json"))
     lines += finetune_section(_load(r, "finetune.json")) + coverage_section(cov) + demo_section(r)
     lines += ["## CIFAR-10 on a GPU", "",
