@@ -5,7 +5,8 @@ Under the digits threat model (eps 0.1) with the strong preset, per seed:
 1. a standard model is trained with plain cross-entropy for ``--epochs`` epochs (the "existing model");
 2. FLOAT from scratch: floatify.fit with the library defaults for ``--epochs`` epochs;
 3. FLOAT fine-tuning: the standard model is converted and floatify.fit runs for k ∈ ``--finetune-epochs`` epochs
-   with learning rate ``--finetune-lr`` and batch size ``--finetune-batch`` (cosine, nothing frozen).
+   with learning rate ``--finetune-lr``, batch size ``--finetune-batch`` and the paired step's adversarial weight
+   ``--finetune-adv-weight`` (cosine, nothing frozen; the library's weight by default).
 
 Reported: clean and headline-robust accuracy at λ = 0 and λ = 1 (mean over seeds), the fewest fine-tuning epochs
 that come within 1 point of the from-scratch dial at both ends (target ≤ 1/3 of the from-scratch epochs), and how
@@ -71,6 +72,8 @@ def main() -> None:
     p.add_argument("--finetune-batch", type=int, default=64,
                    help="fine-tuning batch size (standard and from-scratch runs use 64): a smaller batch takes more "
                         "optimizer steps per epoch for about the same work per epoch")
+    p.add_argument("--finetune-adv-weight", type=float, default=None,
+                   help="weight of the adversarial term while fine-tuning (default: the library's, as from scratch)")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--preset", choices=tuple(PRESETS), default="strong")
     p.add_argument("--score-draws", type=int, default=8)
@@ -101,8 +104,9 @@ def main() -> None:
         for k in args.finetune_epochs:
             model = floatify.convert(copy.deepcopy(standard))
             t0 = time.perf_counter()
+            weight = {} if args.finetune_adv_weight is None else {"adv_weight": args.finetune_adv_weight}
             floatify.fit(model, loader(batch_size=args.finetune_batch), epochs=k, lr=args.finetune_lr, seed=seed,
-                         eps=args.eps, progress=False)
+                         eps=args.eps, progress=False, **weight)
             row["finetune"][str(k)] = scores(model, test, args) | {"seconds": time.perf_counter() - t0}
         runs.append(row)
         print(json.dumps({"seed": seed, "standard": row["standard"], "scratch": row["scratch"],

@@ -133,6 +133,8 @@ def hold_noise(recompute: bool = True) -> Iterator[None]:
     iterations (inside :func:`constant_weights`) and the loss all see one draw, which keeps the step cost of
     FLOAT close to plain PGD adversarial training. Evaluation never holds the noise: EOT attacks and scoring
     need a fresh draw per forward. Under ``torch.compile`` the block has no effect (a new draw per forward).
+    The block keeps std(W) and the scale ``λ·std·α`` per version of W and α: like tensors autograd saves, it sees
+    in-place changes (an optimizer step inside the block) but not writes through ``.data``.
 
     Example:
         >>> import torch, floatify
@@ -155,7 +157,7 @@ def hold_noise(recompute: bool = True) -> Iterator[None]:
 def recompute_saved() -> Iterator[None]:
     """Inside :func:`hold_noise`: keep a noisy weight that autograd saves for backward as its recipe.
 
-    The recipe (W, α, the held η and λ·std) is recomputed in backward — the trick activation checkpointing
+    The recipe (W, the held η and the scale λ·std·α) is recomputed in backward — the trick activation checkpointing
     uses — so no weight-sized copy per layer stays alive between forward and backward. It installs saved-tensor
     hooks, whose Python call per saved tensor costs time: :func:`floatify.float_loss` enables them for the
     forward whose graph outlives the next layer (the loss) and, for the attack, only where the previous step's

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import floatify
-from floatify.context import hold_noise
+from floatify.context import constant_weights, hold_noise
 from floatify.layers.noise import (
     MIN_BANK_SIZE,
     NOISE_SOURCES,
@@ -94,16 +94,43 @@ def test_the_attacker_faces_the_same_output_spread(source):
     assert (got.mean() / ref.mean()).item() == pytest.approx(1.0, abs=0.05)
 
 
+def _held_tensors(held: dict) -> list[torch.Tensor]:
+    """Every tensor the held draws keep, looking inside their attributes and tuples."""
+    found, todo = [], list(held.values())
+    while todo:
+        item = todo.pop()
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif isinstance(item, (tuple, list)):
+            todo.extend(item)
+        elif hasattr(item, "__slots__"):
+            todo.extend(getattr(item, n) for n in item.__slots__)
+    return found
+
+
 def test_a_held_draw_keeps_no_weight_sized_buffer():
     model = floatify.convert(nn.Linear(256, 256))
     x = torch.rand(2, 256)
     with floatify.lam(1.0), hold_noise():
+        with constant_weights():
+            model(x)  # the attack's set, held until the next read takes it over
+        assert any(t.numel() == 256 * 256 and t._base is None for t in _held_tensors(floatify.context.held_draws()))
         a = model(x)
-        held = floatify.context.held_draws()
         assert torch.equal(model(x), a)  # one draw for the block
-        entries = [[getattr(e, n) for n in e.__slots__] if hasattr(e, "__slots__") else e for e in held.values()]
-        held_tensors = [t for entry in entries for t in entry if isinstance(t, torch.Tensor)]
+        held_tensors = _held_tensors(floatify.context.held_draws())
         assert held_tensors and all(t.numel() == 1 or t._base is not None for t in held_tensors)  # bank views
+
+
+def test_a_held_scale_follows_alpha_in_place_and_a_new_alpha():
+    model = floatify.convert(nn.Linear(64, 64))
+    w = model._parameters["weight"]
+    with floatify.lam(1.0), hold_noise():
+        first = (model.weight - w).norm()
+        with torch.no_grad():
+            model.weight_alpha.mul_(4.0)  # in place: a new version
+        torch.testing.assert_close((model.weight - w).norm(), 4 * first)
+        model.weight_alpha = nn.Parameter(model.weight_alpha.detach() * 0.5)  # a new α
+        torch.testing.assert_close((model.weight - w).norm(), 2 * first)
 
 
 def test_a_bank_first_made_under_inference_mode_still_serves_training(monkeypatch):

@@ -228,7 +228,7 @@ class _HeldDraw:
     """One layer's draw inside :func:`floatify.context.hold_noise`: η (a bank view, masked), ``λ·std(W)`` and the
     scale ``λ·std(W)·α`` (kept per α version), and the attack's noisy weight until the loss takes it over."""
 
-    __slots__ = ("version", "raw", "eta", "unit", "constant", "_scale", "_scale_key")
+    __slots__ = ("version", "raw", "eta", "unit", "constant", "_scale", "_alpha", "_alpha_version")
 
     def __init__(self, version: tuple, raw: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | None,
                  lam: float) -> None:
@@ -242,15 +242,18 @@ class _HeldDraw:
             self.unit = unit.to(weight.dtype)
         self.constant: tuple[torch.Tensor, torch.Tensor] | None = None
         self._scale: torch.Tensor | None = None
-        self._scale_key: tuple | None = None
+        self._alpha: torch.Tensor | None = None  # reason: held, so a new α can never reuse its address
+        self._alpha_version = -1
 
     def scale(self, alpha: torch.Tensor) -> torch.Tensor:
-        """``λ·std(W)·α`` without history, computed once per α version (an optimizer step makes a new one)."""
-        key = (alpha._version, alpha.data_ptr())
-        if self._scale is None or self._scale_key != key:
+        """``λ·std(W)·α`` without history, computed once per α version (an optimizer step makes a new one).
+
+        Like std(W) and like a tensor autograd saves, it sees in-place changes of α but not writes through
+        ``.data``."""
+        if self._scale is None or alpha is not self._alpha or alpha._version != self._alpha_version:
             with torch.no_grad():
                 self._scale = self.unit * alpha
-            self._scale_key = key
+            self._alpha, self._alpha_version = alpha, alpha._version
         return self._scale
 
 
