@@ -166,7 +166,8 @@ def bn_property(name: str, is_buffer: bool) -> property:
                 # gives the clean set no gradient instead (as bn_mix="switch" and separate BatchNorm modules do): a
                 # step at λ = 1 leaves it alone (a zero gradient let momentum keep moving it), and the default paired
                 # step (whose clean term trains it) is bit for bit the same. In training the lerps and their
-                # backward cost a resnet18 step on an H200 about 8% of plain PGD-AT's time (measured when this changed)
+                # backward cost a resnet18 step on an H200 about 8% of plain PGD-AT's time (measured when this changed).
+                # A compiled model still mixes above (its graphs serve every λ > 0): a zero gradient there
                 return adv
             clean = store[name]
             if training or torch.is_grad_enabled():  # reason: a Python-float weight: one op per read, not three
