@@ -28,6 +28,17 @@ def test_symbolic_trace_keeps_conditioning(name):
     assert all(g > 0 for g in alpha_grads_at(traced, x).values())
 
 
+@pytest.mark.parametrize("name", ["functional_qkv", "cnn"])
+def test_a_trace_taken_at_lam_above_zero_bakes_in_no_draw(name):
+    builder, shape = CASES[name]
+    model = floatify.convert(wake_up(builder())).eval()
+    x = torch.rand(shape)
+    with floatify.lam(1.0):
+        traced = floatify.fx.symbolic_trace(model)
+    assert torch.equal(traced(x), model(x))  # at λ = 0 still the original computation
+    assert not [n for n, _ in traced.named_buffers() if "_tensor_constant" in n]
+
+
 def test_plain_fx_trace_would_lose_functional_noise_and_the_pass_restores_it():
     model = floatify.convert(CASES["functional_qkv"][0]()).eval()
     x = torch.rand(4, 8)
