@@ -224,7 +224,7 @@ def constant_weights() -> Iterator[None]:
 
     For an attack inside a training step: it differentiates with respect to the input only, so the noisy
     weights carry no autograd history. Each layer's is computed once and reused by every attack iteration (one
-    weight-sized set, on every device: recomputing it per read makes a resnet18 step on an H200 1.7x PGD-AT's
+    weight-sized set, on every device: recomputing it per read makes a resnet18 step on an H200 1.6x PGD-AT's
     instead of 1.2x, ``float-late`` in benchmarks/RESULTS.md); the first read after the block with W and α
     unchanged (the loss that follows the attack) takes it over, with gradients for W and α, and the rest goes with the
     :func:`hold_noise` block. A weight that already has a gradient (the previous step's, alive through the

@@ -193,7 +193,7 @@ class _ConditionedMixin:
                 return noisy
             # reason: a multiply-add per layer for all attack iterations, not one per read: the set (one weight-sized
             # tensor per layer) is held until the loss after the attack takes it over; per-read recomputation cost
-            # a resnet18 step 1.7x PGD-AT's on an H200 against 1.2x held (benchmarks/RESULTS.md, `float-late`)
+            # a resnet18 step 1.6x PGD-AT's on an H200 against 1.2x held (benchmarks/RESULTS.md, `float-late`)
             if hit.constant is None or hit.constant[0] is not scale:
                 hit.constant = (scale, _noisy_value(weight, hit.eta, scale, mask))
             return hit.constant[1]
