@@ -128,7 +128,7 @@ def cost_section(cost, cost_cuda=None) -> list[str]:
               "of holding the set, which costs step time, not memory; `floatify.fit` frees the gradients before the "
               "forwards. A dual BatchNorm at λ = 1 reads its adversarial set as is, in training too (no mix, no "
               "gradient for the clean set). On CPU these passes over the weights (about five, memory-bound) and the "
-              "per-layer Python are the remaining 3–7 % at 32 px (the range of two runs), where the weights outweigh "
+              "per-layer Python are the remaining 3–5 % at 32 px, where the weights outweigh "
               "the activations; on a GPU the per-layer kernel launches and Python are (the plain step is bound by the "
               "host that launches its kernels at this size). The paired step's extra cost over plain PGD-AT "
               "is its clean pass (`paired/plain`), which the non-FLOAT `plain-paired` pays too.", ""]
