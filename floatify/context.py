@@ -187,7 +187,7 @@ def register_recomputable(tensor: torch.Tensor, recompute: Callable[[], torch.Te
     :func:`hold_noise` block it does nothing.
     """
     held = _HELD.get()
-    if held is not None:
+    if held is not None and not tensor.is_inference():  # reason: an inference tensor is never saved for backward
         key = ("recompute", id(tensor))
 
         def forget(_: weakref.ref) -> None:  # reason: the entry goes with the tensor: a long block keeps none per read

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 import torch._dynamo
@@ -111,3 +113,30 @@ def test_a_larger_layer_traced_later_gets_its_own_bank_and_eager_regrowth_needs_
             c = compiled(x)
     assert counter.frame_count == 1
     assert not torch.equal(a, b) and not torch.equal(b, c) and torch.isfinite(c).all()
+
+
+def test_an_fx_trace_between_compiled_calls_needs_no_recompile():
+    # reason: the conditioned reads ask whether an FX trace runs; asked inside a graph, that question must not
+    # become a guard on torch.fx's thread-local state, which the first trace in a thread creates (so the calls run
+    # in a fresh thread)
+    torch._dynamo.reset()
+    model = floatify.convert(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))).eval()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    x, errors = torch.rand(2, 4), []
+
+    def calls() -> None:
+        try:
+            with floatify.lam(1.0):
+                compiled(x)
+                torch.fx.symbolic_trace(torch.nn.ReLU())  # any trace, in this thread
+                with torch.compiler.set_stance("fail_on_recompile"):
+                    compiled(x)
+        except Exception as error:  # reason: re-raised in the test's thread
+            errors.append(error)
+
+    thread = threading.Thread(target=calls)
+    thread.start()
+    thread.join()
+    assert not errors, errors
+    assert counter.frame_count == 1

@@ -282,3 +282,10 @@ def test_a_recipe_refuses_once_the_weights_changed_and_in_place_edits_are_saved_
         w.mul_(2)  # an in-place edit after registration: autograd must see the edited tensor
         grad = torch.autograd.grad(F.linear(x, w).sum(), x)[0]
     torch.testing.assert_close(grad, w.detach().sum(0).expand(3, 8))
+
+
+def test_a_held_step_runs_under_inference_mode_with_gradients_alive():
+    model = floatify.convert(nn.Linear(4, 4))
+    model(torch.rand(2, 4)).sum().backward()  # gradients alive: the attack's per-read path registers recipes
+    with floatify.lam(1.0), hold_noise(), constant_weights(), torch.inference_mode():
+        assert model(torch.rand(2, 4)).shape == (2, 4)

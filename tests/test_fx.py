@@ -28,11 +28,29 @@ def test_symbolic_trace_keeps_conditioning(name):
     assert all(g > 0 for g in alpha_grads_at(traced, x).values())
 
 
-@pytest.mark.parametrize("name", ["functional_qkv", "cnn"])
-def test_a_trace_taken_at_lam_above_zero_bakes_in_no_draw(name):
-    builder, shape = CASES[name]
-    model = floatify.convert(wake_up(builder())).eval()
-    x = torch.rand(shape)
+class _FunctionalBatchNorm(torch.nn.Module):
+    """Reads a BatchNorm's affine parameters and statistics functionally (conditioned layers are FX leaves)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = torch.nn.BatchNorm1d(8)
+
+    def forward(self, x):
+        bn = self.bn
+        return torch.nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+
+
+@pytest.mark.parametrize("name", ["functional_qkv", "functional_bn"])
+def test_a_trace_taken_at_lam_above_zero_bakes_in_no_draw_and_no_batchnorm_set(name):
+    if name == "functional_bn":
+        model = floatify.convert(torch.nn.Sequential(torch.nn.Linear(8, 8), _FunctionalBatchNorm())).eval()
+        with torch.no_grad():
+            model[1].bn.weight_adv.fill_(3.0)
+            model[1].bn.running_mean_adv.fill_(0.5)
+        x = torch.rand(4, 8)
+    else:
+        builder, shape = CASES[name]
+        model, x = floatify.convert(wake_up(builder())).eval(), torch.rand(shape)
     with floatify.lam(1.0):
         traced = floatify.fx.symbolic_trace(model)
     assert torch.equal(traced(x), model(x))  # at λ = 0 still the original computation

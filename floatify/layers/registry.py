@@ -37,7 +37,9 @@ def is_fx_tracing() -> bool:
     """
     if _FX_TLS is None:  # pragma: no cover - other torch versions
         return _is_fx_symbolic_tracing()
-    return getattr(_FX_TLS, "flag", False) and not torch.compiler.is_compiling()
+    if torch.compiler.is_compiling():
+        return False  # reason: first, so a compiled graph never reads (and guards on) the thread-local flag
+    return getattr(_FX_TLS, "flag", False)
 
 __all__ = ["register_conditioned_weights", "conditioned_weight_names", "is_batchnorm", "is_fx_tracing",
            "register_fx_leaf"]
