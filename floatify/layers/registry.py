@@ -17,29 +17,12 @@ Example:
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
-from torch.fx import _symbolic_trace
 
 try:  # reason: plain is_fx_tracing() also answers True under torch.export and warns about it
-    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as _is_fx_symbolic_tracing
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
 except ImportError:  # pragma: no cover - older torch
-    from torch.fx._symbolic_trace import is_fx_tracing as _is_fx_symbolic_tracing
-
-_FX_TLS = getattr(_symbolic_trace, "_is_fx_tracing_tls", None)
-
-
-def is_fx_tracing() -> bool:
-    """True inside a torch.fx symbolic trace (not under torch.compile or torch.export).
-
-    reason: asked on every conditioned attribute read (~2000 per training step of a resnet34); reading torch.fx's
-    thread-local flag here saves two Python calls per read where this torch keeps it there.
-    """
-    if _FX_TLS is None:  # pragma: no cover - other torch versions
-        return _is_fx_symbolic_tracing()
-    if torch.compiler.is_compiling():
-        return False  # reason: first, so a compiled graph never reads (and guards on) the thread-local flag
-    return getattr(_FX_TLS, "flag", False)
+    from torch.fx._symbolic_trace import is_fx_tracing
 
 __all__ = ["register_conditioned_weights", "conditioned_weight_names", "is_batchnorm", "is_fx_tracing",
            "register_fx_leaf"]
