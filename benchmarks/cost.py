@@ -169,6 +169,11 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
                         sync(device)
                         lat[f"{k}@{v}"].append(time.perf_counter() - t)
     ratio = lambda a, b: statistics.median(p / q for p, q in zip(step_t[a], step_t[b]))  # noqa: E731
+
+    def quartiles(a: str, b: str) -> list[float]:  # reason: the spread of the per-round ratios, reported with them
+        q = statistics.quantiles([p / q for p, q in zip(step_t[a], step_t[b])], n=4)
+        return [q[0], q[2]]
+
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in variants.items()}
     return {
         "arch": arch, "batch": batch, "rounds": rounds, "pgd_steps": steps, "device": device,
@@ -182,6 +187,8 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
         "step_ratio_floatlate_plain": ratio("float-late", "plain"),
         "step_ratio_paired_plain": ratio("float-paired", "plain"),
         "step_ratio_paired_plainpaired": ratio("float-paired", "plain-paired"),
+        "step_ratio_quartiles": {"float_plain": quartiles("float", "plain"),
+                                 "paired_plainpaired": quartiles("float-paired", "plain-paired")},
         "step_ratio_film_float": ratio("film", "float"),
         "latency_ms": {k: 1000 * statistics.median(v) for k, v in lat.items()},
         "peak_train_mb": {k: peak_memory_mb(arch, k, batch, steps, device) for k in VARIANTS if k != "float-late"},

@@ -400,6 +400,10 @@ def cost_targets_section(cost, overhead, noise, overhead_cuda=None, cost_cuda=No
         lines.append(f"- Training step ≤ 1.05× plain PGD-AT ({label}; FLOAT/plain, paired/plain-paired): "
                      + ", ".join(f"{a} {x:.3f} / {y:.3f}" for a, x, y in steps)
                      + f" — {_verdict(worst_step <= 1.05)}.")
+        if all("step_ratio_quartiles" in r for r in rows):
+            lines.append("  - spread of the per-round ratios (first–third quartile): " + ", ".join(
+                f"{r['arch']} " + " / ".join("{:.3f}–{:.3f}".format(*r["step_ratio_quartiles"][k])
+                                             for k in ("float_plain", "paired_plainpaired")) for r in rows) + ".")
     if noise:
         lams = noise["lams"]
         lines += ["", f"Is the defence weakened by the noise bank? (`benchmarks/noise_source.py`; the default recipe "
