@@ -8,7 +8,10 @@ default) and with a fresh draw per forward (``"forward"``, the reference code); 
 in a loop that frees the gradients after the forwards (the attack then recomputes its noisy weights per read);
 ``float-paired`` is the
 default strategy's whole training step (a clean pass at λ = 0 plus the PGD step at λ = 1), compared with
-``plain-paired``, the same clean + PGD loss on the unconverted model. Peak memory: a fresh
+``plain-paired``, the same clean + PGD loss on the unconverted model. FLOAT/plain is timed again in a fresh
+process that holds only those two models (``alone``): on CPU the step time depends on the allocator's state, which
+the seven models of the main run share; minor page faults per step are recorded with both, and on CPU the pair is
+timed once more under glibc tunables that keep freed heap for reuse (``GLIBC_KEEP_FREED``). Peak memory: a fresh
 subprocess per variant runs two training steps (gradients freed before the forwards, as in ``floatify.fit``, and
 again with them freed after, the other common loop order); on CUDA ``torch.cuda.max_memory_allocated``, on CPU the
 growth of the peak resident set size during the steps (Linux ``VmHWM``, reset before the steps, with glibc's
@@ -140,11 +143,67 @@ def _peak_child(arch: str, variant: str, batch: int, steps: int, device: str, or
     print(peak / 2**20)
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (memory the kernel maps in on first touch): 0 where unknown."""
+    try:
+        import resource  # reason: Unix only
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+GLIBC_KEEP_FREED = {"MALLOC_TRIM_THRESHOLD_": str(2**30), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
+"""glibc tunables under which freed heap is kept for reuse (blocks up to 32 MiB from the heap, none returned)."""
+
+
+def step_ratio_alone(arch: str, batch: int, rounds: int, steps: int, device: str, env: dict | None = None) -> dict:
+    """FLOAT/plain step time in a fresh process that holds only those two models (see :func:`_pair_child`)."""
+    out = subprocess.run([sys.executable, __file__, "--pair", arch, "--batch", str(batch), "--rounds", str(rounds),
+                          "--steps", str(steps), "--device", device], capture_output=True, text=True,
+                         env=os.environ | (env or {}))
+    if out.returncode != 0:  # reason: a failed probe must not lose the other measurements; say why it failed
+        print(f"FLOAT/plain alone for {arch} not measured: {out.stderr.strip().splitlines()[-1:]}", flush=True)
+        return {}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _pair_child(arch: str, batch: int, rounds: int, steps: int, device: str) -> None:
+    """Interleaved plain and FLOAT steps with no other model in the process.
+
+    reason: on CPU the step time depends on the allocator's state (glibc returns freed heap to the system and the
+    next step faults it back in), which the other variants of :func:`measure` share; this is the process a user
+    trains in.
+    """
+    torch.set_num_threads(2)
+    models = {k: build(arch, k, device) for k in ("plain", "float")}
+    opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
+    x, y = torch.rand(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    faults: dict[str, list[int]] = {k: [] for k in models}
+    for k, m in models.items():
+        train_step(m, k, opts[k], x, y, 1)
+    order = list(models)
+    for r in range(rounds):
+        random.Random(r).shuffle(order)
+        for k in order:
+            sync(device)
+            f, t = minor_faults(), time.perf_counter()
+            train_step(models[k], k, opts[k], x, y, steps)
+            sync(device)
+            times[k].append(time.perf_counter() - t)
+            faults[k].append(minor_faults() - f)
+    ratios = [p / q for p, q in zip(times["float"], times["plain"])]
+    q = statistics.quantiles(ratios, n=4)
+    print(json.dumps({"ratio": statistics.median(ratios), "quartiles": [q[0], q[2]],
+                      "faults_per_step": {k: statistics.median(v) for k, v in faults.items()}}))
+
+
 def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict:
     variants = {k: build(arch, k, device) for k in VARIANTS}
     opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in variants.items()}
     x, y = torch.rand(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
-    step_t = {k: [] for k in variants}
+    step_t: dict[str, list[float]] = {k: [] for k in variants}
+    faults: dict[str, list[int]] = {k: [] for k in variants}
     timed = [k for k in variants if k not in TRAIN_ONLY]
     lat = {f"{k}@{v}": [] for k in timed for v in (0.0, 1.0)}
     for k, m in variants.items():  # warm-up
@@ -154,10 +213,11 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
         random.Random(r).shuffle(order)
         for k in order:
             sync(device)
-            t = time.perf_counter()
+            f, t = minor_faults(), time.perf_counter()
             train_step(variants[k], k, opts[k], x, y, steps)
             sync(device)
             step_t[k].append(time.perf_counter() - t)
+            faults[k].append(minor_faults() - f)
             if k in TRAIN_ONLY:
                 continue
             variants[k].eval()
@@ -190,6 +250,11 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
         "step_ratio_quartiles": {"float_plain": quartiles("float", "plain"),
                                  "paired_plainpaired": quartiles("float-paired", "plain-paired")},
         "step_ratio_film_float": ratio("film", "float"),
+        "minor_faults_per_step": {k: statistics.median(v) for k, v in faults.items()},
+        "alone": step_ratio_alone(arch, batch, rounds, steps, device),
+        "alone_glibc_keep_freed": step_ratio_alone(arch, batch, rounds, steps, device, GLIBC_KEEP_FREED)
+        if device == "cpu" else {},
+        "glibc_keep_freed_env": GLIBC_KEEP_FREED,
         "latency_ms": {k: 1000 * statistics.median(v) for k, v in lat.items()},
         "peak_train_mb": {k: peak_memory_mb(arch, k, batch, steps, device) for k in VARIANTS if k != "float-late"},
         "peak_train_mb_zero_grad_late": {k: peak_memory_mb(arch, k, batch, steps, device, "late")
@@ -206,6 +271,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--peak", nargs=2, metavar=("ARCH", "VARIANT"), help=argparse.SUPPRESS)
     p.add_argument("--zero-grad", choices=("first", "late"), default="first", help=argparse.SUPPRESS)
+    p.add_argument("--pair", metavar="ARCH", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=None,
                    help="default: benchmarks/results/cost.json on CPU, cost_cuda.json on CUDA")
     args = p.parse_args()
@@ -213,6 +279,8 @@ def main() -> None:
         args.out = Path(f"benchmarks/results/cost{'_cuda' if args.device.startswith('cuda') else ''}.json")
     if args.peak:
         return _peak_child(*args.peak, args.batch, args.steps, args.device, args.zero_grad)
+    if args.pair:
+        return _pair_child(args.pair, args.batch, args.rounds, args.steps, args.device)
     torch.set_num_threads(2)
     results = [measure(a, args.batch, args.rounds, args.steps, args.device) for a in args.archs]
     for r in results:
@@ -225,6 +293,15 @@ def main() -> None:
               f" float-late/plain {r['step_ratio_floatlate_plain']:.3f}"
               f" float-paired/plain-paired {r['step_ratio_paired_plainpaired']:.3f}"
               f" film/float {r['step_ratio_film_float']:.3f}")
+        if r["alone"]:
+            print(f"  float/plain alone in a process {r['alone']['ratio']:.3f} "
+                  f"(quartiles {r['alone']['quartiles'][0]:.3f}-{r['alone']['quartiles'][1]:.3f}); minor page faults "
+                  f"per step: {r['alone']['faults_per_step']}, with every variant: {r['minor_faults_per_step']}")
+        if r["alone_glibc_keep_freed"]:
+            tuned = r["alone_glibc_keep_freed"]
+            print(f"  float/plain alone, glibc keeping freed heap ({GLIBC_KEEP_FREED}) {tuned['ratio']:.3f} "
+                  f"(quartiles {tuned['quartiles'][0]:.3f}-{tuned['quartiles'][1]:.3f}); "
+                  f"faults {tuned['faults_per_step']}")
         print("  latency ms: " + ", ".join(f"{k} {v:.1f}" for k, v in r["latency_ms"].items()))
         print("  peak train MB: " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_train_mb"].items()))
         print("  peak train MB, zero_grad after the forwards: "

@@ -5,14 +5,16 @@ Under the digits threat model (eps 0.1) with the strong preset, per seed:
 1. a standard model is trained with plain cross-entropy for ``--epochs`` epochs (the "existing model");
 2. FLOAT from scratch: floatify.fit with the library defaults for ``--epochs`` epochs;
 3. FLOAT fine-tuning: the standard model is converted and floatify.fit runs for k ∈ ``--finetune-epochs`` epochs
-   with learning rate ``--finetune-lr``, batch size ``--finetune-batch`` and the paired step's adversarial weight
-   ``--finetune-adv-weight`` (cosine, nothing frozen; the library's weight by default).
+   with learning rate ``--finetune-lr`` and batch size ``--finetune-batch`` (cosine, nothing frozen), and any other
+   ``floatify.fit`` setting given as ``--finetune-set KEY=VALUE`` (e.g. ``adv_weight=0.9``, ``warmup_epochs=1``,
+   ``optimizer=adamw``; the library's defaults otherwise).
 
 Reported: clean and headline-robust accuracy at λ = 0 and λ = 1 (mean over seeds), the fewest fine-tuning epochs
 that come within 1 point of the from-scratch dial at both ends (target ≤ 1/3 of the from-scratch epochs), and how
 far the clean model's own accuracy moves at λ = 0 (target: within 1 point).
 
     python benchmarks/finetune.py [--seeds 0 1 2] [--finetune-epochs 2 3 5 8] [--finetune-batch 64]
+        [--finetune-set KEY=VALUE ...] [--scratch-epochs N] [--preset quick]
 
 Writes benchmarks/results/finetune.json and finetune.md.
 """
@@ -35,8 +37,22 @@ from floatify.attacks import PRESETS
 from floatify.data import load_dataset
 from floatify.models import create_model
 from floatify.summary import param_groups
+from floatify.train import TrainConfig
 
 LAMS = [0.0, 1.0]
+
+
+def fit_setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` → (key, value) for floatify.fit: the value read as JSON (numbers, true/false), else as text."""
+    key, sep, raw = text.partition("=")
+    settings = sorted(set(TrainConfig.__dataclass_fields__) - {"epochs", "lr", "seed", "eps"})  # reason: own options
+    if not sep or key not in settings:
+        raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE with KEY one of {', '.join(settings)} "
+                                         "(epochs, lr, seed and eps have options of their own)")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
 
 
 def train_standard(model, loader, epochs: int, lr: float) -> None:
@@ -72,8 +88,10 @@ def main() -> None:
     p.add_argument("--finetune-batch", type=int, default=64,
                    help="fine-tuning batch size (standard and from-scratch runs use 64): a smaller batch takes more "
                         "optimizer steps per epoch for about the same work per epoch")
-    p.add_argument("--finetune-adv-weight", type=float, default=None,
-                   help="weight of the adversarial term while fine-tuning (default: the library's, as from scratch)")
+    p.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE", type=fit_setting,
+                   help="a floatify.fit setting for the fine-tuning runs (a TrainConfig field; the value read as JSON, "
+                        "else as text), e.g. adv_weight=0.9 or warmup_epochs=1; repeatable")
+    p.add_argument("--scratch-epochs", type=int, default=None, help="from-scratch FLOAT epochs (default: --epochs)")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--preset", choices=tuple(PRESETS), default="strong")
     p.add_argument("--score-draws", type=int, default=8)
@@ -98,15 +116,15 @@ def main() -> None:
         torch.manual_seed(seed)
         scratch = floatify.convert(create_model(args.model, data.num_classes))
         t0 = time.perf_counter()
-        floatify.fit(scratch, loader(), epochs=args.epochs, lr=args.lr, seed=seed, eps=args.eps, progress=False)
+        floatify.fit(scratch, loader(), epochs=args.scratch_epochs or args.epochs, lr=args.lr, seed=seed, eps=args.eps,
+                     progress=False)
         row["scratch_s"], row["scratch"] = time.perf_counter() - t0, scores(scratch, test, args)
         row["finetune"] = {}
         for k in args.finetune_epochs:
             model = floatify.convert(copy.deepcopy(standard))
             t0 = time.perf_counter()
-            weight = {} if args.finetune_adv_weight is None else {"adv_weight": args.finetune_adv_weight}
             floatify.fit(model, loader(batch_size=args.finetune_batch), epochs=k, lr=args.finetune_lr, seed=seed,
-                         eps=args.eps, progress=False, **weight)
+                         eps=args.eps, progress=False, **dict(args.finetune_set))
             row["finetune"][str(k)] = scores(model, test, args) | {"seconds": time.perf_counter() - t0}
         runs.append(row)
         print(json.dumps({"seed": seed, "standard": row["standard"], "scratch": row["scratch"],
@@ -131,12 +149,13 @@ def summarise(runs: list[dict], args) -> dict:
 
     scratch = [mean(ends(r["scratch"])[i] for r in runs) for i in range(4)]
     batch = getattr(args, "finetune_batch", 64)
+    scratch_epochs = getattr(args, "scratch_epochs", None) or args.epochs
     table = ["| model | epochs | batch | train s | λ=0 clean / robust | λ=1 clean / robust "
              "| worst gap to from-scratch (points) |",
              "|---|---|---|---|---|---|---|",
              f"| standard (the existing model) | {args.epochs} | 64 | {mean(r['standard_s'] for r in runs):.1f} | "
              f"{cell(lambda r: (r['standard']['clean'], r['standard']['robust']))} | | |",
-             f"| FLOAT from scratch | {args.epochs} | 64 | {mean(r['scratch_s'] for r in runs):.1f} | "
+             f"| FLOAT from scratch | {scratch_epochs} | 64 | {mean(r['scratch_s'] for r in runs):.1f} | "
              f"{cell(lambda r: ends(r['scratch'])[:2])} | {cell(lambda r: ends(r['scratch'])[2:])} | |"]
     enough = None
     for k in args.finetune_epochs:
