@@ -45,10 +45,10 @@ LAMS = [0.0, 1.0]
 def fit_setting(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` → (key, value) for floatify.fit: the value read as JSON (numbers, true/false), else as text."""
     key, sep, raw = text.partition("=")
-    settings = sorted(set(TrainConfig.__dataclass_fields__) - {"epochs", "lr", "seed", "eps"})  # reason: own options
+    settings = sorted(set(TrainConfig.__dataclass_fields__) - {"epochs", "lr", "seed"})  # reason: own options
     if not sep or key not in settings:
         raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE with KEY one of {', '.join(settings)} "
-                                         "(epochs, lr, seed and eps have options of their own)")
+                                         "(epochs, lr and seed have options of their own)")
     try:
         return key, json.loads(raw)
     except json.JSONDecodeError:
@@ -90,7 +90,8 @@ def main() -> None:
                         "optimizer steps per epoch for about the same work per epoch")
     p.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE", type=fit_setting,
                    help="a floatify.fit setting for the fine-tuning runs (a TrainConfig field; the value read as JSON, "
-                        "else as text), e.g. adv_weight=0.9 or warmup_epochs=1; repeatable")
+                        "else as text), e.g. adv_weight=0.9, warmup_epochs=1 or eps=0.125 (the training attack's "
+                        "eps; the evaluation keeps --eps); repeatable")
     p.add_argument("--scratch-epochs", type=int, default=None, help="from-scratch FLOAT epochs (default: --epochs)")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--preset", choices=tuple(PRESETS), default="strong")
@@ -124,8 +125,9 @@ def main() -> None:
             model = floatify.convert(copy.deepcopy(standard))
             t0 = time.perf_counter()
             floatify.fit(model, loader(batch_size=args.finetune_batch), epochs=k, lr=args.finetune_lr, seed=seed,
-                         eps=args.eps, progress=False, **dict(args.finetune_set))
-            row["finetune"][str(k)] = scores(model, test, args) | {"seconds": time.perf_counter() - t0}
+                         progress=False, **({"eps": args.eps} | dict(args.finetune_set)))
+            seconds = time.perf_counter() - t0  # reason: training only, before the (much longer) evaluation
+            row["finetune"][str(k)] = scores(model, test, args) | {"seconds": seconds}
         runs.append(row)
         print(json.dumps({"seed": seed, "standard": row["standard"], "scratch": row["scratch"],
                           "finetune": row["finetune"]}), flush=True)
