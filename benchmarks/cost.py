@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import timm
@@ -178,6 +179,17 @@ def _pair_child(arch: str, batch: int, rounds: int, steps: int, device: str) -> 
     models = {k: build(arch, k, device) for k in ("plain", "float")}
     opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
     x, y = torch.rand(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
+    times, faults = interleaved_steps(models, opts, x, y, steps, rounds, device)
+    ratios = [p / q for p, q in zip(times["float"], times["plain"])]
+    q = statistics.quantiles(ratios, n=4)
+    print(json.dumps({"ratio": statistics.median(ratios), "quartiles": [q[0], q[2]],
+                      "faults_per_step": {k: statistics.median(v) for k, v in faults.items()}}))
+
+
+def interleaved_steps(models: dict, opts: dict, x, y, steps: int, rounds: int, device: str,
+                      after_step: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+    """Seconds and minor page faults of each model's training step, every round in a shuffled order (one warm-up
+    step each first); ``after_step(name)`` runs after each timed step, outside the timing."""
     times: dict[str, list[float]] = {k: [] for k in models}
     faults: dict[str, list[int]] = {k: [] for k in models}
     for k, m in models.items():
@@ -192,42 +204,31 @@ def _pair_child(arch: str, batch: int, rounds: int, steps: int, device: str) -> 
             sync(device)
             times[k].append(time.perf_counter() - t)
             faults[k].append(minor_faults() - f)
-    ratios = [p / q for p, q in zip(times["float"], times["plain"])]
-    q = statistics.quantiles(ratios, n=4)
-    print(json.dumps({"ratio": statistics.median(ratios), "quartiles": [q[0], q[2]],
-                      "faults_per_step": {k: statistics.median(v) for k, v in faults.items()}}))
+            if after_step is not None:
+                after_step(k)
+    return times, faults
 
 
 def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict:
     variants = {k: build(arch, k, device) for k in VARIANTS}
     opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in variants.items()}
     x, y = torch.rand(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
-    step_t: dict[str, list[float]] = {k: [] for k in variants}
-    faults: dict[str, list[int]] = {k: [] for k in variants}
     timed = [k for k in variants if k not in TRAIN_ONLY]
-    lat = {f"{k}@{v}": [] for k in timed for v in (0.0, 1.0)}
-    for k, m in variants.items():  # warm-up
-        train_step(m, k, opts[k], x, y, 1)
-    order = list(variants)
-    for r in range(rounds):
-        random.Random(r).shuffle(order)
-        for k in order:
-            sync(device)
-            f, t = minor_faults(), time.perf_counter()
-            train_step(variants[k], k, opts[k], x, y, steps)
-            sync(device)
-            step_t[k].append(time.perf_counter() - t)
-            faults[k].append(minor_faults() - f)
-            if k in TRAIN_ONLY:
-                continue
-            variants[k].eval()
-            with torch.no_grad():
-                for v in (0.0, 1.0):
-                    with floatify.lam(v):
-                        t = time.perf_counter()
-                        variants[k](x)
-                        sync(device)
-                        lat[f"{k}@{v}"].append(time.perf_counter() - t)
+    lat: dict[str, list[float]] = {f"{k}@{v}": [] for k in timed for v in (0.0, 1.0)}
+
+    def latency(k: str) -> None:  # reason: inference timed in the same rounds, after the variant's step
+        if k in TRAIN_ONLY:
+            return
+        variants[k].eval()
+        with torch.no_grad():
+            for v in (0.0, 1.0):
+                with floatify.lam(v):
+                    t = time.perf_counter()
+                    variants[k](x)
+                    sync(device)
+                    lat[f"{k}@{v}"].append(time.perf_counter() - t)
+
+    step_t, faults = interleaved_steps(variants, opts, x, y, steps, rounds, device, latency)
     ratio = lambda a, b: statistics.median(p / q for p, q in zip(step_t[a], step_t[b]))  # noqa: E731
 
     def quartiles(a: str, b: str) -> list[float]:  # reason: the spread of the per-round ratios, reported with them
