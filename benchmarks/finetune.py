@@ -3,7 +3,7 @@
 Under the digits threat model (eps 0.1) with the strong preset, per seed:
 
 1. a standard model is trained with plain cross-entropy for ``--epochs`` epochs (the "existing model");
-2. FLOAT from scratch: floatify.fit with the library defaults for ``--epochs`` epochs;
+2. FLOAT from scratch: floatify.fit with the library defaults for ``--scratch-epochs`` epochs (default ``--epochs``);
 3. FLOAT fine-tuning: the standard model is converted and floatify.fit runs for k ∈ ``--finetune-epochs`` epochs
    with learning rate ``--finetune-lr`` and batch size ``--finetune-batch`` (cosine, nothing frozen), and any other
    ``floatify.fit`` setting given as ``--finetune-set KEY=VALUE`` (e.g. ``adv_weight=0.9``, ``warmup_epochs=1``,
@@ -99,6 +99,10 @@ def main() -> None:
     p.add_argument("--eval-limit", type=int, default=200)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
+    try:  # reason: a bad setting fails here in one line, not after the standard model has trained
+        TrainConfig(**dict(args.finetune_set))
+    except (TypeError, ValueError) as err:
+        p.error(f"--finetune-set: {err}")
     torch.set_num_threads(2)
     data = load_dataset("digits", image_size=16)
     test = Subset(data.test, range(min(args.eval_limit, len(data.test))))
