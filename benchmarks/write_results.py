@@ -397,8 +397,8 @@ def cost_targets_section(cost, overhead, noise, overhead_cuda=None, cost_cuda=No
         steps = [(r["arch"], r["step_ratio_float_plain"], r.get("step_ratio_paired_plainpaired", math.nan))
                  for r in rows]
         alone = [r["alone"] for r in rows if r.get("alone")]
-        # reason: the verdict takes the worse of the two processes: a user trains in neither, and on CPU the
-        # allocator's state moves the ratio by more than the target's margin
+        # reason: the verdict takes the worse of the two processes: on CPU the other variants' allocations hide the
+        # allocator cost that a process training one model pays, and it moves the ratio by more than the margin
         worst_step = max([max(m[1], m[2]) for m in steps] + [a["ratio"] for a in alone])
         lines.append(f"- Training step ≤ 1.05× plain PGD-AT ({label}; FLOAT/plain, paired/plain-paired, in one "
                      "process with all seven variants): " + ", ".join(f"{a} {x:.3f} / {y:.3f}" for a, x, y in steps)
