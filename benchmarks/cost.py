@@ -8,10 +8,13 @@ default) and with a fresh draw per forward (``"forward"``, the reference code); 
 in a loop that frees the gradients after the forwards (the attack then recomputes its noisy weights per read);
 ``float-paired`` is the
 default strategy's whole training step (a clean pass at λ = 0 plus the PGD step at λ = 1), compared with
-``plain-paired``, the same clean + PGD loss on the unconverted model. FLOAT/plain is timed again in a fresh
-process that holds only those two models (``alone``): on CPU the step time depends on the allocator's state, which
-the seven models of the main run share; minor page faults per step are recorded with both, and on CPU the pair is
-timed once more under glibc tunables that keep freed heap for reuse (``GLIBC_KEEP_FREED``). Peak memory: a fresh
+``plain-paired``, the same clean + PGD loss on the unconverted model. FLOAT/plain is timed again, over twice the
+rounds, in a fresh process that holds only those two models (``alone``): on CPU the step time depends on the
+allocator's state, which the seven models of the main run share; minor page faults per step are recorded with both,
+and on CPU the pair is timed once more inside :func:`floatify.heap.keep_freed_heap`, as ``floatify.fit`` trains on
+CPU (``alone_fit_heap``).
+On CPU the process's own peak resident set is measured too, plain and FLOAT, with glibc's default and with the kept
+heap (``peak_rss_mb``: growth over the first three training steps, optimizer state included). Peak memory: a fresh
 subprocess per variant runs two training steps (gradients freed before the forwards, as in ``floatify.fit``, and
 again with them freed after, the other common loop order); on CUDA ``torch.cuda.max_memory_allocated``, on CPU the
 growth of the peak resident set size during the steps (Linux ``VmHWM``, reset before the steps, with glibc's
@@ -23,6 +26,7 @@ mmap threshold fixed at 64 KiB so that freed tensors leave the resident set).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -40,6 +44,7 @@ import torch.nn.functional as F
 
 import floatify
 from floatify.attacks import make_attack
+from floatify.heap import keep_freed_heap
 from floatify.train import DEFAULT_ADV_WEIGHT, float_paired_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -115,6 +120,34 @@ def peak_memory_mb(arch: str, variant: str, batch: int, steps: int, device: str,
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def peak_rss_mb(arch: str, variant: str, batch: int, steps: int, heap: str) -> float:
+    """Growth of the process's peak resident set over its first three CPU training steps, in a fresh process.
+
+    Unlike :func:`peak_memory_mb` it keeps glibc's own behaviour (``heap``: as it comes, or the freed heap kept as
+    ``floatify.fit`` keeps it), so it is what a user sees in ``top``: freed blocks glibc keeps count too.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, __file__, "--rss", arch, variant, "--batch", str(batch),
+                          "--steps", str(steps), "--heap", heap], capture_output=True, text=True, env=env)
+    if out.returncode != 0:  # reason: a failed memory probe must not lose the timings; say why it failed
+        print(f"peak RSS of {arch}/{variant} not measured: {out.stderr.strip().splitlines()[-1:]}", flush=True)
+        return float("nan")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _rss_child(arch: str, variant: str, batch: int, steps: int, heap: str) -> None:
+    torch.set_num_threads(2)
+    model = build(arch, variant, "cpu")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    Path("/proc/self/clear_refs").write_text("5")  # reason: resets VmHWM (peak RSS) to the current RSS
+    base = _proc_status_bytes("VmRSS")
+    with _heap(heap):
+        for _ in range(3):
+            train_step(model, variant, opt, x, y, steps)
+        print((_proc_status_bytes("VmHWM") - base) / 2**20)
+
+
 def _proc_status_bytes(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -153,22 +186,25 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-GLIBC_KEEP_FREED = {"MALLOC_TRIM_THRESHOLD_": str(2**30), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
-"""glibc tunables under which freed heap is kept for reuse (blocks up to 32 MiB from the heap, none returned)."""
+HEAPS = ("default", "keep")
+"""glibc as it comes, or inside :func:`floatify.heap.keep_freed_heap` (``floatify.fit``'s default on CPU)."""
 
 
-def step_ratio_alone(arch: str, batch: int, rounds: int, steps: int, device: str, env: dict | None = None) -> dict:
+def _heap(heap: str) -> contextlib.AbstractContextManager:
+    return keep_freed_heap() if heap == "keep" else contextlib.nullcontext()
+
+
+def step_ratio_alone(arch: str, batch: int, rounds: int, steps: int, device: str, heap: str = "default") -> dict:
     """FLOAT/plain step time in a fresh process that holds only those two models (see :func:`_pair_child`)."""
     out = subprocess.run([sys.executable, __file__, "--pair", arch, "--batch", str(batch), "--rounds", str(rounds),
-                          "--steps", str(steps), "--device", device], capture_output=True, text=True,
-                         env=os.environ | (env or {}))
+                          "--steps", str(steps), "--device", device, "--heap", heap], capture_output=True, text=True)
     if out.returncode != 0:  # reason: a failed probe must not lose the other measurements; say why it failed
         print(f"FLOAT/plain alone for {arch} not measured: {out.stderr.strip().splitlines()[-1:]}", flush=True)
         return {}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _pair_child(arch: str, batch: int, rounds: int, steps: int, device: str) -> None:
+def _pair_child(arch: str, batch: int, rounds: int, steps: int, device: str, heap: str) -> None:
     """Interleaved plain and FLOAT steps with no other model in the process.
 
     reason: on CPU the step time depends on the allocator's state (glibc returns freed heap to the system and the
@@ -179,7 +215,8 @@ def _pair_child(arch: str, batch: int, rounds: int, steps: int, device: str) -> 
     models = {k: build(arch, k, device) for k in ("plain", "float")}
     opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
     x, y = torch.rand(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
-    times, faults = interleaved_steps(models, opts, x, y, steps, rounds, device)
+    with _heap(heap):
+        times, faults = interleaved_steps(models, opts, x, y, steps, rounds, device)
     ratios = [p / q for p, q in zip(times["float"], times["plain"])]
     q = statistics.quantiles(ratios, n=4)
     print(json.dumps({"ratio": statistics.median(ratios), "quartiles": [q[0], q[2]],
@@ -252,14 +289,15 @@ def measure(arch: str, batch: int, rounds: int, steps: int, device: str) -> dict
                                  "paired_plainpaired": quartiles("float-paired", "plain-paired")},
         "step_ratio_film_float": ratio("film", "float"),
         "minor_faults_per_step": {k: statistics.median(v) for k, v in faults.items()},
-        "alone": step_ratio_alone(arch, batch, rounds, steps, device),
-        "alone_glibc_keep_freed": step_ratio_alone(arch, batch, rounds, steps, device, GLIBC_KEEP_FREED)
-        if device == "cpu" else {},
-        "glibc_keep_freed_env": GLIBC_KEEP_FREED,
+        # reason: twice the rounds: two models only, so cheap, and their ratio decides the step target
+        "alone": step_ratio_alone(arch, batch, 2 * rounds, steps, device),
+        "alone_fit_heap": step_ratio_alone(arch, batch, 2 * rounds, steps, device, "keep") if device == "cpu" else {},
         "latency_ms": {k: 1000 * statistics.median(v) for k, v in lat.items()},
         "peak_train_mb": {k: peak_memory_mb(arch, k, batch, steps, device) for k in VARIANTS if k != "float-late"},
         "peak_train_mb_zero_grad_late": {k: peak_memory_mb(arch, k, batch, steps, device, "late")
                                          for k in ("plain", "float", "plain-paired", "float-paired")},
+        "peak_rss_mb": {h: {k: peak_rss_mb(arch, k, batch, steps, h) for k in ("plain", "float")} for h in HEAPS}
+        if device == "cpu" else {},
     }
 
 
@@ -273,6 +311,8 @@ def main() -> None:
     p.add_argument("--peak", nargs=2, metavar=("ARCH", "VARIANT"), help=argparse.SUPPRESS)
     p.add_argument("--zero-grad", choices=("first", "late"), default="first", help=argparse.SUPPRESS)
     p.add_argument("--pair", metavar="ARCH", help=argparse.SUPPRESS)
+    p.add_argument("--rss", nargs=2, metavar=("ARCH", "VARIANT"), help=argparse.SUPPRESS)
+    p.add_argument("--heap", choices=HEAPS, default="default", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=None,
                    help="default: benchmarks/results/cost.json on CPU, cost_cuda.json on CUDA")
     args = p.parse_args()
@@ -281,7 +321,9 @@ def main() -> None:
     if args.peak:
         return _peak_child(*args.peak, args.batch, args.steps, args.device, args.zero_grad)
     if args.pair:
-        return _pair_child(args.pair, args.batch, args.rounds, args.steps, args.device)
+        return _pair_child(args.pair, args.batch, args.rounds, args.steps, args.device, args.heap)
+    if args.rss:
+        return _rss_child(*args.rss, args.batch, args.steps, args.heap)
     torch.set_num_threads(2)
     results = [measure(a, args.batch, args.rounds, args.steps, args.device) for a in args.archs]
     for r in results:
@@ -298,11 +340,14 @@ def main() -> None:
             print(f"  float/plain alone in a process {r['alone']['ratio']:.3f} "
                   f"(quartiles {r['alone']['quartiles'][0]:.3f}-{r['alone']['quartiles'][1]:.3f}); minor page faults "
                   f"per step: {r['alone']['faults_per_step']}, with every variant: {r['minor_faults_per_step']}")
-        if r["alone_glibc_keep_freed"]:
-            tuned = r["alone_glibc_keep_freed"]
-            print(f"  float/plain alone, glibc keeping freed heap ({GLIBC_KEEP_FREED}) {tuned['ratio']:.3f} "
-                  f"(quartiles {tuned['quartiles'][0]:.3f}-{tuned['quartiles'][1]:.3f}); "
-                  f"faults {tuned['faults_per_step']}")
+        if r["alone_fit_heap"]:
+            kept = r["alone_fit_heap"]
+            print(f"  float/plain alone, freed heap kept as floatify.fit keeps it {kept['ratio']:.3f} "
+                  f"(quartiles {kept['quartiles'][0]:.3f}-{kept['quartiles'][1]:.3f}); "
+                  f"faults {kept['faults_per_step']}")
+        if r["peak_rss_mb"]:
+            print("  peak RSS growth MB, plain/float: " + ", ".join(
+                f"{h} {v['plain']:.0f}/{v['float']:.0f}" for h, v in r["peak_rss_mb"].items()))
         print("  latency ms: " + ", ".join(f"{k} {v:.1f}" for k, v in r["latency_ms"].items()))
         print("  peak train MB: " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_train_mb"].items()))
         print("  peak train MB, zero_grad after the forwards: "

@@ -2,7 +2,7 @@
 
 The top level holds the verbs and their configs; helpers live in the submodules (``floatify.context``,
 ``floatify.layers``, ``floatify.models``, ``floatify.summary``, ``floatify.sparsity``, ``floatify.train``,
-``floatify.attacks``, ``floatify.report``, ``floatify.checkpoint``, ``floatify.data``).
+``floatify.attacks``, ``floatify.report``, ``floatify.checkpoint``, ``floatify.data``, ``floatify.heap``).
 
 Example:
     >>> import torch, floatify

@@ -80,6 +80,8 @@ _TRAIN_HELP = {
     "warmup_epochs": "epochs of linear learning-rate warm-up",
     "fixed_lam": "the operating point of --strategy fixed (a model dedicated to one λ)",
     "adv_weight": "--strategy paired: weight of the adversarial (λ = 1) loss term; the clean term gets 1 - it",
+    "keep_freed_heap": "on CPU, let glibc return freed heap to the system during training (slower: each step faults "
+                       "its memory back in); by default it is kept for reuse, see floatify.heap",
 }
 _CONVERT_HELP = {
     "alpha_init": "initial noise scale α",

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from floatify.attacks import make_attack
 from floatify.context import constant_weights, hold_noise, operating_point, recompute_saved, validate_lam
 from floatify.convert import iter_modules
+from floatify.heap import keep_freed_heap
 from floatify.layers.conditioned import ALPHA_SUFFIX, is_conditioned
 from floatify.summary import param_groups
 
@@ -68,6 +69,7 @@ NOISE_DRAWS = ("step", "forward")
 DEFAULT_STRATEGY = "paired"
 DEFAULT_ADV_WEIGHT = 0.75
 OAT_VALUES = (0.0, 0.1, 0.2, 0.3, 0.4, 1.0)
+RESUMABLE_CHANGES = ("keep_freed_heap",)  # TrainConfig fields a resumed run may change (speed only)
 
 
 class LamSampler:
@@ -253,6 +255,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     fixed_lam: float = 1.0  # the operating point of strategy "fixed" (a dedicated model)
     adv_weight: float = DEFAULT_ADV_WEIGHT  # strategy "paired": weight of the adversarial (λ = 1) term
+    keep_freed_heap: bool = True  # CPU: glibc keeps freed heap for reuse during fit (floatify.heap); speed only
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -287,6 +290,8 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not 0.0 <= self.zero_share <= 1.0:
             raise ValueError(f"zero_share must be in [0, 1], got {self.zero_share!r}")
+        if not isinstance(self.keep_freed_heap, bool):
+            raise ValueError(f"keep_freed_heap must be True or False, got {self.keep_freed_heap!r}")
         if not (isinstance(self.warmup_epochs, (int, float)) and 0 <= self.warmup_epochs <= self.epochs):
             raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs!r}")
 
@@ -410,13 +415,15 @@ def fit(
     run = _set_up(model, train_loader, cfg, checkpoint_dir, tag)
     if resume:
         _resume_run(run)
-    for epoch in range(run.start_epoch, cfg.epochs):
-        record = train_one_epoch(run, epoch, progress=progress)
-        run.history.append(record)
-        if run.checkpoint_dir is not None and _is_main_process():
-            _save_checkpoint(run, epoch)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, record)
+    heap = keep_freed_heap() if cfg.keep_freed_heap and run.device.type == "cpu" else contextlib.nullcontext()
+    with heap:
+        for epoch in range(run.start_epoch, cfg.epochs):
+            record = train_one_epoch(run, epoch, progress=progress)
+            run.history.append(record)
+            if run.checkpoint_dir is not None and _is_main_process():
+                _save_checkpoint(run, epoch)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, record)
     return run.history
 
 
@@ -559,8 +566,12 @@ def _resume(inner, optimizer, scheduler, scaler, loader, cfg: TrainConfig, signa
     from floatify.checkpoint import CheckpointError
 
     saved = {**asdict(TrainConfig()), **state.get("config", {})}  # reason: settings added since keep defaults
-    if saved != asdict(cfg):
-        changed = {k for k in asdict(cfg) if saved.get(k) != asdict(cfg)[k]}
+    now = asdict(cfg)
+    for speed_only in RESUMABLE_CHANGES:  # reason: no effect on the weights, so a resumed run may change them
+        saved.pop(speed_only, None)
+        now.pop(speed_only, None)
+    if saved != now:
+        changed = {k for k in now if saved.get(k) != now[k]}
         raise ValueError(f"cannot resume: training settings changed since the checkpoint ({sorted(changed)}); "
                          f"use the original settings or start a fresh run")
     old = state.get("data")

@@ -46,3 +46,18 @@ def alpha_grads_at(model: nn.Module, x: torch.Tensor, lam: float = 1.0) -> dict[
     g = torch.Generator().manual_seed(1)
     (out * torch.randn(out.shape, generator=g)).sum().backward()
     return {k: (0.0 if p.grad is None else float(p.grad.abs())) for k, p in alphas(model).items()}
+
+
+class RecordingLibc:
+    """Stands in for glibc: records the allocator calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, param, value):
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad):
+        self.calls.append(("malloc_trim", pad))
+        return 1

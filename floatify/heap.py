@@ -1,0 +1,91 @@
+"""Keep freed heap for reuse while training on CPU (glibc), as PyTorch's CUDA caching allocator does on GPU.
+
+reason: a FLOAT training step holds its noisy weights (one weight-sized set) on top of the attack's memory, so its
+heap reaches higher than plain PGD-AT's. Under glibc's default (dynamic) thresholds the free heap top is returned
+to the system (``brk``) when the gradients are freed at ``zero_grad``, and the next attack and backward fault it back
+in page by page: thousands of minor page faults per step, 3 % of a resnet34 step (benchmarks/RESULTS.md). Inside
+:func:`keep_freed_heap` glibc keeps up to 1 GiB of freed heap top and serves blocks up to 32 MiB from the heap, so a
+step reuses the previous step's pages. The peak resident set is unchanged (the kept pages are the peak's); between
+steps the process stays at that peak. On leaving, glibc's default values (128 KiB) are set back and the kept heap
+is returned (``malloc_trim``).
+
+Nothing is changed where it would not help or would override a choice: off glibc (macOS, Windows, musl), and when
+the process was started with any ``MALLOC_*_`` tunable in its environment.
+
+Example (your own CPU training loop; ``floatify.fit`` does this itself):
+    >>> from floatify.heap import heap_tunable, keep_freed_heap
+    >>> with keep_freed_heap() as tuned:
+    ...     pass  # the training steps
+    >>> tuned == (heap_tunable() is None)  # tuned unless off glibc or MALLOC_*_ is set
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import threading
+from collections.abc import Iterator
+
+__all__ = ["keep_freed_heap", "heap_tunable"]
+
+# glibc's malloc.h
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_GLIBC_DEFAULT = 128 * 1024
+KEEP_TRIM_THRESHOLD = 2**30
+"""Free heap top glibc keeps instead of returning it (bytes)."""
+KEEP_MMAP_THRESHOLD = 2**25
+"""Largest block served from the heap rather than its own mapping (glibc's maximum on 64-bit: 32 MiB)."""
+
+_lock = threading.Lock()
+_depth = 0
+
+
+def _libc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def heap_tunable() -> str | None:
+    """Why :func:`keep_freed_heap` would leave the allocator alone here, or None when it would tune it."""
+    if _libc() is None:
+        return "not glibc"
+    user = sorted(k for k in os.environ if k.startswith("MALLOC_") and k.endswith("_"))
+    if user:
+        return f"the environment sets {', '.join(user)}"
+    return None
+
+
+@contextlib.contextmanager
+def keep_freed_heap() -> Iterator[bool]:
+    """Inside the block glibc keeps freed heap for reuse; yields whether it was tuned (see the module docstring).
+
+    Nested blocks are one block: the outermost restores the defaults. The setting is process-wide (every thread).
+    """
+    global _depth
+    libc = _libc() if heap_tunable() is None else None
+    if libc is None:
+        yield False
+        return
+    with _lock:
+        if _depth == 0:
+            libc.mallopt(_M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD)
+            libc.mallopt(_M_MMAP_THRESHOLD, KEEP_MMAP_THRESHOLD)
+        _depth += 1
+    try:
+        yield True
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT)
+                libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT)
+                libc.malloc_trim(0)

@@ -1,0 +1,89 @@
+"""keep_freed_heap: glibc keeps freed heap for reuse inside the block, and gives it back on leaving."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import floatify.heap as heap
+
+from helpers import RecordingLibc
+
+KEEP = [("mallopt", -1, heap.KEEP_TRIM_THRESHOLD), ("mallopt", -3, heap.KEEP_MMAP_THRESHOLD)]
+RESTORE = [("mallopt", -1, 128 * 1024), ("mallopt", -3, 128 * 1024), ("malloc_trim", 0)]
+
+
+@pytest.fixture
+def libc(monkeypatch):
+    fake = RecordingLibc()
+    monkeypatch.setattr(heap, "_libc", lambda: fake)
+    for k in [k for k in __import__("os").environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(k)
+    return fake
+
+
+def test_the_block_sets_glibc_to_keep_and_restores_its_defaults_once(libc):
+    with heap.keep_freed_heap() as active:
+        assert active and libc.calls == KEEP
+        with heap.keep_freed_heap() as inner:  # nested: one block, nothing set again or restored early
+            assert inner
+        assert libc.calls == KEEP
+    assert libc.calls == KEEP + RESTORE
+
+
+def test_the_defaults_come_back_when_the_block_raises(libc):
+    with pytest.raises(KeyError), heap.keep_freed_heap():
+        raise KeyError
+    assert libc.calls == KEEP + RESTORE
+
+
+@pytest.mark.parametrize("env, libc_found, reason", [
+    ({"MALLOC_ARENA_MAX_": "2"}, True, "the environment sets MALLOC_ARENA_MAX_"),
+    ({"MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_MMAP_THRESHOLD_": "65536"}, True,
+     "the environment sets MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_"),
+    ({}, False, "not glibc"),
+])
+def test_a_user_setting_or_another_allocator_is_left_alone(monkeypatch, env, libc_found, reason):
+    fake = RecordingLibc()
+    monkeypatch.setattr(heap, "_libc", lambda: fake if libc_found else None)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert heap.heap_tunable() == reason
+    with heap.keep_freed_heap() as active:
+        assert not active
+    assert fake.calls == []
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_freed_heap_stays_resident_inside_the_block_and_is_returned_after():
+    # reason: a fresh process, where glibc's dynamic thresholds still have their initial 128 KiB
+    code = textwrap.dedent("""
+        import ctypes
+        from floatify.heap import keep_freed_heap
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        def rss():
+            return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) // 1024
+        def touched_then_freed(mb):  # RSS growth left behind by a freed block of mb MiB
+            before = rss()
+            p = libc.malloc(mb << 20)
+            ctypes.memset(p, 1, mb << 20)
+            libc.free(p)
+            return rss() - before
+        with keep_freed_heap():
+            kept = touched_then_freed(24)
+            inside = rss()
+        returned = inside - rss()
+        print(kept, returned, touched_then_freed(24))
+    """)
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    kept, returned, default = map(int, out.stdout.split())
+    assert kept >= 20, "inside the block the freed 24 MiB stay resident for reuse"
+    assert returned >= 20, "leaving the block returns the kept heap"
+    assert default < 4, "after the block, glibc's defaults give a freed 24 MiB block back again"
