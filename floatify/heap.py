@@ -3,11 +3,15 @@
 reason: a FLOAT training step holds its noisy weights (one weight-sized set) on top of the attack's memory, so its
 heap reaches higher than plain PGD-AT's. Under glibc's default (dynamic) thresholds the free heap top is returned
 to the system (``brk``) when the gradients are freed at ``zero_grad``, and the next attack and backward fault it back
-in page by page: thousands of minor page faults per step, 3 % of a resnet34 step (benchmarks/RESULTS.md). Inside
-:func:`keep_freed_heap` glibc keeps up to 1 GiB of freed heap top and serves blocks up to 32 MiB from the heap, so a
-step reuses the previous step's pages. The peak resident set is unchanged (the kept pages are the peak's); between
-steps the process stays at that peak. On leaving, glibc's default values (128 KiB) are set back and the kept heap
-is returned (``malloc_trim``).
+in page by page: thousands of minor page faults per step, about 1-3 % of a resnet18/34 step on CPU
+(benchmarks/RESULTS.md). Inside :func:`keep_freed_heap` glibc keeps up to 1 GiB of freed heap top and serves blocks
+up to 32 MiB from the heap, so a step reuses the previous step's pages. The price is resident memory: the process
+stays at its peak between steps, and the kept heap's holes can raise that peak (a FLOAT resnet34's by about 6 %).
+
+On leaving, the kept heap is returned (``malloc_trim``) and glibc's thresholds are set where its own dynamic
+adjustment tops out (32 MiB mmap, 64 MiB trim): ``mallopt`` cannot turn that adjustment back on, and its 128 KiB
+starting values would make every later tensor of 128 KiB or more a fresh mapping, faulted in on each use (an
+evaluation after training ran 1.2x slower that way).
 
 Nothing is changed where it would not help or would override a choice: off glibc (macOS, Windows, musl), and when
 the process was started with any ``MALLOC_*_`` tunable in its environment.
@@ -34,11 +38,13 @@ __all__ = ["keep_freed_heap", "heap_tunable"]
 # glibc's malloc.h
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_GLIBC_DEFAULT = 128 * 1024
 KEEP_TRIM_THRESHOLD = 2**30
 """Free heap top glibc keeps instead of returning it (bytes)."""
-KEEP_MMAP_THRESHOLD = 2**25
-"""Largest block served from the heap rather than its own mapping (glibc's maximum on 64-bit: 32 MiB)."""
+KEEP_MMAP_THRESHOLD = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)
+"""Largest block served from the heap rather than its own mapping: glibc's maximum (32 MiB on 64-bit)."""
+AFTER_MMAP_THRESHOLD = KEEP_MMAP_THRESHOLD
+AFTER_TRIM_THRESHOLD = 2 * AFTER_MMAP_THRESHOLD
+"""The thresholds left on leaving: where glibc's dynamic adjustment tops out (the trim threshold follows 2x mmap)."""
 
 _lock = threading.Lock()
 _depth = 0
@@ -68,7 +74,8 @@ def heap_tunable() -> str | None:
 def keep_freed_heap() -> Iterator[bool]:
     """Inside the block glibc keeps freed heap for reuse; yields whether it was tuned (see the module docstring).
 
-    Nested blocks are one block: the outermost restores the defaults. The setting is process-wide (every thread).
+    Nested blocks are one block: the outermost one sets and resets glibc. The setting is process-wide (every
+    thread).
     """
     global _depth
     libc = _libc() if heap_tunable() is None else None
@@ -86,6 +93,6 @@ def keep_freed_heap() -> Iterator[bool]:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT)
-                libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT)
                 libc.malloc_trim(0)
+                libc.mallopt(_M_TRIM_THRESHOLD, AFTER_TRIM_THRESHOLD)
+                libc.mallopt(_M_MMAP_THRESHOLD, AFTER_MMAP_THRESHOLD)

@@ -14,7 +14,7 @@ import floatify.heap as heap
 from helpers import RecordingLibc
 
 KEEP = [("mallopt", -1, heap.KEEP_TRIM_THRESHOLD), ("mallopt", -3, heap.KEEP_MMAP_THRESHOLD)]
-RESTORE = [("mallopt", -1, 128 * 1024), ("mallopt", -3, 128 * 1024), ("malloc_trim", 0)]
+RESTORE = [("malloc_trim", 0), ("mallopt", -1, heap.AFTER_TRIM_THRESHOLD), ("mallopt", -3, heap.AFTER_MMAP_THRESHOLD)]
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def libc(monkeypatch):
     return fake
 
 
-def test_the_block_sets_glibc_to_keep_and_restores_its_defaults_once(libc):
+def test_the_block_sets_glibc_to_keep_and_resets_it_once(libc):
     with heap.keep_freed_heap() as active:
         assert active and libc.calls == KEEP
         with heap.keep_freed_heap() as inner:  # nested: one block, nothing set again or restored early
@@ -60,7 +60,9 @@ def test_a_user_setting_or_another_allocator_is_left_alone(monkeypatch, env, lib
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_freed_heap_stays_resident_inside_the_block_and_is_returned_after():
-    # reason: a fresh process, where glibc's dynamic thresholds still have their initial 128 KiB
+    # reason: a fresh process, where glibc's dynamic thresholds still have their initial 128 KiB. Three 24 MiB
+    # blocks: each under the 32 MiB mmap threshold (so from the heap), 72 MiB together over the 64 MiB trim threshold
+    # left after the block
     code = textwrap.dedent("""
         import ctypes
         from floatify.heap import keep_freed_heap
@@ -69,21 +71,23 @@ def test_freed_heap_stays_resident_inside_the_block_and_is_returned_after():
         libc.free.argtypes = [ctypes.c_void_p]
         def rss():
             return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) // 1024
-        def touched_then_freed(mb):  # RSS growth left behind by a freed block of mb MiB
+        def touched_then_freed():  # RSS growth left behind by three freed 24 MiB blocks
             before = rss()
-            p = libc.malloc(mb << 20)
-            ctypes.memset(p, 1, mb << 20)
-            libc.free(p)
+            blocks = [libc.malloc(24 << 20) for _ in range(3)]
+            for p in blocks:
+                ctypes.memset(p, 1, 24 << 20)
+            for p in reversed(blocks):
+                libc.free(p)
             return rss() - before
         with keep_freed_heap():
-            kept = touched_then_freed(24)
+            kept = touched_then_freed()
             inside = rss()
         returned = inside - rss()
-        print(kept, returned, touched_then_freed(24))
+        print(kept, returned, touched_then_freed())
     """)
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    kept, returned, default = map(int, out.stdout.split())
-    assert kept >= 20, "inside the block the freed 24 MiB stay resident for reuse"
-    assert returned >= 20, "leaving the block returns the kept heap"
-    assert default < 4, "after the block, glibc's defaults give a freed 24 MiB block back again"
+    kept, returned, after = map(int, out.stdout.split())
+    assert kept >= 64, "inside the block the freed 72 MiB stay resident for reuse"
+    assert returned >= 64, "leaving the block returns the kept heap"
+    assert after < 8, "after the block glibc returns a freed heap top over 64 MiB again"
