@@ -13,8 +13,9 @@ adjustment tops out (32 MiB mmap, 64 MiB trim): ``mallopt`` cannot turn that adj
 starting values would make every later tensor of 128 KiB or more a fresh mapping, faulted in on each use (an
 evaluation after training ran 1.2x slower that way).
 
-Nothing is changed where it would not help or would override a choice: off glibc (macOS, Windows, musl), and when
-the process was started with any ``MALLOC_*_`` tunable in its environment.
+Nothing is changed where it would not help or would override a choice: off glibc (macOS, Windows, musl), under an
+allocator preloaded in its place (``LD_PRELOAD`` of jemalloc, tcmalloc, ...), and when the process was started
+with a glibc malloc tunable in its environment (``MALLOC_*_``, ``GLIBC_TUNABLES=glibc.malloc.*``).
 
 Example (your own CPU training loop; ``floatify.fit`` does this itself):
     >>> from floatify.heap import heap_tunable, keep_freed_heap
@@ -64,7 +65,12 @@ def heap_tunable() -> str | None:
     """Why :func:`keep_freed_heap` would leave the allocator alone here, or None when it would tune it."""
     if _libc() is None:
         return "not glibc"
+    preload = os.environ.get("LD_PRELOAD", "")
+    if "malloc" in preload:  # reason: jemalloc, tcmalloc, mimalloc: glibc's malloc is not the one in use
+        return f"LD_PRELOAD replaces malloc ({preload})"
     user = sorted(k for k in os.environ if k.startswith("MALLOC_") and k.endswith("_"))
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        user.append("GLIBC_TUNABLES")
     if user:
         return f"the environment sets {', '.join(user)}"
     return None

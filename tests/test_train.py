@@ -425,7 +425,7 @@ def test_train_config_rejects_settings_that_cannot_train(setting, message):
 def test_fit_on_cpu_keeps_freed_heap_for_the_run_unless_told_not_to(monkeypatch, tmp_path, keep, calls):
     libc = RecordingLibc()
     monkeypatch.setattr(floatify.heap, "_libc", lambda: libc)
-    for k in [k for k in os.environ if k.startswith("MALLOC_")]:
+    for k in [k for k in os.environ if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD")]:
         monkeypatch.delenv(k)
     seen = []
     floatify.fit(tiny_model(), _loader(), epochs=2, steps=1, progress=False, keep_freed_heap=keep,
