@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 import floatify
+import floatify.heap
 from floatify.attacks import make_attack
 from floatify.heap import keep_freed_heap
 from floatify.train import DEFAULT_ADV_WEIGHT, float_paired_loss
@@ -142,7 +143,9 @@ def _rss_child(arch: str, variant: str, batch: int, steps: int, heap: str) -> No
     x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     Path("/proc/self/clear_refs").write_text("5")  # reason: resets VmHWM (peak RSS) to the current RSS
     base = _proc_status_bytes("VmRSS")
-    with _heap(heap):
+    with _heap(heap) as kept:
+        if heap == "keep" and not kept:  # reason: not the heap asked for; say why rather than measure the other
+            raise SystemExit(f"the freed heap is not kept here: {floatify.heap.heap_tunable()}")
         for _ in range(3):
             train_step(model, variant, opt, x, y, steps)
         print((_proc_status_bytes("VmHWM") - base) / 2**20)
@@ -191,7 +194,8 @@ HEAPS = ("default", "keep")
 
 
 def _heap(heap: str) -> contextlib.AbstractContextManager:
-    return keep_freed_heap() if heap == "keep" else contextlib.nullcontext()
+    """The heap a child process runs in; the context yields whether glibc keeps freed heap."""
+    return keep_freed_heap() if heap == "keep" else contextlib.nullcontext(False)
 
 
 def step_ratio_alone(arch: str, batch: int, rounds: int, steps: int, device: str, heap: str = "default") -> dict:
@@ -215,11 +219,11 @@ def _pair_child(arch: str, batch: int, rounds: int, steps: int, device: str, hea
     models = {k: build(arch, k, device) for k in ("plain", "float")}
     opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
     x, y = torch.rand(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
-    with _heap(heap):
+    with _heap(heap) as kept:
         times, faults = interleaved_steps(models, opts, x, y, steps, rounds, device)
     ratios = [p / q for p, q in zip(times["float"], times["plain"])]
     q = statistics.quantiles(ratios, n=4)
-    print(json.dumps({"ratio": statistics.median(ratios), "quartiles": [q[0], q[2]],
+    print(json.dumps({"ratio": statistics.median(ratios), "quartiles": [q[0], q[2]], "heap_kept": bool(kept),
                       "faults_per_step": {k: statistics.median(v) for k, v in faults.items()}}))
 
 

@@ -255,7 +255,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     fixed_lam: float = 1.0  # the operating point of strategy "fixed" (a dedicated model)
     adv_weight: float = DEFAULT_ADV_WEIGHT  # strategy "paired": weight of the adversarial (λ = 1) term
-    keep_freed_heap: bool = True  # CPU: glibc keeps freed heap for reuse during fit (floatify.heap); speed only
+    keep_freed_heap: bool = True  # CPU: glibc keeps freed heap during fit (floatify.heap); speed, not weights
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -398,7 +398,9 @@ def fit(
     resumed run ends with the same weights as an uninterrupted one (the RNGs and the DataLoader's generator
     are saved; resuming with other settings, other data or another model is an error). ``tag``: any
     JSON-serialisable dict stored with the state; resuming refuses a state with a different tag. Works on a
-    DDP-wrapped model (convert first, then wrap; shard the data with a ``DistributedSampler``).
+    DDP-wrapped model (convert first, then wrap; shard the data with a ``DistributedSampler``). On CPU
+    (glibc) freed heap is kept for reuse while it trains (:mod:`floatify.heap`; ``keep_freed_heap=False`` turns this
+    off): the process then holds its peak memory between steps, and keeps glibc's thresholds changed afterwards.
 
     Returns one dict per epoch: mean loss, λ histogram, seconds.
 
@@ -415,7 +417,8 @@ def fit(
     run = _set_up(model, train_loader, cfg, checkpoint_dir, tag)
     if resume:
         _resume_run(run)
-    heap = keep_freed_heap() if cfg.keep_freed_heap and run.device.type == "cpu" else contextlib.nullcontext()
+    tune = cfg.keep_freed_heap and run.device.type == "cpu" and run.start_epoch < cfg.epochs
+    heap = keep_freed_heap() if tune else contextlib.nullcontext()
     with heap:
         for epoch in range(run.start_epoch, cfg.epochs):
             record = train_one_epoch(run, epoch, progress=progress)

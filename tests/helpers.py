@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 
 import floatify
+import floatify.heap
 from floatify.layers.conditioned import ALPHA_SUFFIX, is_conditioned
 
 
@@ -49,15 +52,24 @@ def alpha_grads_at(model: nn.Module, x: torch.Tensor, lam: float = 1.0) -> dict[
 
 
 class RecordingLibc:
-    """Stands in for glibc: records the allocator calls."""
+    """Stands in for glibc: records the allocator calls; ``refuse``: the ``mallopt`` parameters it answers 0 to."""
 
-    def __init__(self):
+    def __init__(self, refuse=()):
         self.calls = []
+        self.refuse = set(refuse)
 
     def mallopt(self, param, value):
         self.calls.append(("mallopt", param, value))
-        return 1
+        return 0 if param in self.refuse else 1
 
     def malloc_trim(self, pad):
         self.calls.append(("malloc_trim", pad))
         return 1
+
+
+def use_libc(monkeypatch, fake, malloc_is_glibcs=True):
+    """Make ``fake`` the glibc :mod:`floatify.heap` finds, in an environment without malloc settings."""
+    monkeypatch.setattr(floatify.heap, "_libc", lambda: fake)
+    monkeypatch.setattr(floatify.heap, "_malloc_is_glibcs", lambda libc: malloc_is_glibcs)
+    for k in [k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]:
+        monkeypatch.delenv(k)

@@ -271,6 +271,7 @@ def test_option_defaults_are_the_configs_defaults():
         value = args[flags.get(f.name, f.name)]
         assert (tuple(value) if f.name == "lams" else value) == f.default, (f.name, value, f.default)
     assert build_parser().parse_args(["train", "--out", "x", "--no-dual-bn"]).dual_bn is False
+    assert build_parser().parse_args(["train", "--out", "x", "--no-keep-freed-heap"]).keep_freed_heap is False
 
 
 # ------------------------------------------------------------- initial weights: --initial-checkpoint / --pretrained

@@ -12,7 +12,7 @@ import pytest
 
 import floatify.heap as heap
 
-from helpers import RecordingLibc
+from helpers import RecordingLibc, use_libc
 
 KEEP = [("mallopt", -1, heap.KEEP_TRIM_THRESHOLD), ("mallopt", -3, heap.KEEP_MMAP_THRESHOLD)]
 RESTORE = [("malloc_trim", 0), ("mallopt", -1, heap.AFTER_TRIM_THRESHOLD), ("mallopt", -3, heap.AFTER_MMAP_THRESHOLD)]
@@ -21,9 +21,7 @@ RESTORE = [("malloc_trim", 0), ("mallopt", -1, heap.AFTER_TRIM_THRESHOLD), ("mal
 @pytest.fixture
 def libc(monkeypatch):
     fake = RecordingLibc()
-    monkeypatch.setattr(heap, "_libc", lambda: fake)
-    for k in [k for k in os.environ if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD")]:
-        monkeypatch.delenv(k)
+    use_libc(monkeypatch, fake)
     return fake
 
 
@@ -42,25 +40,49 @@ def test_the_defaults_come_back_when_the_block_raises(libc):
     assert libc.calls == KEEP + RESTORE
 
 
-@pytest.mark.parametrize("env, libc_found, reason", [
-    ({"MALLOC_TOP_PAD_": "0"}, True, "the environment sets MALLOC_TOP_PAD_"),
-    ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}, True, "the environment sets GLIBC_TUNABLES"),
-    ({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}, True, "LD_PRELOAD replaces malloc"),
-    ({"MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_MMAP_THRESHOLD_": "65536"}, True,
-     "the environment sets MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_"),
-    ({}, False, "not glibc"),
+@pytest.mark.parametrize("refused", [-1, -3])
+def test_a_value_glibc_refuses_leaves_the_block_untuned(monkeypatch, refused):
+    fake = RecordingLibc(refuse=[refused])
+    use_libc(monkeypatch, fake)
+    with heap.keep_freed_heap() as active:
+        assert not active
+        assert fake.calls[-2:] == RESTORE[1:], "the thresholds a block leaves, set at once"
+        n = len(fake.calls)
+    assert len(fake.calls) == n, "nothing more on leaving"
+
+
+@pytest.mark.parametrize("env, libc_found, glibc_malloc, reason", [
+    ({"MALLOC_TOP_PAD_": "0"}, True, True, "the environment sets MALLOC_TOP_PAD_"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}, True, True, "the environment sets GLIBC_TUNABLES"),
+    ({"MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_MMAP_THRESHOLD_": "65536"}, True, True,
+     "the environment sets MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_"),
+    ({}, True, False, "malloc is not glibc's"),
+    ({}, False, True, "not glibc"),
 ])
-def test_a_user_setting_or_another_allocator_is_left_alone(monkeypatch, env, libc_found, reason):
+def test_a_user_setting_or_another_allocator_is_left_alone(monkeypatch, env, libc_found, glibc_malloc, reason):
     fake = RecordingLibc()
-    monkeypatch.setattr(heap, "_libc", lambda: fake if libc_found else None)
-    for k in [k for k in os.environ if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD")]:
-        monkeypatch.delenv(k)
+    use_libc(monkeypatch, fake, glibc_malloc)
+    if not libc_found:
+        monkeypatch.setattr(heap, "_libc", lambda: None)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert heap.heap_tunable().startswith(reason)
     with heap.keep_freed_heap() as active:
         assert not active
     assert fake.calls == []
+
+
+@pytest.mark.parametrize("env", [{"MALLOC_PERTURB_": "7"}, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}])
+def test_settings_that_do_not_touch_the_thresholds_do_not_stop_it(libc, monkeypatch, env):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert heap.heap_tunable() is None
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_this_process_malloc_is_recognised_as_glibcs():
+    libc = heap._libc()
+    assert libc is not None and heap._malloc_is_glibcs(libc) == ("malloc" not in os.environ.get("LD_PRELOAD", ""))
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
@@ -90,7 +112,8 @@ def test_freed_heap_stays_resident_inside_the_block_and_is_returned_after():
         returned = inside - rss()
         print(kept, returned, touched_then_freed())
     """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     kept, returned, after = map(int, out.stdout.split())
     assert kept >= 64, "inside the block the freed 72 MiB stay resident for reuse"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import os
 import weakref
 
 import pytest
@@ -14,12 +13,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import floatify
-import floatify.heap
 from floatify.checkpoint import CheckpointError, load_state, save_state
 from floatify.context import get_lam, hold_noise
 from floatify.train import LEGACY_STATE_FILE, STATE_FILE, LamSampler, float_paired_loss, float_step_loss
 
-from helpers import RecordingLibc
+from helpers import RecordingLibc, use_libc
 
 
 def tiny_model():
@@ -424,19 +422,27 @@ def test_train_config_rejects_settings_that_cannot_train(setting, message):
                                          (False, [])])
 def test_fit_on_cpu_keeps_freed_heap_for_the_run_unless_told_not_to(monkeypatch, tmp_path, keep, calls):
     libc = RecordingLibc()
-    monkeypatch.setattr(floatify.heap, "_libc", lambda: libc)
-    for k in [k for k in os.environ if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD")]:
-        monkeypatch.delenv(k)
+    use_libc(monkeypatch, libc)
     seen = []
     floatify.fit(tiny_model(), _loader(), epochs=2, steps=1, progress=False, keep_freed_heap=keep,
                  checkpoint_dir=tmp_path, on_epoch_end=lambda e, r: seen.append(len(libc.calls)))
     assert [c[0] for c in libc.calls] == calls
-    assert seen == ([2, 2] if keep else [0, 0]), "set once before the first epoch, restored after the last"
-    # a speed-only setting: the run resumes with it changed
+    assert seen == ([2, 2] if keep else [0, 0]), "set once before the first epoch, reset after the last"
+    # a speed-only setting: the finished run resumes with it changed, and with nothing left to train, nothing is tuned
+    libc.calls.clear()
     assert len(floatify.fit(tiny_model(), _loader(), epochs=2, steps=1, progress=False, keep_freed_heap=not keep,
                             checkpoint_dir=tmp_path, resume=True)) == 2
+    assert libc.calls == []
     with pytest.raises(ValueError, match="keep_freed_heap must be True or False"):
         floatify.TrainConfig(keep_freed_heap="yes")
+
+
+def test_fit_resets_the_heap_when_training_stops_with_an_error(monkeypatch):
+    libc = RecordingLibc()
+    use_libc(monkeypatch, libc)
+    with pytest.raises(_Stop):
+        floatify.fit(tiny_model(), _loader(), epochs=2, steps=1, progress=False, on_epoch_end=_stop_after(1))
+    assert [c[0] for c in libc.calls] == ["mallopt", "mallopt", "malloc_trim", "mallopt", "mallopt"]
 
 
 def test_training_on_no_batches_is_an_error():
