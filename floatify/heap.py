@@ -62,8 +62,17 @@ _GLIBC_TUNABLES = ("glibc.malloc.trim_threshold", "glibc.malloc.mmap_threshold",
                    "glibc.malloc.mmap_max")
 
 
+def _glibc_version() -> str | None:
+    """glibc's version string as the C library reports it (None off glibc)."""
+    try:  # reason: the C library's own answer, where platform.libc_ver() scans the Python binary for a marker
+        version = os.confstr("CS_GNU_LIBC_VERSION")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return version if version and version.startswith("glibc") else None
+
+
 def _libc() -> ctypes.CDLL | None:
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if platform.system() != "Linux" or _glibc_version() is None:
         return None
     try:
         libc = ctypes.CDLL("libc.so.6")

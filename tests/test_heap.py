@@ -79,13 +79,13 @@ def test_settings_that_do_not_touch_the_thresholds_do_not_stop_it(libc, monkeypa
     assert heap.heap_tunable() is None
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.skipif(heap._libc() is None, reason="glibc only")
 def test_this_process_malloc_is_recognised_as_glibcs():
     libc = heap._libc()
     assert libc is not None and heap._malloc_is_glibcs(libc) == ("malloc" not in os.environ.get("LD_PRELOAD", ""))
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.skipif(heap._libc() is None, reason="glibc only")
 def test_freed_heap_stays_resident_inside_the_block_and_is_returned_after():
     # reason: a fresh process, where glibc's dynamic thresholds still have their initial 128 KiB. Three 24 MiB
     # blocks: each under the 32 MiB mmap threshold (so from the heap), 72 MiB together over the 64 MiB trim threshold
@@ -119,3 +119,8 @@ def test_freed_heap_stays_resident_inside_the_block_and_is_returned_after():
     assert kept >= 64, "inside the block the freed 72 MiB stay resident for reuse"
     assert returned >= 64, "leaving the block returns the kept heap"
     assert after < 8, "after the block glibc returns a freed heap top over 64 MiB again"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_glibc_is_recognised_where_python_runs_on_it():
+    assert heap._glibc_version().startswith("glibc ") and heap._libc() is not None
