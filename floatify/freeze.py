@@ -23,13 +23,16 @@ import torch
 import torch.nn as nn
 
 from floatify.context import validate_lam
-from floatify.convert import SKIPPED_ATTR, iter_modules
+from floatify.convert import SKIPPED_ATTR
 from floatify.layers.conditioned import ALPHA_SUFFIX, is_conditioned, is_floatify_layer, original_class
 from floatify.layers.dual_bn import dual_bn_entries, mixed_bn_value
 from floatify.layers.masks import bake_mask, clear_cache
 from floatify.layers.registry import is_batchnorm
+from floatify.walk import iter_modules
 
-__all__ = ["freeze"]
+__all__ = ["freeze", "FROZEN_ATTR"]
+
+FROZEN_ATTR = "_floatify_frozen"  # reason: floatify.save records the operating point a frozen model was fixed at
 
 
 def freeze(model: nn.Module, lam: float, seed: int | None = None, *, inplace: bool = False) -> nn.Module:
@@ -67,6 +70,7 @@ def freeze(model: nn.Module, lam: float, seed: int | None = None, *, inplace: bo
             clear_cache(module)
             module.__class__ = original_class(module)
     model.__dict__.pop(SKIPPED_ATTR, None)
+    model.__dict__[FROZEN_ATTR] = {"lam": lam, "seed": seed}
     return model
 
 

@@ -34,7 +34,8 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_path", "remove_stale_temporaries", "TMP_SUFFIX"]
+__all__ = ["atomic_write", "atomic_path", "remove_stale_temporaries", "TMP_SUFFIX", "replace_folder", "remove_stale_staging",
+           "read_safetensors"]
 
 TMP_SUFFIX = ".floatify-tmp"
 _TMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{16}" + re.escape(TMP_SUFFIX) + "$")
@@ -152,3 +153,100 @@ def read_safetensors(path: str | os.PathLike, what: str, error: type[Exception] 
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as err:  # reason: safetensors raises several types for damaged files
         raise error(f"{what} {path} is truncated or corrupted or not a safetensors file ({err}){hint}") from None
+
+
+# ------------------------------------------------------------------------------ folders replaced in one step
+STAGING_SUFFIX = ".floatify-staging"
+_STAGING_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{16}" + re.escape(STAGING_SUFFIX) + "$")
+_RENAME_EXCHANGE = 2  # reason: Linux renameat2 flag; swaps two paths atomically
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the directories ``a`` and ``b`` atomically (Linux ``renameat2``); False where the system cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (22, 38, 95):  # reason: EINVAL/ENOSYS/EOPNOTSUPP: the file system cannot exchange; fall back
+        return False
+    raise OSError(errno, os.strerror(errno), str(b))
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    """Put the complete folder ``staging`` at ``target``; a folder already there is replaced, then removed."""
+    import shutil
+
+    if not target.exists() and not target.is_symlink():
+        os.rename(staging, target)
+    elif _exchange(staging, target):
+        shutil.rmtree(staging)  # reason: after the exchange the old folder sits at the staging path
+    else:
+        old = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(8)}.floatify-replaced"
+        os.rename(target, old)
+        try:
+            os.rename(staging, target)
+        except BaseException:
+            os.rename(old, target)  # reason: the old folder stays in place when the new one cannot move in
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def replace_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``target``; on a clean exit it becomes ``target`` in one step.
+
+    A folder already at ``target`` survives, untouched, until the new one is complete; it is then replaced as a
+    whole (swapped atomically where the system can: Linux ``renameat2``). On any failure the staging folder is
+    removed and ``target`` is byte-identical to before. A symlink at ``target`` is followed to its folder.
+
+    Example:
+        >>> import os, tempfile
+        >>> from floatify.io import replace_folder
+        >>> root = tempfile.mkdtemp()
+        >>> with replace_folder(os.path.join(root, "run")) as staging:
+        ...     _ = (staging / "a.txt").write_text("new")
+        >>> sorted(os.listdir(root)), sorted(os.listdir(os.path.join(root, "run")))
+        (['run'], ['a.txt'])
+    """
+    import shutil
+
+    target = Path(target)
+    if target.is_symlink() and target.resolve().is_dir():
+        target = target.resolve()  # reason: replace the folder the link points to, keep the link
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a folder; choose another path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(target.parent)
+    staging = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(8)}{STAGING_SUFFIX}"
+    staging.mkdir()
+    try:
+        yield staging
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def remove_stale_staging(folder: str | os.PathLike) -> list[Path]:
+    """Remove staging folders in ``folder`` left by :func:`replace_folder` callers that no longer run."""
+    import shutil
+
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _STAGING_RE.match(entry.name)
+        if match and entry.is_dir(follow_symlinks=False) and not _alive(int(match.group(1))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
