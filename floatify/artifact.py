@@ -46,6 +46,7 @@ import torch.nn as nn
 from floatify.checkpoint import FORMAT as WEIGHTS_FORMAT
 from floatify.checkpoint import CheckpointError, load_into
 from floatify.freeze import FROZEN_ATTR
+from floatify.models import ARCH_ATTR
 from floatify.io import atomic_write, read_safetensors, replace_folder
 
 __all__ = ["save", "load", "push_to_hub", "read_config", "load_report", "ArtifactError", "FORMAT_VERSION",
@@ -60,7 +61,6 @@ LEGACY_REPORT_FILE = "metrics.json"  # reason: run folders written before the ar
 PLOT_FILE = "tradeoff.png"
 CARD_FILE = "README.md"
 HUB_PREFIX = "hf-hub:"
-ARCH_ATTR = "_floatify_arch"  # set by floatify.models.create_model: how the model was built
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SOURCES = ("timm", "torchvision")
 CITATION = """@inproceedings{kundu2023float,
@@ -234,7 +234,8 @@ def describe(model: nn.Module, *, arch: str | dict | None = None, training: dict
     inner = _inner(model)
     training = dict(training or {})
     found = _arch_from_argument(arch, model) if arch is not None else (
-        getattr(model, ARCH_ATTR, None) or getattr(inner, ARCH_ATTR, None) or _guess_arch(inner))
+        getattr(model, ARCH_ATTR, None) or getattr(inner, ARCH_ATTR, None))
+    guessed = found is None and arch is None
     frozen = getattr(model, FROZEN_ATTR, None)
     conversion = _conversion(model)
     if conversion is None and frozen is None:
@@ -247,9 +248,30 @@ def describe(model: nn.Module, *, arch: str | dict | None = None, training: dict
               "architecture": dict(found) if found else None, "preprocessing": _preprocessing(model, training),
               "conversion": conversion, "frozen": dict(frozen) if frozen else None, "sparsity": sparsity,
               "training": training or None}
-    if config["architecture"] is not None:
+    if guessed:
+        config["architecture"] = _fitting_guess(model, config)
+    elif config["architecture"] is not None:
+        try:
+            json.dumps(config["architecture"])
+        except (TypeError, ValueError):
+            raise ArtifactError(f"the constructor arguments {config['architecture']['kwargs']} are not JSON values; "
+                                f"save with arch=dict(name=..., num_classes=..., kwargs=<JSON values>) or load later "
+                                f"with floatify.load(folder, model=<the unconverted model>)") from None
         _check_architecture(model, config)
     return config
+
+
+def _fitting_guess(model: nn.Module, config: dict) -> dict | None:
+    """reason: a guessed architecture that does not fit (e.g. timm's vit built with depth=2) is no architecture:
+    the model then saves without one and loads with ``model=``."""
+    guess = _guess_arch(_inner(model))
+    if guess is None:
+        return None
+    try:
+        _check_architecture(model, {**config, "architecture": guess})
+    except ArtifactError:
+        return None
+    return guess
 
 
 def _check_architecture(model: nn.Module, config: dict) -> None:
