@@ -57,7 +57,8 @@ def zoo_round_trips(root: Path) -> list[dict]:
 
     rows = []
     for case in [c for c in ZOO if not c.slow]:
-        rows.append(round_trip(case.name, floatify.convert(case.build()), case.build, case.input_size, root / case.name))
+        model = floatify.convert(case.build())
+        rows.append(round_trip(case.name, model, case.build, case.input_size, root / case.name))
         print(json.dumps(rows[-1]), flush=True)
     pruned = floatify.convert(create_model("resnet18", 10))
     floatify.sparsify(pruned, 0.2, criterion="magnitude")

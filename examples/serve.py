@@ -1,8 +1,15 @@
-"""Serve the dial: one exported program answers requests that each carry their own λ.
+"""Serve the dial: one exported program answers requests that each carry their own operating point.
 
     python examples/serve.py                                  # builds a random resnet18 dial on the fly
+    python examples/serve.py --model runs/demo                # a trained run folder (or hf-hub:owner/name)
+    python examples/serve.py --model runs/demo --ask clean,balanced,min_robust=60,0.5
     python examples/serve.py --save runs/dial.pt2             # ... and keeps the program
     python examples/serve.py --program runs/dial.pt2 --image-size 32
+
+A request asks for a raw λ (``0.5``), a named level (``clean``: λ = 0; ``robust``: the most robust measured λ;
+``balanced``: the most robust λ losing at most 1 point of clean accuracy) or a constraint (``max_clean_drop=2``,
+``min_robust=60``, in percentage points). Levels and constraints are resolved once, from the report saved with
+the model (``Report.choose_lam``); a model without a report accepts raw λ only.
 
 The program comes from ``floatify.export(model, example_inputs)`` (``torch.export.save`` writes it). Loading
 and running it needs torch only. A worker thread drains the request queue, groups the pending requests by λ,
@@ -33,6 +40,39 @@ def build_program(image_size: int, num_classes: int) -> torch.export.ExportedPro
 
     model = floatify.convert(create_model("resnet18", num_classes))
     return floatify.export(model.eval(), torch.rand(2, 3, image_size, image_size))
+
+
+LEVELS = {"clean": None, "robust": None, "balanced": {"max_clean_drop": 1.0}}
+CONSTRAINTS = ("max_clean_drop", "min_robust")
+
+
+def resolve_lam(request: str, report) -> float:
+    """The λ a request asks for: a number, a named level (:data:`LEVELS`) or ``max_clean_drop=X``/``min_robust=Y``.
+
+    >>> resolve_lam("0.25", None)
+    0.25
+    """
+    try:
+        return float(request)
+    except ValueError:
+        pass
+    if report is None:
+        raise ValueError(f"'{request}' needs the model's report (a run folder or a model saved with report=); "
+                         f"ask for a number in [0, 1] instead")
+    if request == "clean":
+        return 0.0
+    if request == "robust":
+        headline = report.headline or report.clean_label
+        return max(report.lams, key=lambda v: report.score(v, headline).mean)
+    key, _, value = request.partition("=")
+    if request in LEVELS:
+        constraint = LEVELS[request]
+    elif key in CONSTRAINTS and value:
+        constraint = {key: float(value)}
+    else:
+        raise ValueError(f"unknown request '{request}': ask for a λ in [0, 1], {', '.join(LEVELS)}, or "
+                         f"{'=X, '.join(CONSTRAINTS)}=X")
+    return float(report.choose_lam(**constraint).lam)
 
 
 class DialServer:
@@ -99,30 +139,45 @@ class DialServer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", help="a saved dial: a run folder, a floatify.save folder or hf-hub:owner/name")
     parser.add_argument("--program", help="an exported dial (.pt2); default: build a random resnet18 one")
     parser.add_argument("--save", help="where to save the program built on the fly")
     parser.add_argument("--image-size", type=int, default=32, help="request image size (default 32)")
     parser.add_argument("--num-classes", type=int, default=10, help="classes of the model built on the fly")
     parser.add_argument("--requests", type=int, default=200, help="number of requests to send (default 200)")
-    parser.add_argument("--lams", default="0,0.25,0.5,1", help="λ values the clients ask for (default 0,0.25,0.5,1)")
+    parser.add_argument("--ask", default="0,0.25,0.5,1",
+                        help="what the clients ask for: λ values, levels (clean, balanced, robust) or constraints "
+                             "(max_clean_drop=2, min_robust=60), comma-separated (default 0,0.25,0.5,1)")
     parser.add_argument("--max-batch", type=int, default=16, help="largest batch per λ (default 16)")
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second sent (default 100)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    lams = [float(v) for v in args.lams.split(",")]
-
+    report = None
     start = time.perf_counter()
-    if args.program:
+    if args.model:
+        import floatify
+        from floatify.artifact import load_report, read_config
+
+        model, report = floatify.load(args.model), load_report(args.model)
+        size = read_config(args.model)["preprocessing"]["input_size"]
+        args.image_size = size[-1] if size else args.image_size
+        program = floatify.export(model, torch.rand(2, 3, args.image_size, args.image_size))
+        print(f"loaded and exported {args.model} in {time.perf_counter() - start:.1f} s")
+    elif args.program:
         program = torch.export.load(args.program)
         print(f"loaded {args.program} in {time.perf_counter() - start:.1f} s")
     else:
         program = build_program(args.image_size, args.num_classes)
         print(f"built and exported a random resnet18 dial in {time.perf_counter() - start:.1f} s")
-        if args.save:
-            torch.export.save(program, args.save)
-            print(f"saved to {args.save}")
+    if args.save:
+        torch.export.save(program, args.save)
+        print(f"saved to {args.save}")
+    asked = {request: resolve_lam(request, report) for request in args.ask.split(",") if request.strip()}
+    for request, lam in asked.items():
+        print(f"  '{request}' -> λ = {lam:.3f}")
+    lams = sorted(set(asked.values()))
 
     server = DialServer(program, max_batch=args.max_batch)
     for lam in lams:  # warm-up (first calls of each branch are slower), not counted

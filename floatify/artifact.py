@@ -1,4 +1,4 @@
-"""The trained dial as an artifact: :func:`save`, :func:`load` and :func:`push_to_hub` (one folder layout).
+"""The trained dial as an artifact: :func:`save` and :func:`load` (one folder layout; :mod:`floatify.hub` shares it).
 
 A saved model is a folder (the same layout the Hugging Face Hub holds, and what ``floatify train`` writes):
 
@@ -34,7 +34,6 @@ import copy
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -46,11 +45,12 @@ import torch.nn as nn
 from floatify.checkpoint import FORMAT as WEIGHTS_FORMAT
 from floatify.checkpoint import CheckpointError, load_into
 from floatify.freeze import FROZEN_ATTR
-from floatify.models import ARCH_ATTR
 from floatify.io import atomic_write, read_safetensors, replace_folder
+from floatify.models import ARCH_ATTR
 
-__all__ = ["save", "load", "push_to_hub", "read_config", "load_report", "ArtifactError", "FORMAT_VERSION",
-           "WEIGHTS_FILE", "CONFIG_FILE", "REPORT_FILE", "PLOT_FILE", "CARD_FILE", "HUB_PREFIX"]
+__all__ = ["save", "load", "read_config", "load_report", "ArtifactError", "FORMAT_VERSION",
+           "WEIGHTS_FILE", "CONFIG_FILE", "REPORT_FILE", "PLOT_FILE", "CARD_FILE", "HUB_PREFIX", "describe",
+           "validate_config", "write_artifact"]
 
 FORMAT = "floatify"
 FORMAT_VERSION = 1
@@ -63,15 +63,6 @@ CARD_FILE = "README.md"
 HUB_PREFIX = "hf-hub:"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SOURCES = ("timm", "torchvision")
-CITATION = """@inproceedings{kundu2023float,
-  title     = {FLOAT: Fast Learnable Once-for-All Adversarial Training for Tunable Trade-off between Accuracy
-               and Robustness},
-  author    = {Kundu, Souvik and Sundaresan, Sairam and Pedram, Massoud and Beerel, Peter A.},
-  booktitle = {IEEE/CVF Winter Conference on Applications of Computer Vision (WACV)},
-  year      = {2023}
-}"""
-
-
 class ArtifactError(CheckpointError):
     """A saved model folder that cannot be written or read: one line saying what is wrong and what to do."""
 
@@ -114,7 +105,8 @@ def _num_classes(inner: nn.Module) -> int | None:
     value = getattr(inner, "num_classes", None)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    head = inner.get_classifier() if hasattr(inner, "get_classifier") else None
+    get_classifier = getattr(inner, "get_classifier", None)
+    head = get_classifier() if callable(get_classifier) else None
     for module in ([head] if isinstance(head, nn.Module) else []) + list(inner.modules())[::-1]:
         if isinstance(module, nn.Linear):
             return module.out_features  # reason: torchvision classifiers end in a Linear head
@@ -250,11 +242,11 @@ def describe(model: nn.Module, *, arch: str | dict | None = None, training: dict
               "training": training or None}
     if guessed:
         config["architecture"] = _fitting_guess(model, config)
-    elif config["architecture"] is not None:
+    elif found is not None:
         try:
-            json.dumps(config["architecture"])
+            json.dumps(found)
         except (TypeError, ValueError):
-            raise ArtifactError(f"the constructor arguments {config['architecture']['kwargs']} are not JSON values; "
+            raise ArtifactError(f"the constructor arguments {found.get('kwargs')} are not JSON values; "
                                 f"save with arch=dict(name=..., num_classes=..., kwargs=<JSON values>) or load later "
                                 f"with floatify.load(folder, model=<the unconverted model>)") from None
         _check_architecture(model, config)
@@ -319,6 +311,8 @@ def write_artifact(folder: str | os.PathLike, model: nn.Module, report=None, *, 
     if report is not None:
         report.to_json(folder / REPORT_FILE)
         report.plot(folder / PLOT_FILE)
+    from floatify.card import model_card
+
     atomic_write(folder / CARD_FILE, model_card(config, report))
     return config
 
@@ -361,7 +355,9 @@ def _resolve(source: str | os.PathLike) -> Path:
     """A local folder for ``source``: a folder, a ``model.safetensors`` inside one, or ``hf-hub:owner/name``."""
     text = os.fspath(source)
     if text.startswith(HUB_PREFIX):
-        return _from_hub(text[len(HUB_PREFIX):])
+        from floatify.hub import download
+
+        return download(text[len(HUB_PREFIX):])
     path = Path(text)
     if path.is_file() and path.name.endswith(".safetensors"):
         path = path.parent
@@ -371,23 +367,6 @@ def _resolve(source: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise ArtifactError(f"{path} is not a folder; pass the folder written by floatify.save or 'floatify train'")
     return path
-
-
-def _from_hub(repo: str) -> Path:
-    repo_id, _, revision = repo.partition("@")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ArtifactError(f"'{HUB_PREFIX}{repo}' is not a Hub id; write it as hf-hub:owner/name[@revision]")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ArtifactError("loading from the Hub needs huggingface_hub: pip install huggingface_hub") from None
-    patterns = [WEIGHTS_FILE, CONFIG_FILE, REPORT_FILE, PLOT_FILE, CARD_FILE]
-    try:
-        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns))
-    except Exception as err:  # reason: huggingface_hub raises many types (offline, missing repo, auth, network)
-        raise ArtifactError(f"cannot fetch {repo_id} from the Hugging Face Hub ({type(err).__name__}: "
-                            f"{_first_line(err)}); check the id and your connection, or log in for a private "
-                            f"repo (offline, only models already in the local cache load)") from None
 
 
 def _check_files(folder: Path) -> None:
@@ -439,7 +418,8 @@ def _legacy_config(folder: Path) -> dict:
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
         raise ArtifactError(f"{folder / WEIGHTS_FILE} has no readable recipe in its header; load it with "
                             f"floatify.load(folder, model=<the unconverted model>) after adding a config.json")
-    size, train = meta.get("image_size"), meta.get("train") if isinstance(meta.get("train"), dict) else {}
+    size = meta.get("image_size")
+    train: dict = meta["train"] if isinstance(meta.get("train"), dict) else {}
     config = {"format": FORMAT, "format_version": 0, "floatify_version": "0.1.0",
               "architecture": {"source": None, "name": meta["model"], "num_classes": meta.get("num_classes"),
                                "kwargs": {}},
@@ -620,58 +600,3 @@ def load_report(source: str | os.PathLike):
                 raise ArtifactError(f"{folder / name} is not a floatify report ({_first_line(err)}); run "
                                     f"'floatify eval {folder}' to write it again") from None
     return None
-
-
-# --------------------------------------------------------------------------------------------- sharing it
-def push_to_hub(model: nn.Module, repo_id: str, report=None, *, arch: str | dict | None = None,
-                training: dict | None = None, private: bool | None = None, token: str | None = None,
-                commit_message: str = "Upload floatify model") -> str:
-    """Upload the folder :func:`save` writes to the Hugging Face Hub repository ``repo_id`` (created if missing).
-
-    Returns the commit URL. Load it back with ``floatify.load("hf-hub:" + repo_id)``.
-    """
-    try:
-        from huggingface_hub import HfApi
-    except ImportError:
-        raise ArtifactError("pushing to the Hub needs huggingface_hub: pip install huggingface_hub") from None
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = save(model, Path(tmp) / "model", report, arch=arch, training=training)
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
-    return str(getattr(info, "commit_url", info))
-
-
-# ---------------------------------------------------------------------------------------------- model card
-def model_card(config: dict, report=None) -> str:
-    """The ``README.md`` of a saved model: what it is, its dial, how to load it, the citation."""
-    arch = config.get("architecture") or {}
-    name = arch.get("name", "a custom model")
-    training = config.get("training") or {}
-    dataset = training.get("dataset")
-    lines = ["---", "library_name: floatify", "tags:", "- adversarial-robustness", "- floatify", "- image-classification",
-             "---", "", f"# {name} with a FLOAT dial" + (f" ({dataset})" if dataset else ""), ""]
-    lines += [_what_it_is(config, name), ""]
-    if report is not None:
-        lines += ["## The dial", "", report.to_markdown().strip(), "", f"![trade-off]({PLOT_FILE})", ""]
-    lines += ["## Use it", "", "```python", "import floatify", "", 'model = floatify.load("<this folder or '
-              'hf-hub:owner/name>")', "with floatify.lam(0.5):          # 0: clean accuracy ... 1: robustness",
-              "    logits = model(images)        # images in [0, 1]; normalisation is inside the model", "```", ""]
-    lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
-    return "\n".join(lines)
-
-
-def _what_it_is(config: dict, name: str) -> str:
-    pre, training = config["preprocessing"], config.get("training") or {}
-    parts = [f"`{name}` converted with [floatify](https://pypi.org/project/floatify/): one network whose operating "
-             f"point λ ∈ [0, 1] trades clean accuracy (λ = 0) for adversarial robustness (λ = 1) at inference "
-             f"(FLOAT, WACV 2023)."]
-    if config.get("frozen"):
-        parts.append(f"This copy is frozen at λ = {config['frozen']['lam']:g} (a plain, deterministic model).")
-    if config.get("sparsity"):
-        parts.append(f"Pruned to {config['sparsity']['density']:.1%} of its Conv/Linear weights (FLOATS).")
-    if training.get("eps") is not None:
-        parts.append(f"Trained against L∞ eps = {float(training['eps']):.4g} (pixel units).")
-    if pre.get("input_size"):
-        parts.append(f"Inputs: {pre['input_size'][0]}×{pre['input_size'][1]}×{pre['input_size'][2]} images in [0, 1].")
-    return " ".join(parts)

@@ -239,13 +239,13 @@ def remove_stale_staging(folder: str | os.PathLike) -> list[Path]:
     """Remove staging folders in ``folder`` left by :func:`replace_folder` callers that no longer run."""
     import shutil
 
-    removed = []
+    removed: list[Path] = []
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(os.fspath(folder)))
     except OSError:
         return removed
     for entry in entries:
-        match = _STAGING_RE.match(entry.name)
+        match = _STAGING_RE.match(str(entry.name))
         if match and entry.is_dir(follow_symlinks=False) and not _alive(int(match.group(1))):
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(Path(entry.path))

@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 import floatify
-from floatify.artifact import ArtifactError, read_config
+import floatify.card
+from floatify.artifact import ArtifactError, load_report, read_config
 from floatify.layers.conditioned import is_conditioned
 from floatify.layers.noise import noise_source
 from floatify.models import create_model
@@ -113,7 +114,7 @@ def test_report_and_model_card(tmp_path):
     folder = floatify.save(floatify.convert(create_model("resnet10t", 10)), tmp_path / "m", report=report,
                            training={"dataset": "digits", "eps": 0.1, "image_size": 16})
     assert {"report.json", "tradeoff.png"} <= {p.name for p in folder.iterdir()}
-    assert floatify.artifact.load_report(folder) == report
+    assert load_report(folder) == report
     card = (folder / "README.md").read_text()
     for fragment in ("library_name: floatify", "resnet10t", "floatify.load(", "kundu2023float", "tradeoff.png",
                      "eps = 0.1"):
@@ -140,7 +141,7 @@ def test_failed_save_leaves_the_old_folder_byte_identical(tmp_path, monkeypatch)
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(floatify.artifact, "model_card", broken)
+    monkeypatch.setattr(floatify.card, "model_card", broken)
     with pytest.raises(OSError):
         floatify.save(floatify.convert(create_model("resnet10t", 10)), tmp_path / "m", overwrite=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
