@@ -70,8 +70,8 @@ def train_standard(model, loader, epochs: int, lr: float) -> None:
 
 
 def scores(model, test, args) -> dict:
-    report = floatify.evaluate(model, DataLoader(test, batch_size=512), LAMS, PRESETS[args.preset](args.eps),
-                               score_draws=args.score_draws, progress=False)
+    report = floatify.evaluate(model, DataLoader(test, batch_size=512), lams=LAMS,
+                               attacks=PRESETS[args.preset](args.eps), score_draws=args.score_draws, progress=False)
     return {str(v): {"clean": 100 * report.score(v, "clean").mean,
                      "robust": 100 * report.score(v, report.headline).mean} for v in LAMS} | {
         "headline": report.attacks[report.headline]}
@@ -104,7 +104,7 @@ def main() -> None:
     except (TypeError, ValueError) as err:
         p.error(f"--finetune-set: {err}")
     torch.set_num_threads(2)
-    data = load_dataset("digits", image_size=16)
+    data = load_dataset("digits", image_size=16, augment="none")  # reason: its recorded results are unaugmented
     test = Subset(data.test, range(min(args.eval_limit, len(data.test))))
     runs = []
     for seed in args.seeds:

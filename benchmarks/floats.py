@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
     torch.set_num_threads(2)
-    data = load_dataset("digits", image_size=16)
+    data = load_dataset("digits", image_size=16, augment="none")  # reason: its recorded results are unaugmented
     test = data.test if args.eval_limit is None else Subset(data.test, range(args.eval_limit))
     attacks = PRESETS[args.preset](args.eps)
     settings = {k: getattr(args, k) for k in ("model", "epochs", "eps", "preset", "score_draws", "eval_limit")}
@@ -116,7 +116,7 @@ def run(args, data, test, attacks, criterion: str, density: float, seed: int) ->
     if density < 1.0:
         floatify.sparsify(model, density, criterion=criterion, data=loader)
     floatify.fit(model, loader, epochs=args.epochs, seed=seed, eps=args.eps, progress=False)
-    report = floatify.evaluate(model, DataLoader(test, batch_size=512), LAMS, attacks,
+    report = floatify.evaluate(model, DataLoader(test, batch_size=512), lams=LAMS, attacks=attacks,
                                score_draws=args.score_draws, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         size = save_sparse(floatify.freeze(model, 0.0), Path(tmp) / "m.safetensors").stat().st_size

@@ -2,7 +2,8 @@
 
 The top level holds the verbs and their configs; helpers live in the submodules (``floatify.context``,
 ``floatify.layers``, ``floatify.models``, ``floatify.summary``, ``floatify.sparsity``, ``floatify.train``,
-``floatify.attacks``, ``floatify.report``, ``floatify.checkpoint``, ``floatify.data``, ``floatify.heap``).
+``floatify.losses``, ``floatify.run_state``, ``floatify.attacks``, ``floatify.report``, ``floatify.checkpoint``,
+``floatify.data``, ``floatify.heap``).
 
 Example:
     >>> import torch, floatify
@@ -14,20 +15,22 @@ Example:
     >>> plain = floatify.freeze(model, lam=0.3, seed=0)
 """
 
-import importlib
-import warnings
+from importlib.metadata import version as _installed_version
 
+from floatify.artifact import load, save
 from floatify.attacks import AttackSpec
 from floatify.context import lam
 from floatify.convert import FloatConfig, convert
 from floatify.evaluate import EvalConfig, evaluate
 from floatify.export import export, export_onnx
 from floatify.freeze import freeze
+from floatify.hub import push_to_hub
+from floatify.losses import float_loss
 from floatify.sparsity import sparsify
 from floatify.summary import summary
-from floatify.train import TrainConfig, fit, float_loss
+from floatify.train import TrainConfig, fit
 
-__version__ = "0.1.0"
+__version__ = _installed_version("floatify")  # reason: one source, pyproject.toml
 
 __all__ = [
     "AttackSpec",
@@ -42,36 +45,9 @@ __all__ = [
     "float_loss",
     "freeze",
     "lam",
+    "load",
+    "push_to_hub",
+    "save",
     "sparsify",
     "summary",
 ]
-
-# Names that were top-level before the API was trimmed to the verbs: still importable from here (with a
-# DeprecationWarning) so existing code keeps running; their home is the submodule named.
-_MOVED = {
-    "ConversionSummary": "floatify.summary",
-    "FloatifyWarning": "floatify.convert",
-    "LamSampler": "floatify.train",
-    "Normalized": "floatify.models",
-    "Report": "floatify.report",
-    "convert_sync_batchnorm": "floatify.convert",
-    "create_model": "floatify.models",
-    "float_step_loss": "floatify.train",
-    "get_lam": "floatify.context",
-    "hold_noise": "floatify.context",
-    "is_conditioned": "floatify.layers",
-    "load_original_state_dict": "floatify.convert",
-    "load_sparse": "floatify.sparsity",
-    "param_groups": "floatify.summary",
-    "register_conditioned_weights": "floatify.layers",
-    "save_sparse": "floatify.sparsity",
-    "sparsity_report": "floatify.sparsity",
-}
-
-
-def __getattr__(name: str) -> object:
-    home = _MOVED.get(name)
-    if home is None:
-        raise AttributeError(f"module 'floatify' has no attribute {name!r}")
-    warnings.warn(f"floatify.{name} moved to {home}.{name}; import it from there", DeprecationWarning, stacklevel=2)
-    return getattr(importlib.import_module(home), name)

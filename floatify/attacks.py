@@ -33,21 +33,21 @@ Example:
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from floatify.context import operating_point, validate_lam
+from floatify.config import check_int, check_real
+from floatify.context import lam as at_lam
+from floatify.context import validate_lam
 
-__all__ = ["AttackSpec", "PRESETS", "attack_and_score", "expected_correct", "make_attack", "parse_attacks", "strongest",
-           "quick", "strong"]
+__all__ = ["AttackSpec", "AttackHandler", "AttackRun", "HANDLERS", "PRESETS", "attack_and_score", "attack_handler",
+           "expected_correct", "make_attack", "parse_attacks", "register_attack", "strongest", "quick", "strong"]
 
-KINDS = ("clean", "fgsm", "pgd", "eot-pgd", "apgd-ce", "apgd-dlr", "transfer", "autoattack")
-APGD_KINDS = ("apgd-ce", "apgd-dlr")
 # Chosen by benchmarks/attack_strength.py (benchmarks/RESULTS.md): on the digits FLOAT model at λ = 1 the APGD
 # ensemble at 50 iterations × 10 draws is within 1 point of twice that (100 × 20, AutoAttack-'rand''s setting:
 # 64.3% vs 63.5%), at a quarter of the cost.
@@ -62,10 +62,16 @@ SCORE_DRAWS = 8  # fresh noise draws per point when scoring a randomised model
 class AttackSpec:
     """One evaluation attack. ``eps``/``step_size`` are L∞ in pixel units (inputs in [0, 1]).
 
-    ``eot_draws``: noise draws averaged per gradient step on a randomised model (λ > 0, noise on); a
+    ``kind`` names a registered :class:`AttackHandler` (:data:`HANDLERS`), which runs the attack and says what its
+    column means. ``eot_draws``: noise draws averaged per gradient step on a randomised model (λ > 0, noise on); a
     deterministic model (λ = 0 or ``noise=False``) is attacked with one draw. ``restarts``: APGD random
     restarts (per point, the strongest over restarts is kept). ``transfer`` runs APGD-CE and APGD-DLR
     (``steps``, ``restarts``) on the noise-off model and scores their strongest points on the noisy one.
+
+    Example:
+        >>> from floatify.attacks import AttackSpec
+        >>> AttackSpec("eot-pgd", steps=5, eot_draws=4).label, AttackSpec("fgsm", noise=False).label
+        ('eot-pgd-5x4', 'fgsm (noise off)')
     """
 
     kind: str
@@ -79,69 +85,349 @@ class AttackSpec:
     label: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown attack '{self.kind}'; choose one of {', '.join(KINDS)}")
-        if isinstance(self.eps, bool) or not (isinstance(self.eps, (int, float)) and 0 <= self.eps <= 1):
-            raise ValueError(f"eps must be in [0, 1] (pixel units, inputs in [0, 1]), got {self.eps!r}")
+        handler = attack_handler(self.kind)
+        check_real("eps", self.eps, low=0.0, high=1.0, meaning="L∞ budget in pixel units, inputs in [0, 1]")
         for name in ("steps", "eot_draws", "restarts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.kind == "eot-pgd" and self.eot_draws < 2:
-            raise ValueError("eot-pgd needs eot_draws >= 2 (with 1 draw it is plain pgd)")
-        if self.kind == "transfer" and not self.noise:
-            raise ValueError("transfer scores noise-off points on the noisy model: it needs noise=True")
+            check_int(name, getattr(self, name))
+        handler.check(self)
         if not self.label:
-            object.__setattr__(self, "label", self._default_label())
+            object.__setattr__(self, "label", handler.label(self) + ("" if self.noise else " (noise off)"))
+
+    @property
+    def handler(self) -> AttackHandler:
+        """The registered :class:`AttackHandler` of this spec's ``kind``."""
+        return HANDLERS[self.kind]
 
     @property
     def pgd_step(self) -> float:
         """The PGD step size in pixel units (``step_size`` or 2.5·eps/steps; not the noise scale α)."""
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
-    @property
-    def alpha(self) -> float:
-        """Deprecated alias of :attr:`pgd_step` (α is the noise scale everywhere else); removed next release."""
-        warnings.warn("AttackSpec.alpha is deprecated (α is the noise scale elsewhere); use AttackSpec.pgd_step",
-                      DeprecationWarning, stacklevel=2)
-        return self.pgd_step
-
-    def _default_label(self) -> str:
-        base = {"clean": "clean", "fgsm": "fgsm", "autoattack": "autoattack"}.get(self.kind)
-        if base is None:
-            draws = f"x{self.eot_draws}" if self.eot_draws > 1 and self.noise else ""
-            if self.kind == "transfer":
-                draws = ""
-            base = f"{self.kind}-{self.steps}{draws}"
-            if self.restarts > 1:
-                base += f"r{self.restarts}"
-        return base if self.noise else f"{base} (noise off)"
-
     def describe(self) -> str:
-        eps = f"L∞ eps={self.eps:.4f} ({self.eps * 255:.1f}/255)"
-        off = ", weight noise OFF during attack and scoring" if not self.noise else ""
-        draws = (f"gradient averaged over {self.eot_draws} noise draws per iteration (EOT) on a randomised model"
-                 if self.eot_draws > 1 else "1 noise draw per iteration")
-        restarts = f"{self.restarts} restart{'s' if self.restarts > 1 else ''}"
-        if self.kind == "clean":
-            return f"no attack{off}"
-        if self.kind == "fgsm":
-            return f"FGSM (torchattacks), {eps}, gradient from 1 noise draw{off}"
-        if self.kind == "autoattack":
-            return f"torchattacks AutoAttack (10 iterations), {eps}, deterministic model only{off}"
-        if self.kind in APGD_KINDS:
-            loss = "cross-entropy" if self.kind == "apgd-ce" else "DLR"
-            return (f"APGD-{loss.upper() if loss == 'DLR' else 'CE'} ({loss} loss), {eps}, {self.steps} iterations, "
-                    f"step 2·eps halved at APGD's checkpoints, momentum 0.75, {draws}, {restarts}, "
-                    f"strongest iterate per point kept{off}")
-        if self.kind == "transfer":
-            return (f"transfer: APGD-CE and APGD-DLR ({self.steps} iterations, {restarts}) on the noise-off model at "
-                    f"the same λ, {eps}, per point the stronger kept, scored on the noisy model")
-        start = "random start" if self.random_start else "no random start"
-        name = "EOT-PGD" if self.kind == "eot-pgd" else "PGD"
-        draws = f"{self.eot_draws} noise draws averaged per step" if self.eot_draws > 1 else "1 noise draw per step"
-        return (f"{name} (torchattacks EOTPGD stepping, cross-entropy), {eps}, {self.steps} steps of "
-                f"{self.pgd_step:.4f}, {draws}, {start}, strongest iterate per point kept{off}")
+        """One line saying what the attack does: its budget, iterations, noise draws and noise setting."""
+        return self.handler.describe(self)
+
+
+@dataclass
+class AttackRun:
+    """One attack on one batch: what a handler needs, with the scoring every handler shares.
+
+    Handlers run inside ``floatify.lam(run.lam, noise=run.spec.noise)``.
+    """
+
+    model: nn.Module
+    spec: AttackSpec
+    x: torch.Tensor
+    y: torch.Tensor
+    lam: float
+    score_draws: int = SCORE_DRAWS
+    num_classes: int | None = None
+    per_draw: list | None = None  # receives the batch accuracy of each final scoring draw
+    select_draws: int = 2  # noise draws for the rough score that picks the strongest iterate
+
+    @property
+    def randomised(self) -> bool:
+        """Whether the attacked model is randomised (λ > 0 with the weight noise on)."""
+        return self.lam > 0 and self.spec.noise
+
+    @property
+    def draws(self) -> int:
+        """Fresh noise draws per point for the reported score (one on a deterministic model)."""
+        return self.score_draws if self.randomised else 1
+
+    def score(self, points: torch.Tensor) -> torch.Tensor:
+        """Per point, the expected accuracy of ``points`` over :attr:`draws` fresh noise draws."""
+        return expected_correct(self.model, points, self.y, self.draws, self.per_draw)
+
+    def rescore(self, best: torch.Tensor, best_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept points with their reported score: fresh draws on a randomised model, else their own score.
+
+        reason: the minimum over noisy estimates is biased; the kept points are re-scored with fresh draws.
+        """
+        if self.randomised:
+            return best, self.score(best)
+        if self.per_draw is not None:
+            self.per_draw.append(best_score.mean().item())
+        return best, best_score
+
+
+def _eps_text(spec: AttackSpec) -> str:
+    return f"L∞ eps={spec.eps:.4f} ({spec.eps * 255:.1f}/255)"
+
+
+def _off_text(spec: AttackSpec) -> str:
+    return ", weight noise OFF during attack and scoring" if not spec.noise else ""
+
+
+def _restarts_text(spec: AttackSpec) -> str:
+    return f"{spec.restarts} restart{'s' if spec.restarts > 1 else ''}"
+
+
+class AttackHandler:
+    """How one kind of attack runs and what its column means; one instance per kind in :data:`HANDLERS`.
+
+    A new attack is one subclass (set ``kind``, override :meth:`attack` and :meth:`describe`) and one
+    :func:`register_attack`. The class attributes are what :func:`floatify.evaluate` and :func:`parse_attacks`
+    ask of an attack, so no module compares kind names.
+    """
+
+    kind: ClassVar[str] = ""
+    is_attack: ClassVar[bool] = True  # False: the no-attack column (no adversarial points, not counted as an attack)
+    strong_defaults: ClassVar[bool] = False  # parse_attacks: the strong preset's steps/draws (else the quick one's)
+    eot: ClassVar[bool] = False  # averages eot_draws noise draws per step on a randomised model
+    min_eot_draws: ClassVar[int] = 1
+    deterministic_only: ClassVar[bool] = False  # runs only where the model is deterministic (λ = 0 or noise off)
+    randomised_only: ClassVar[bool] = False  # means something only on a randomised model (λ > 0, noise on)
+    trains: ClassVar[bool] = False  # usable as a training attack (make_attack)
+
+    def check(self, spec: AttackSpec) -> None:
+        """Kind-specific validation of ``spec`` (a ValueError naming the fix); the common fields are checked."""
+
+    def applies(self, spec: AttackSpec, lam: float) -> bool:
+        """Whether the attack runs at ``lam`` (else its cell is n/a, as the report's note explains)."""
+        randomised = lam > 0 and spec.noise
+        return not (self.deterministic_only and randomised) and not (self.randomised_only and not randomised)
+
+    def in_headline(self, spec: AttackSpec) -> bool:
+        """Whether the headline's per-point worst case includes this attack: those on the noisy model."""
+        return spec.noise
+
+    def label(self, spec: AttackSpec) -> str:
+        """The column label (before the ``(noise off)`` suffix): kind, steps, EOT draws, restarts."""
+        draws = f"x{spec.eot_draws}" if spec.eot_draws > 1 and spec.noise else ""
+        return f"{spec.kind}-{spec.steps}{draws}" + (f"r{spec.restarts}" if spec.restarts > 1 else "")
+
+    def describe(self, spec: AttackSpec) -> str:
+        raise NotImplementedError
+
+    def attack(self, run: AttackRun) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept adversarial points and, per point, their reported expected accuracy."""
+        raise NotImplementedError
+
+    def training_attack(self, model: nn.Module, eps: float, steps: int, step_size: float, eot_draws: int,
+                        random_start: bool) -> Any:
+        """A torchattacks attack object for training examples (handlers with ``trains``)."""
+        raise NotImplementedError
+
+
+HANDLERS: dict[str, AttackHandler] = {}
+"""The attack kinds :class:`AttackSpec` accepts, in registration order: kind → handler."""
+
+
+def register_attack(handler: AttackHandler) -> AttackHandler:
+    """Make ``handler.kind`` an attack :class:`AttackSpec`, :func:`parse_attacks` and evaluation accept.
+
+    Example:
+        >>> from floatify.attacks import HANDLERS, AttackHandler, AttackSpec, register_attack
+        >>> class Flip(AttackHandler):  # a toy attack: every pixel eps towards the far end of [0, 1]
+        ...     kind = "flip"
+        ...     def describe(self, spec):
+        ...         return f"every pixel moved by eps={spec.eps:.3f} away from its nearer end"
+        ...     def attack(self, run):
+        ...         x_adv = (run.x + run.spec.eps * (1 - 2 * (run.x > 0.5).float())).clamp(0, 1)
+        ...         return x_adv, run.score(x_adv)
+        >>> _ = register_attack(Flip())
+        >>> AttackSpec("flip", steps=1).label
+        'flip-1'
+        >>> del HANDLERS["flip"]
+    """
+    if not isinstance(handler, AttackHandler) or not handler.kind:
+        raise TypeError(f"register_attack expects an AttackHandler instance with a kind, got {handler!r}")
+    if handler.kind in HANDLERS:
+        raise ValueError(f"attack kind '{handler.kind}' is registered already; choose another kind")
+    HANDLERS[handler.kind] = handler
+    return handler
+
+
+def attack_handler(kind: str) -> AttackHandler:
+    """The handler registered for ``kind``, or a ValueError listing the kinds there are."""
+    handler = HANDLERS.get(kind)
+    if handler is None:
+        raise ValueError(f"unknown attack '{kind}'; choose one of {', '.join(HANDLERS)}")
+    return handler
+
+
+class _Clean(AttackHandler):
+    kind = "clean"
+    is_attack = False
+
+    def label(self, spec: AttackSpec) -> str:
+        return "clean"
+
+    def describe(self, spec: AttackSpec) -> str:
+        return f"no attack{_off_text(spec)}"
+
+    def attack(self, run: AttackRun) -> tuple[torch.Tensor, torch.Tensor]:
+        return run.x, run.score(run.x)
+
+
+class _StrongestIterate(AttackHandler):
+    """An attack whose every iterate is a candidate: per point the strongest (the clean point included) is kept."""
+
+    def iterates(self, run: AttackRun) -> Iterable[torch.Tensor]:
+        raise NotImplementedError
+
+    def attack(self, run: AttackRun) -> tuple[torch.Tensor, torch.Tensor]:
+        # reason: choosing the strongest iterate needs only a rough score (cheap, a few draws); the kept
+        # points are then re-scored with `score_draws` fresh draws, so the reported number stays unbiased.
+        select = min(run.draws, run.select_draws)
+        iterates = self.iterates(run)  # reason: FGSM's point is drawn before the clean score: seeded numbers stay
+        best, best_score = run.x.clone(), expected_correct(run.model, run.x, run.y, select)
+        for x_t in iterates:
+            best, best_score = strongest([(best, best_score), (x_t, expected_correct(run.model, x_t, run.y, select))])
+        return run.rescore(best, best_score)
+
+
+class _FGSM(_StrongestIterate):
+    kind = "fgsm"
+    trains = True
+
+    def label(self, spec: AttackSpec) -> str:
+        return "fgsm"
+
+    def describe(self, spec: AttackSpec) -> str:
+        return f"FGSM (torchattacks), {_eps_text(spec)}, gradient from 1 noise draw{_off_text(spec)}"
+
+    def iterates(self, run: AttackRun) -> Iterable[torch.Tensor]:
+        return [self.training_attack(run.model, run.spec.eps, 1, run.spec.pgd_step, 1, False)(run.x, run.y)]
+
+    def training_attack(self, model: nn.Module, eps: float, steps: int, step_size: float, eot_draws: int,
+                        random_start: bool) -> Any:
+        import torchattacks
+
+        return torchattacks.FGSM(model, eps=eps)
+
+
+class _PGD(_StrongestIterate):
+    kind = "pgd"
+    trains = True
+    name = "PGD"
+
+    def describe(self, spec: AttackSpec) -> str:
+        start = "random start" if spec.random_start else "no random start"
+        draws = f"{spec.eot_draws} noise draws averaged per step" if spec.eot_draws > 1 else "1 noise draw per step"
+        return (f"{self.name} (torchattacks EOTPGD stepping, cross-entropy), {_eps_text(spec)}, {spec.steps} steps "
+                f"of {spec.pgd_step:.4f}, {draws}, {start}, strongest iterate per point kept{_off_text(spec)}")
+
+    def iterates(self, run: AttackRun) -> Iterable[torch.Tensor]:
+        """Every PGD iterate; each step is one torchattacks EOTPGD step, projected on the eps-ball of x."""
+        import torchattacks
+
+        spec, x = run.spec, run.x
+        one_step = torchattacks.EOTPGD(run.model, eps=spec.pgd_step, alpha=spec.pgd_step, steps=1,
+                                       eot_iter=spec.eot_draws, random_start=False)
+        x_t = x.clone()
+        if spec.random_start:
+            x_t = (x_t + torch.empty_like(x_t).uniform_(-spec.eps, spec.eps)).clamp(0, 1)
+        for _ in range(spec.steps):
+            x_t = one_step(x_t, run.y)
+            x_t = (x + (x_t - x).clamp(-spec.eps, spec.eps)).clamp(0, 1).detach()
+            yield x_t
+
+    def training_attack(self, model: nn.Module, eps: float, steps: int, step_size: float, eot_draws: int,
+                        random_start: bool) -> Any:
+        import torchattacks
+
+        return torchattacks.PGD(model, eps=eps, alpha=step_size, steps=steps, random_start=random_start)
+
+
+class _EOTPGD(_PGD):
+    kind = "eot-pgd"
+    name = "EOT-PGD"
+    eot = True
+    min_eot_draws = 2
+
+    def check(self, spec: AttackSpec) -> None:
+        if spec.eot_draws < 2:
+            raise ValueError("eot-pgd needs eot_draws >= 2 (with 1 draw it is plain pgd)")
+
+    def training_attack(self, model: nn.Module, eps: float, steps: int, step_size: float, eot_draws: int,
+                        random_start: bool) -> Any:
+        import torchattacks
+
+        return torchattacks.EOTPGD(model, eps=eps, alpha=step_size, steps=steps, eot_iter=eot_draws,
+                                   random_start=random_start)
+
+
+class _APGD(AttackHandler):
+    strong_defaults = True
+    eot = True
+
+    def __init__(self, loss: str) -> None:
+        self.loss = loss
+        self.kind = f"apgd-{loss}"  # type: ignore[misc]  # reason: one class serves both losses, one kind each
+
+    def describe(self, spec: AttackSpec) -> str:
+        loss = "cross-entropy" if self.loss == "ce" else "DLR"
+        draws = (f"gradient averaged over {spec.eot_draws} noise draws per iteration (EOT) on a randomised model"
+                 if spec.eot_draws > 1 else "1 noise draw per iteration")
+        return (f"APGD-{self.loss.upper()} ({loss} loss), {_eps_text(spec)}, {spec.steps} iterations, "
+                f"step 2·eps halved at APGD's checkpoints, momentum 0.75, {draws}, {_restarts_text(spec)}, "
+                f"strongest iterate per point kept{_off_text(spec)}")
+
+    def attack(self, run: AttackRun) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = run.spec
+        best, best_score = apgd(run.model, run.x, run.y, spec.eps, spec.steps, self.loss,
+                                spec.eot_draws if run.randomised else 1, spec.restarts)
+        return run.rescore(best, best_score)
+
+
+class _Transfer(AttackHandler):
+    kind = "transfer"
+    strong_defaults = True
+    randomised_only = True
+
+    def check(self, spec: AttackSpec) -> None:
+        if not spec.noise:
+            raise ValueError("transfer scores noise-off points on the noisy model: it needs noise=True")
+
+    def label(self, spec: AttackSpec) -> str:
+        return f"transfer-{spec.steps}" + (f"r{spec.restarts}" if spec.restarts > 1 else "")
+
+    def describe(self, spec: AttackSpec) -> str:
+        return (f"transfer: APGD-CE and APGD-DLR ({spec.steps} iterations, {_restarts_text(spec)}) on the noise-off "
+                f"model at the same λ, {_eps_text(spec)}, per point the stronger kept, scored on the noisy model")
+
+    def attack(self, run: AttackRun) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = run.spec
+        with at_lam(run.lam, noise=False):  # reason: the source is the deterministic, noise-off model
+            best, _ = strongest([apgd(run.model, run.x, run.y, spec.eps, spec.steps, loss, 1, spec.restarts)
+                                  for loss in ("ce", "dlr")])
+        return best, run.score(best)
+
+
+class _AutoAttack(AttackHandler):
+    kind = "autoattack"
+    deterministic_only = True
+
+    def label(self, spec: AttackSpec) -> str:
+        return "autoattack"
+
+    def describe(self, spec: AttackSpec) -> str:
+        return f"torchattacks AutoAttack (10 iterations), {_eps_text(spec)}, deterministic model only{_off_text(spec)}"
+
+    def attack(self, run: AttackRun) -> tuple[torch.Tensor, torch.Tensor]:
+        import torchattacks
+
+        if run.randomised:
+            raise ValueError(
+                "AutoAttack runs only on a deterministic model (λ = 0 or noise off): torchattacks' AutoAttack "
+                "returns the clean input for points it did not fool and reseeds the global RNG; use the "
+                "'strong' preset (APGD with EOT)"
+            )
+        num_classes = run.num_classes
+        if num_classes is None:  # reason: read it off the model rather than assume 10
+            with torch.no_grad():
+                num_classes = run.model(run.x[:1]).shape[1]
+        rng = torch.get_rng_state()
+        x_adv = torchattacks.AutoAttack(run.model, norm="Linf", eps=run.spec.eps, n_classes=num_classes,
+                                        seed=0)(run.x, run.y)
+        torch.set_rng_state(rng)  # reason: AutoAttack reseeds the global RNG
+        return x_adv, expected_correct(run.model, x_adv, run.y, 1, run.per_draw)
+
+
+for _handler in (_Clean(), _FGSM(), _PGD(), _EOTPGD(), _APGD("ce"), _APGD("dlr"), _Transfer(), _AutoAttack()):
+    register_attack(_handler)
 
 
 def quick(eps: float = 8 / 255, steps: int = QUICK_STEPS, eot_draws: int = QUICK_DRAWS) -> list[AttackSpec]:
@@ -149,6 +435,11 @@ def quick(eps: float = 8 / 255, steps: int = QUICK_STEPS, eot_draws: int = QUICK
 
     Understates a randomised model's weakness (benchmarks/RESULTS.md, attack strength): use :func:`strong`
     for numbers you report.
+
+    Example:
+        >>> from floatify.attacks import quick
+        >>> [s.label for s in quick(0.1, steps=3, eot_draws=4)]
+        ['clean', 'fgsm', 'pgd-3', 'eot-pgd-3x4', 'pgd-3 (noise off)']
     """
     return [
         AttackSpec("clean", eps),
@@ -166,6 +457,11 @@ def strong(eps: float = 8 / 255, steps: int = STRONG_STEPS, eot_draws: int = STR
     APGD-CE and APGD-DLR with ``eot_draws`` noise draws averaged per iteration, a transfer attack from the
     noise-off model, and APGD-CE against the noise-off model (a different, deterministic model: reported
     beside the headline, not in it).
+
+    Example:
+        >>> from floatify.attacks import strong
+        >>> [s.label for s in strong(0.1, steps=20, eot_draws=5, restarts=2)][1:3]
+        ['apgd-ce-20x5r2', 'apgd-dlr-20x5r2']
     """
     return [
         AttackSpec("clean", eps),
@@ -180,32 +476,40 @@ PRESETS: dict[str, Callable[..., list[AttackSpec]]] = {"quick": quick, "strong":
 
 
 def parse_attacks(text: str, eps: float, steps: int | None = None, eot_draws: int | None = None) -> list[AttackSpec]:
-    """CLI form: a preset (``strong``, ``quick``) or a comma list of ``clean``, ``fgsm``, ``pgd``, ``eot-pgd``,
-    ``apgd-ce``, ``apgd-dlr``, ``transfer``, ``autoattack``, each with an optional ``:nonoise`` suffix.
+    """CLI form: a preset (``strong``, ``quick``) or a comma list of attack kinds (:data:`HANDLERS`: ``clean``,
+    ``fgsm``, ``pgd``, ``eot-pgd``, ``apgd-ce``, ``apgd-dlr``, ``transfer``, ``autoattack``), each with an optional
+    ``:nonoise`` suffix.
 
     ``steps``/``eot_draws`` of None take the preset's defaults (in a list: the strong preset's for APGD and
-    transfer, the quick preset's for PGD).
+    transfer, the quick preset's for the others).
+
+    Example:
+        >>> from floatify.attacks import parse_attacks
+        >>> [s.label for s in parse_attacks("clean, eot-pgd, apgd-dlr:nonoise", 0.1, steps=5)]
+        ['clean', 'eot-pgd-5x8', 'apgd-dlr-5 (noise off)']
     """
     text = text.strip()
     if text in PRESETS:
         kwargs = {k: v for k, v in (("steps", steps), ("eot_draws", eot_draws)) if v is not None}
         return PRESETS[text](eps, **kwargs)
-    specs = []
-    for item in (t.strip() for t in text.split(",")):
-        if not item:
-            continue
-        kind, _, flag = item.partition(":")
-        if flag not in ("", "nonoise"):
-            raise ValueError(f"unknown attack modifier ':{flag}' in '{item}' (only ':nonoise')")
-        apgd = kind in APGD_KINDS or kind == "transfer"
-        n = steps if steps is not None else (STRONG_STEPS if apgd else QUICK_STEPS)
-        d = eot_draws if eot_draws is not None else (STRONG_DRAWS if apgd else QUICK_DRAWS)
-        draws = d if kind in APGD_KINDS + ("eot-pgd",) and flag != "nonoise" else 1
-        specs.append(AttackSpec(kind, eps, n, eot_draws=max(draws, 2) if kind == "eot-pgd" else draws,
-                                noise=flag != "nonoise"))
+    specs = [_parse_one(item, eps, steps, eot_draws) for item in (t.strip() for t in text.split(",")) if item]
     if not specs:
         raise ValueError(f"no attack named in '{text}'; name a preset ({', '.join(PRESETS)}) or attacks")
     return specs
+
+
+def _parse_one(item: str, eps: float, steps: int | None, eot_draws: int | None) -> AttackSpec:
+    """One ``kind[:nonoise]`` item of :func:`parse_attacks`."""
+    kind, _, flag = item.partition(":")
+    if flag not in ("", "nonoise"):
+        raise ValueError(f"unknown attack modifier ':{flag}' in '{item}' (only ':nonoise')")
+    handler = attack_handler(kind)
+    n = steps if steps is not None else (STRONG_STEPS if handler.strong_defaults else QUICK_STEPS)
+    d = eot_draws if eot_draws is not None else (STRONG_DRAWS if handler.strong_defaults else QUICK_DRAWS)
+    draws = d if handler.eot and flag != "nonoise" else 1
+    if handler.min_eot_draws > 1:  # reason: an attack that needs several draws gets them, also with the noise off
+        draws = max(draws, handler.min_eot_draws)
+    return AttackSpec(kind, eps, n, eot_draws=draws, noise=flag != "nonoise")
 
 
 def _correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -221,6 +525,12 @@ def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: 
 
     One noise draw is shared by the whole batch in a forward pass, so points are correlated within a
     draw; ``per_draw`` (if given) receives each draw's batch accuracy for an honest confidence interval.
+
+    Example:
+        >>> import torch
+        >>> from floatify.attacks import expected_correct
+        >>> expected_correct(lambda x: x, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 1]), 2)
+        tensor([1., 0.])
     """
     hits = torch.zeros(len(y), device=y.device)
     for _ in range(draws):
@@ -232,19 +542,21 @@ def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: 
 
 
 def make_attack(model: nn.Module, kind: str, eps: float, steps: int = 7, step_size: float | None = None,
-                eot_draws: int = 1, random_start: bool = True):
-    """A plain torchattacks attack object (used for training examples)."""
-    import torchattacks
+                eot_draws: int = 1, random_start: bool = True) -> Any:
+    """A plain torchattacks attack object (used for training examples): ``fgsm``, ``pgd`` or ``eot-pgd``.
 
+    Example:
+        >>> import torch
+        >>> from floatify.attacks import make_attack
+        >>> type(make_attack(torch.nn.Linear(4, 2), "pgd", eps=0.1, steps=3)).__name__
+        'PGD'
+    """
+    handler = HANDLERS.get(kind)
+    if handler is None or not handler.trains:
+        names = [k for k, h in HANDLERS.items() if h.trains]
+        raise ValueError(f"unknown training attack '{kind}'; choose {', '.join(names[:-1])} or {names[-1]}")
     pgd_step = step_size if step_size is not None else 2.5 * eps / steps
-    if kind == "fgsm":
-        return torchattacks.FGSM(model, eps=eps)
-    if kind == "pgd":
-        return torchattacks.PGD(model, eps=eps, alpha=pgd_step, steps=steps, random_start=random_start)
-    if kind == "eot-pgd":
-        return torchattacks.EOTPGD(model, eps=eps, alpha=pgd_step, steps=steps, eot_iter=eot_draws,
-                                   random_start=random_start)
-    raise ValueError(f"unknown training attack '{kind}'; choose fgsm, pgd or eot-pgd")
+    return handler.training_attack(model, eps, steps, pgd_step, eot_draws, random_start)
 
 
 def attack_and_score(
@@ -264,86 +576,28 @@ def attack_and_score(
     fresh noise draws (one draw when the model is deterministic: λ = 0 or noise off). ``per_draw``
     receives the batch accuracy of each final scoring draw.
     """
-    import torchattacks
-
     lam = validate_lam(lam)
-    randomised = lam > 0 and spec.noise
-    draws = score_draws if randomised else 1
-    with operating_point(lam, noise=spec.noise):
-        if spec.kind == "clean":
-            return x, expected_correct(model, x, y, draws, per_draw)
-        if spec.kind == "autoattack":
-            if randomised:
-                raise ValueError(
-                    "AutoAttack runs only on a deterministic model (λ = 0 or noise off): torchattacks' AutoAttack "
-                    "returns the clean input for points it did not fool and reseeds the global RNG; use the "
-                    "'strong' preset (APGD with EOT)"
-                )
-            if num_classes is None:  # reason: read it off the model rather than assume 10
-                with torch.no_grad():
-                    num_classes = model(x[:1]).shape[1]
-            rng = torch.get_rng_state()
-            attack = torchattacks.AutoAttack(model, norm="Linf", eps=spec.eps, n_classes=num_classes, seed=0)
-            x_adv = attack(x, y)
-            torch.set_rng_state(rng)  # reason: AutoAttack reseeds the global RNG
-            return x_adv, expected_correct(model, x_adv, y, 1, per_draw)
-        if spec.kind in APGD_KINDS:
-            best, best_score = apgd(model, x, y, spec.eps, spec.steps, spec.kind[5:],
-                                    spec.eot_draws if randomised else 1, spec.restarts)
-        elif spec.kind == "transfer":
-            with operating_point(lam, noise=False):  # reason: the source is the deterministic, noise-off model
-                best, _ = strongest([apgd(model, x, y, spec.eps, spec.steps, loss, 1, spec.restarts)
-                                      for loss in ("ce", "dlr")])
-            return best, expected_correct(model, best, y, draws, per_draw)
-        else:
-            best, best_score = _iterate_attack(model, spec, x, y, min(draws, select_draws))
-        # reason: the minimum over noisy estimates is biased; re-score the kept points with fresh draws
-        if randomised:
-            return best, expected_correct(model, best, y, draws, per_draw)
-        if per_draw is not None:
-            per_draw.append(best_score.mean().item())
-        return best, best_score
+    run = AttackRun(model, spec, x, y, lam, score_draws, num_classes, per_draw, select_draws)
+    with at_lam(lam, noise=spec.noise):
+        return spec.handler.attack(run)
 
 
 def strongest(candidates: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per point, the candidate input with the lowest score (the first on ties)."""
+    """Per point, the candidate input with the lowest score (the first on ties).
+
+    Example:
+        >>> import torch
+        >>> from floatify.attacks import strongest
+        >>> strongest([(torch.zeros(2, 1), torch.tensor([1.0, 0.0])), (torch.ones(2, 1), torch.tensor([0.5, 0.5]))])
+        (tensor([[1.],
+                [0.]]), tensor([0.5000, 0.0000]))
+    """
     best, best_score = candidates[0][0].clone(), candidates[0][1].clone()
     for x_c, score in candidates[1:]:
         stronger = score < best_score
         best[stronger] = x_c[stronger]
         best_score = torch.minimum(best_score, score)
     return best, best_score
-
-
-def _iterate_attack(model, spec: AttackSpec, x, y, select: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """FGSM / PGD / EOT-PGD with the strongest iterate per point (the clean point included)."""
-    import torchattacks
-
-    # reason: choosing the strongest iterate needs only a rough score (cheap, a few draws); the kept
-    # points are then re-scored with `score_draws` fresh draws, so the reported number stays unbiased.
-    if spec.kind == "fgsm":
-        iterates = [torchattacks.FGSM(model, eps=spec.eps)(x, y)]
-    else:
-        iterates = _pgd_iterates(model, spec, x, y)
-    best, best_score = x.clone(), expected_correct(model, x, y, select)
-    for x_t in iterates:
-        best, best_score = strongest([(best, best_score), (x_t, expected_correct(model, x_t, y, select))])
-    return best, best_score
-
-
-def _pgd_iterates(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor):
-    """Yield every PGD iterate; each step is one torchattacks EOTPGD step, projected on the eps-ball of x."""
-    import torchattacks
-
-    one_step = torchattacks.EOTPGD(model, eps=spec.pgd_step, alpha=spec.pgd_step, steps=1,
-                                   eot_iter=spec.eot_draws, random_start=False)
-    x_t = x.clone()
-    if spec.random_start:
-        x_t = (x_t + torch.empty_like(x_t).uniform_(-spec.eps, spec.eps)).clamp(0, 1)
-    for _ in range(spec.steps):
-        x_t = one_step(x_t, y)
-        x_t = (x + (x_t - x).clamp(-spec.eps, spec.eps)).clamp(0, 1).detach()
-        yield x_t
 
 
 # ------------------------------------------------------------------------------------------- APGD

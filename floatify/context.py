@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["lam", "operating_point", "get_lam", "validate_lam", "LamState", "lam_state", "hold_noise", "held_draws",
+__all__ = ["lam", "get_lam", "validate_lam", "LamState", "lam_state", "hold_noise", "held_draws",
            "lam_from_tensor", "constant_weights", "weights_are_constant", "register_recomputable", "recompute_saved"]
 
 
@@ -64,7 +64,14 @@ weights_are_constant: Callable[[], bool] = _CONSTANT.get
 
 
 def validate_lam(value: object, name: str = "lam") -> float:
-    """Return ``value`` as a float in [0, 1] or raise a clear ``TypeError``/``ValueError``."""
+    """Return ``value`` as a float in [0, 1] or raise a clear ``TypeError``/``ValueError``.
+
+    Example:
+        >>> import torch
+        >>> from floatify.context import validate_lam
+        >>> validate_lam(torch.tensor(0.5)), validate_lam(1)
+        (0.5, 1.0)
+    """
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise TypeError(
@@ -81,7 +88,15 @@ def validate_lam(value: object, name: str = "lam") -> float:
 
 
 def get_lam() -> float:
-    """The λ the calling thread/task currently runs at (0.0 outside any :func:`lam` block)."""
+    """The λ the calling thread/task currently runs at (0.0 outside any :func:`lam` block).
+
+    Example:
+        >>> import floatify
+        >>> from floatify.context import get_lam
+        >>> with floatify.lam(0.25):
+        ...     get_lam()
+        0.25
+    """
     return _LAM.get().value
 
 
@@ -93,7 +108,8 @@ def lam(value: float, *, noise: bool = True) -> Iterator[float]:
     noise), larger values select the adversarial BatchNorm and scale the weight noise.
     Nesting restores the outer value on exit, also when the body raises. ``noise=False`` keeps
     the operating point's BatchNorm but turns the weight noise off: the deterministic model used to
-    measure how much robustness comes from randomness.
+    measure how much robustness comes from randomness. (Inside floatify, where ``lam`` is also the name of
+    operating-point parameters, modules import it as ``from floatify.context import lam as at_lam``.)
 
     Example:
         >>> import torch, floatify
@@ -109,15 +125,6 @@ def lam(value: float, *, noise: bool = True) -> Iterator[float]:
         yield v
     finally:
         _LAM.reset(token)
-
-
-operating_point = lam
-"""The same context manager as :func:`lam`, under the name the package uses internally.
-
-reason: inside the package ``lam`` is also the name of every function's operating-point parameter
-(``evaluate(lam=...)``, ``float_loss(lam=...)``); modules call ``operating_point(lam)`` rather than shadowing
-one with the other. ``floatify.lam`` stays the public spelling.
-"""
 
 
 @contextlib.contextmanager

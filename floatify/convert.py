@@ -19,14 +19,15 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from floatify.config import check_bool, check_choice, check_real, resolve
 from floatify.layers.conditioned import ALPHA_SUFFIX, conditioned_class, is_conditioned
 from floatify.layers.dual_bn import (
     ADV_SUFFIX,
@@ -39,24 +40,24 @@ from floatify.layers.dual_bn import (
 )
 from floatify.layers.masks import MASK_SUFFIX
 from floatify.layers.registry import conditioned_weight_names, is_batchnorm
+from floatify.walk import FilterFn, iter_modules
 
 __all__ = [
     "FloatConfig",
     "FloatifyWarning",
     "convert",
-    "iter_modules",
     "load_original_state_dict",
     "convert_sync_batchnorm",
     "SKIPPED_ATTR",
 ]
 
-FilterFn = Callable[[nn.Module, str], bool]
 # Chosen by benchmarks/tradeoff.py: the once-for-all model's gap to models trained at one λ (RESULTS.md).
 DEFAULT_BN_CURVE = 0.7
 SKIPPED_ATTR = "_floatify_skipped"
 ALPHA_INIT_ATTR = "_floatify_alpha_init"  # reason: load_original_state_dict re-initialises α (meta-device workflow)
 _QUANTIZED_PREFIXES = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized",
                        "torch.nn.intrinsic.quantized")
+_FILTERED = "excluded by filter_fn"
 
 
 def _is_quantized(module: nn.Module) -> bool:
@@ -70,7 +71,7 @@ class FloatifyWarning(UserWarning):
 
 @dataclass(frozen=True)
 class FloatConfig:
-    """How :func:`convert` conditions a model.
+    """How :func:`convert` conditions a model (every field can also be given to ``convert`` as a keyword).
 
     Attributes:
         alpha_init: initial value of every learnable noise scale α (0.25 in the FLOAT reference).
@@ -82,6 +83,11 @@ class FloatConfig:
         bn_curve: with ``"interpolate"``, the adversarial share of the BatchNorm at λ is ``λ ** bn_curve``
             (1: linear). Below 1 the BatchNorm reaches its robust setting earlier on the dial, so that the
             once-for-all model at λ tracks a model trained only at λ (benchmarks/tradeoff.py, RESULTS.md).
+
+    Example:
+        >>> import floatify
+        >>> floatify.FloatConfig(bn_mix="switch").dual_bn
+        True
     """
 
     alpha_init: float = 0.25
@@ -90,38 +96,21 @@ class FloatConfig:
     bn_curve: float = DEFAULT_BN_CURVE
 
     def __post_init__(self) -> None:
-        if isinstance(self.alpha_init, bool) or not isinstance(self.alpha_init, (int, float)):
-            raise TypeError(f"alpha_init must be a float, got {self.alpha_init!r}")
-        if not math.isfinite(self.alpha_init) or self.alpha_init < 0:
-            raise ValueError(f"alpha_init must be a finite number >= 0, got {self.alpha_init!r}")
-        if not isinstance(self.dual_bn, bool):
-            raise TypeError(f"dual_bn must be True or False, got {self.dual_bn!r}")
-        if self.bn_mix not in BN_MIXES:
-            raise ValueError(f"bn_mix must be one of {', '.join(BN_MIXES)}, got {self.bn_mix!r}")
+        check_real("alpha_init", self.alpha_init, low=0.0, meaning="the initial noise scale α")
+        check_bool("dual_bn", self.dual_bn)
+        check_choice("bn_mix", self.bn_mix, BN_MIXES)
         validate_bn_curve(self.bn_curve)
 
 
-def iter_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
-    """Every module once, depth-first over ``named_children``, with its first fully qualified name."""
-    seen: set[int] = set()
-
-    def walk(module: nn.Module, fqn: str) -> Iterator[tuple[str, nn.Module]]:
-        if id(module) in seen:
-            return  # reason: a module reachable twice (shared/called twice) is one site, one α
-        seen.add(id(module))
-        yield fqn, module
-        for name, child in module.named_children():
-            if child is not None:
-                yield from walk(child, f"{fqn}.{name}" if fqn else name)
-
-    yield from walk(model, prefix)
-
-
-@dataclass(frozen=True)
+@dataclass
 class _Plan:
-    weights: list[tuple[str, tuple[str, ...]]]  # module fqn, weight names to condition
-    batchnorms: list[str]
-    skipped: list[tuple[str, str]]  # site, reason
+    """What :func:`convert` will change, gathered (and validated) before anything is changed."""
+
+    weights: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # module fqn, weight names
+    batchnorms: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # site, reason
+    candidates: int = 0  # layers with a weight floatify conditions (converted already or not)
+    quantized: list[str] = field(default_factory=list)
 
 
 def _check_wrapped(model: object) -> None:
@@ -140,82 +129,111 @@ def _check_wrapped(model: object) -> None:
 
 
 def _plan(model: nn.Module, filter_fn: FilterFn | None, dual_bn: bool) -> _Plan:
-    weights: list[tuple[str, tuple[str, ...]]] = []
-    batchnorms: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    n_candidates = 0
-    quantized: list[str] = []
+    """Decide, for every module of ``model``, what conversion does to it, and check the result is usable.
+
+    Each module is one of: a quantized layer (skipped, with the reason), a layer without conditionable weights
+    (ignored), a layer converted already (kept as it is), a layer ``filter_fn`` excludes (skipped), a BatchNorm
+    (gets a dual when ``dual_bn``) or a Conv/Linear-like layer whose usable weights are conditioned (those that
+    are not registered float Parameters are skipped, with the reason). Raises a ValueError/TypeError for a lazy
+    or DDP-wrapped submodule and when nothing at all would be conditioned.
+    """
+    plan = _Plan()
     for fqn, module in iter_modules(model):
-        if _is_quantized(module):
-            quantized.append(fqn)
-            skipped.append((fqn, f"quantized layer ({type(module).__module__}.{type(module).__name__}): not "
-                                 f"conditioned; convert the float model first, then quantize"))
-            continue
-        names = conditioned_weight_names(module)
-        bn = dual_bn and is_batchnorm(module)
-        if not names and not bn:
-            continue
-        if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
-            raise ValueError(
-                f"layer '{fqn}' ({type(module).__name__}) is lazy and not initialised yet: run one forward "
-                f"pass (or materialise it) before floatify.convert"
-            )
-        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            raise TypeError(f"submodule '{fqn}' is wrapped in {type(module).__name__}: convert before wrapping")
-        if names:
-            n_candidates += 1
-        if is_conditioned(module) and (bn or is_batchnorm(module) or all(
-            n + ALPHA_SUFFIX in module._parameters or module._parameters.get(n) is None for n in names
-        )):
-            continue  # reason: converting twice is idempotent; existing α are kept
-        if filter_fn is not None and not filter_fn(module, fqn):
-            skipped.append((fqn, "excluded by filter_fn"))
-            continue
-        if bn:
-            batchnorms.append(fqn)
-            continue
-        selected = []
-        for name in names:
-            if name + ALPHA_SUFFIX in module._parameters:
-                continue  # reason: already conditioned (a partly converted layer, e.g. pruned first)
-            site = f"{fqn}.{name}" if fqn else name
-            tensor = module._parameters.get(name, getattr(module, name, None))
-            if name in module._parameters and tensor is None:
-                continue  # reason: an optional weight that is absent (e.g. MHA's q_proj_weight)
-            if not isinstance(tensor, nn.Parameter) or name not in module._parameters:
-                skipped.append(
-                    (site, "not a registered Parameter (weight_norm/spectral_norm/parametrize or a computed "
-                     "weight): not conditioned")
-                )
-                continue
-            if not tensor.is_floating_point():
-                skipped.append((site, f"dtype {tensor.dtype} is not floating point (quantized?): not conditioned"))
-                continue
-            selected.append(name)
+        _plan_module(plan, fqn, module, filter_fn, dual_bn)
+    _check_plan(model, plan, filter_fn)
+    return plan
+
+
+def _plan_module(plan: _Plan, fqn: str, module: nn.Module, filter_fn: FilterFn | None, dual_bn: bool) -> None:
+    """Add one module's share of the conversion to ``plan``."""
+    if _is_quantized(module):
+        plan.quantized.append(fqn)
+        plan.skipped.append((fqn, f"quantized layer ({type(module).__module__}.{type(module).__name__}): not "
+                                  f"conditioned; convert the float model first, then quantize"))
+        return
+    names = conditioned_weight_names(module)
+    bn = dual_bn and is_batchnorm(module)
+    if not names and not bn:
+        return
+    _check_submodule(fqn, module)
+    if names:
+        plan.candidates += 1
+    if _converted_already(module, names, bn):
+        return  # reason: converting twice is idempotent; existing α are kept
+    if filter_fn is not None and not filter_fn(module, fqn):
+        plan.skipped.append((fqn, _FILTERED))
+    elif bn:
+        plan.batchnorms.append(fqn)
+    else:
+        selected = _select_weights(plan, fqn, module, names)
         if selected:
-            weights.append((fqn, tuple(selected)))
-    if n_candidates == 0 and quantized:
+            plan.weights.append((fqn, selected))
+
+
+def _check_submodule(fqn: str, module: nn.Module) -> None:
+    """Refuse a layer that cannot be converted as it stands: lazy and uninitialised, or wrapped in DDP."""
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
         raise ValueError(
-            f"{type(model).__name__} has no float Conv/Linear layer: its {len(quantized)} quantized layers (e.g. "
-            f"'{quantized[0]}') cannot be conditioned; convert the float model first, then quantize"
+            f"layer '{fqn}' ({type(module).__name__}) is lazy and not initialised yet: run one forward "
+            f"pass (or materialise it) before floatify.convert"
         )
-    if n_candidates == 0:
+    if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        raise TypeError(f"submodule '{fqn}' is wrapped in {type(module).__name__}: convert before wrapping")
+
+
+def _converted_already(module: nn.Module, names: tuple[str, ...], bn: bool) -> bool:
+    """A conditioned BatchNorm, or a conditioned layer whose every present weight has its α."""
+    if not is_conditioned(module):
+        return False
+    return bn or is_batchnorm(module) or all(
+        n + ALPHA_SUFFIX in module._parameters or module._parameters.get(n) is None for n in names)
+
+
+def _select_weights(plan: _Plan, fqn: str, module: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The weights of ``module`` to condition; the ones that cannot be are added to ``plan.skipped``."""
+    selected = []
+    for name in names:
+        if name + ALPHA_SUFFIX in module._parameters:
+            continue  # reason: already conditioned (a partly converted layer, e.g. pruned first)
+        site = f"{fqn}.{name}" if fqn else name
+        tensor = module._parameters.get(name, getattr(module, name, None))
+        if name in module._parameters and tensor is None:
+            continue  # reason: an optional weight that is absent (e.g. MHA's q_proj_weight)
+        if not isinstance(tensor, nn.Parameter) or name not in module._parameters:
+            plan.skipped.append((site, "not a registered Parameter (weight_norm/spectral_norm/parametrize or a "
+                                       "computed weight): not conditioned"))
+        elif not tensor.is_floating_point():
+            plan.skipped.append((site, f"dtype {tensor.dtype} is not floating point (quantized?): not conditioned"))
+        else:
+            selected.append(name)
+    return tuple(selected)
+
+
+def _check_plan(model: nn.Module, plan: _Plan, filter_fn: FilterFn | None) -> None:
+    """Raise when the conversion would condition nothing, naming what stopped it and the fix."""
+    name = type(model).__name__
+    if plan.candidates == 0 and plan.quantized:
         raise ValueError(
-            f"{type(model).__name__} has no Conv/Linear layer floatify can condition; register custom layer "
+            f"{name} has no float Conv/Linear layer: its {len(plan.quantized)} quantized layers (e.g. "
+            f"'{plan.quantized[0]}') cannot be conditioned; convert the float model first, then quantize"
+        )
+    if plan.candidates == 0:
+        raise ValueError(
+            f"{name} has no Conv/Linear layer floatify can condition; register custom layer "
             f"types with floatify.layers.register_conditioned_weights(cls, 'weight')"
         )
-    if not weights and not any(is_conditioned(m) and not is_batchnorm(m) for _, m in iter_modules(model)):
-        reasons = [f"{site}: {why}" for site, why in skipped if why != "excluded by filter_fn"]
-        if filter_fn is None or reasons:  # reason: blame what stopped the layers, not a filter_fn never given
-            raise ValueError(
-                f"no weight of {type(model).__name__} can be conditioned ({'; '.join(reasons[:3])}); e.g. remove "
-                f"the old-style weight_norm (or use torch.nn.utils.parametrizations.weight_norm after converting)"
-            )
+    if plan.weights or any(is_conditioned(m) and not is_batchnorm(m) for _, m in iter_modules(model)):
+        return
+    reasons = [f"{site}: {why}" for site, why in plan.skipped if why != _FILTERED]
+    if filter_fn is None or reasons:  # reason: blame what stopped the layers, not a filter_fn never given
         raise ValueError(
-            f"filter_fn excluded all {n_candidates} convertible Conv/Linear layers of {type(model).__name__}; "
-            f"it must return True for the layers to condition (signature: filter_fn(module, fqn) -> bool)"
+            f"no weight of {name} can be conditioned ({'; '.join(reasons[:3])}); e.g. remove "
+            f"the old-style weight_norm (or use torch.nn.utils.parametrizations.weight_norm after converting)"
         )
-    return _Plan(weights, batchnorms, skipped)
+    raise ValueError(
+        f"filter_fn excluded all {plan.candidates} convertible Conv/Linear layers of {name}; "
+        f"it must return True for the layers to condition (signature: filter_fn(module, fqn) -> bool)"
+    )
 
 
 def _condition_weights(module: nn.Module, names: tuple[str, ...], alpha_init: float, shared: dict) -> None:
@@ -251,6 +269,7 @@ def convert(
     *,
     filter_fn: FilterFn | None = None,
     inplace: bool = False,
+    **overrides: Any,
 ) -> nn.Module:
     """Condition every Conv/Linear weight of ``model`` on λ and give every BatchNorm a dual.
 
@@ -262,6 +281,8 @@ def convert(
             alone (and listed by :func:`floatify.summary`). E.g. keep the classifier noise-free with
             ``filter_fn=lambda m, fqn: fqn != "fc"``.
         inplace: modify ``model`` itself instead of a deep copy (for large models).
+        **overrides: :class:`FloatConfig` fields replacing the config's (``alpha_init=0.5``), validated as
+            the config's; an unknown name is a TypeError listing the valid ones.
 
     Returns:
         The converted model: the same class, the original parameters under their original
@@ -271,44 +292,52 @@ def convert(
 
     Example:
         >>> import torch, timm, floatify
-        >>> model = floatify.convert(timm.create_model("resnet18", num_classes=10))
+        >>> model = floatify.convert(timm.create_model("resnet18", num_classes=10), bn_mix="switch")
         >>> with floatify.lam(0.3):
         ...     y = model(torch.rand(2, 3, 32, 32))
     """
     _check_wrapped(model)
-    config = config if config is not None else FloatConfig()
-    if not isinstance(config, FloatConfig):
-        raise TypeError(f"config must be a floatify.FloatConfig, got {type(config).__name__}")
+    config = resolve(config, FloatConfig, overrides, "convert")
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError("filter_fn must be a callable filter_fn(module, fqn) -> bool")
     plan = _plan(model, filter_fn, config.dual_bn)  # reason: validate everything before changing anything
-    if not inplace:
-        try:
-            model = copy.deepcopy(model)
-        except RuntimeError as err:  # reason: old-style torch.nn.utils.weight_norm tensors refuse deepcopy
-            raise ValueError(
-                f"cannot copy {type(model).__name__} for conversion ({str(err).split('.')[0]}); pass inplace=True "
-                f"to convert the model itself"
-            ) from None
-    shared: dict[int, nn.Parameter] = {}
-    for _, module in iter_modules(model):  # reason: α of already converted tied weights is reused
-        if is_conditioned(module):
-            for name in getattr(type(module), "_floatify_weights", ()):
-                alpha = module._parameters.get(name + ALPHA_SUFFIX)
-                if alpha is not None:
-                    shared[id(module._parameters[name])] = alpha
+    model = model if inplace else _copy_for_conversion(model)
+    shared = _existing_alphas(model)
     for fqn, names in plan.weights:
         _condition_weights(model.get_submodule(fqn), names, config.alpha_init, shared)
     for fqn in plan.batchnorms:
         _make_dual_bn(model.get_submodule(fqn), bn_mix=config.bn_mix, bn_curve=config.bn_curve)
     previous = [s for s in model.__dict__.get(SKIPPED_ATTR, []) if s not in plan.skipped]
     model.__dict__[SKIPPED_ATTR] = [s for s in previous if not _now_conditioned(model, s[0])] + plan.skipped
-    problems = [f"{site}: {reason}" for site, reason in plan.skipped if reason != "excluded by filter_fn"]
+    problems = [f"{site}: {reason}" for site, reason in plan.skipped if reason != _FILTERED]
     if problems:
         warnings.warn(
             "floatify left these weights unconditioned:\n  " + "\n  ".join(problems), FloatifyWarning, stacklevel=2
         )
     return model
+
+
+def _copy_for_conversion(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``, or a ValueError naming ``inplace=True`` where the model refuses to be copied."""
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError as err:  # reason: old-style torch.nn.utils.weight_norm tensors refuse deepcopy
+        raise ValueError(
+            f"cannot copy {type(model).__name__} for conversion ({str(err).split('.')[0]}); pass inplace=True "
+            f"to convert the model itself"
+        ) from None
+
+
+def _existing_alphas(model: nn.Module) -> dict[int, nn.Parameter]:
+    """The α of every weight conditioned already, by the weight's id (a tied weight reuses it)."""
+    shared: dict[int, nn.Parameter] = {}
+    for _, module in iter_modules(model):
+        if is_conditioned(module):
+            for name in getattr(type(module), "_floatify_weights", ()):
+                alpha = module._parameters.get(name + ALPHA_SUFFIX)
+                if alpha is not None:
+                    shared[id(module._parameters[name])] = alpha
+    return shared
 
 
 def _now_conditioned(model: nn.Module, site: str) -> bool:

@@ -1,4 +1,4 @@
-"""``evaluate(model, loader, lams, attacks)``: the accuracy–robustness trade-off across λ.
+"""``evaluate(model, loader, config, **overrides)``: the accuracy–robustness trade-off across λ.
 
 Per λ the report's headline is the robust accuracy under the **worst case per point over every attack
 run on the noisy model** (clean input included), as AutoAttack counts an ensemble: a point counts as
@@ -10,50 +10,77 @@ Example:
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> model = floatify.convert(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)))
     >>> data = DataLoader(TensorDataset(torch.rand(8, 3, 2, 2), torch.randint(0, 3, (8,))), batch_size=4)
-    >>> report = floatify.evaluate(model, data, lams=[0, 1], attacks="quick", progress=False)
+    >>> report = floatify.evaluate(model, data, lams=[0, 1], attacks="quick", steps=2, progress=False)
     >>> report.headline
     'worst case (3 attacks)'
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from collections.abc import Iterable, Sequence, Sized
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence, Sized
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from floatify.attacks import PRESETS, SCORE_DRAWS, AttackSpec, attack_and_score, expected_correct, strongest
-from floatify.context import operating_point, validate_lam
-from floatify.layers.noise import get_noise_source
+from floatify.attacks import (
+    PRESETS,
+    SCORE_DRAWS,
+    AttackSpec,
+    attack_and_score,
+    expected_correct,
+    parse_attacks,
+    strongest,
+)
+from floatify.config import check_choice, check_int, check_real, resolve
+from floatify.context import lam as at_lam
+from floatify.context import validate_lam
+from floatify.layers.noise import NOISE_SOURCES, get_noise_source
 from floatify.layers.noise import noise_source as use_noise_source
 from floatify.report import Report, Score
 
-__all__ = ["evaluate", "EvalConfig"]
+__all__ = ["evaluate", "EvalConfig", "DEFAULT_EPS", "worst_case"]
+
+DEFAULT_EPS = 8 / 255
+"""The library's attack budget when :attr:`EvalConfig.eps` is None (the CLI uses the training eps instead)."""
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """The evaluation settings and their defaults: :func:`evaluate`'s and the CLI's (one source).
 
+    Every field can also be given to :func:`evaluate` as a keyword; it is validated the same way.
+
     Attributes:
-        lams: operating points to evaluate.
-        attacks: a preset (``"strong"``, ``"quick"``) or, on the command line, a comma list of attacks.
-        eps: L∞ budget of the attacks in pixel units (None: the training eps).
-        steps: attack iterations (None: the preset's).
+        lams: operating points to evaluate (each in [0, 1]).
+        attacks: a preset (``"strong"``: APGD-CE/DLR with EOT, transfer, noise-off APGD — what to report;
+            ``"quick"``: FGSM/PGD/EOT-PGD, fast looks), a comma list of attack kinds (``"clean,apgd-ce"``,
+            :func:`floatify.attacks.parse_attacks`) or a sequence of :class:`~floatify.attacks.AttackSpec`.
+        eps: L∞ budget of a preset or list, in pixel units. None: 8/255 (:data:`DEFAULT_EPS`) in the library;
+            the training eps on the command line. AttackSpecs carry their own eps.
+        steps: attack iterations of a preset or list (None: the preset's).
         eot_draws: noise draws averaged per attack iteration on a randomised model (None: the preset's).
-        score_draws: fresh noise draws per point when scoring a randomised model.
+        score_draws: fresh noise draws per point when scoring a randomised model (λ > 0, noise on).
         limit: evaluate only the first N test points (None: all).
-        batch_size: evaluation batch size; large batches amortise the per-forward noise draw.
+        batch_size: evaluation batch size where the batches are made here (the CLI's loader, or a Dataset
+            given to :func:`evaluate`); large batches amortise the per-forward noise draw.
         noise_source: where the weight noise comes from (:mod:`floatify.layers.noise`): ``"bank"`` or
             ``"fresh"``; None: the active one (``"bank"`` unless inside ``noise_source(...)``).
+
+    Example:
+        >>> from floatify.evaluate import EvalConfig
+        >>> EvalConfig(lams=[0, 1], attacks="quick", steps=3).attack_specs()[1][2].label
+        'pgd-3'
     """
 
     lams: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    attacks: str = "strong"
+    attacks: str | tuple[AttackSpec, ...] = "strong"
     eps: float | None = None
     steps: int | None = None
     eot_draws: int | None = None
@@ -61,6 +88,205 @@ class EvalConfig:
     limit: int | None = None
     batch_size: int = 512
     noise_source: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lams", _checked_lams(self.lams))
+        object.__setattr__(self, "attacks", _checked_attacks(self.attacks))
+        check_real("eps", self.eps, low=0.0, high=1.0, optional=True, meaning="pixel units, inputs in [0, 1]")
+        check_int("steps", self.steps, optional=True, meaning="attack iterations")
+        check_int("eot_draws", self.eot_draws, optional=True, meaning="noise draws per attack iteration")
+        check_int("score_draws", self.score_draws, meaning="noise draws per point")
+        check_int("limit", self.limit, optional=True, meaning="test points")
+        check_int("batch_size", self.batch_size)
+        check_choice("noise_source", self.noise_source, NOISE_SOURCES, optional=True)
+        given = [name for name in ("eps", "steps", "eot_draws") if getattr(self, name) is not None]
+        if given and not isinstance(self.attacks, str):
+            raise ValueError(f"{', '.join(given)} build the attacks of a preset or list; AttackSpecs carry their "
+                             f"own: set {given[0]} on each AttackSpec, or pass attacks as a preset name")
+        _check_labels(self.attack_specs()[1])
+
+    def attack_specs(self) -> tuple[str, list[AttackSpec]]:
+        """The preset's name (``"custom"`` for a list) and the attacks this config runs."""
+        if not isinstance(self.attacks, str):
+            return "custom", list(self.attacks)
+        eps = self.eps if self.eps is not None else DEFAULT_EPS
+        specs = parse_attacks(self.attacks, eps, self.steps, self.eot_draws)
+        return (self.attacks if self.attacks in PRESETS else "custom"), specs
+
+
+def _checked_lams(lams: object) -> tuple[float, ...]:
+    if isinstance(lams, (str, bytes)) or not isinstance(lams, Iterable):
+        raise TypeError(f"lams must be a sequence of operating points in [0, 1], got {lams!r}; e.g. lams=[0, 0.5, 1]")
+    values = tuple(validate_lam(v) for v in lams)
+    if not values:
+        raise ValueError("lams must name at least one operating point, e.g. lams=[0, 0.5, 1]")
+    return values
+
+
+def _checked_attacks(attacks: object) -> str | tuple[AttackSpec, ...]:
+    if isinstance(attacks, str):
+        return attacks.strip()
+    specs = tuple(attacks) if isinstance(attacks, Iterable) else ()
+    if not specs or not all(isinstance(a, AttackSpec) for a in specs):
+        raise ValueError("attacks must be a preset name or a non-empty list of floatify.attacks.AttackSpec")
+    return specs
+
+
+def _check_labels(attacks: list[AttackSpec]) -> None:
+    labels = [a.label for a in attacks]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"attack labels must be unique, got {labels}; give repeated attacks a label=")
+    headline = _Headline.of(attacks)
+    if headline is not None and headline.label in labels:
+        raise ValueError(f"'{headline.label}' is reserved for the headline column; rename that attack")
+
+
+@dataclass(frozen=True)
+class _Headline:
+    """The headline column: per point, the worst case over every attack on the noisy model, clean input included.
+
+    Which attacks it takes, its label and its description; :func:`worst_case` measures it.
+    """
+
+    members: tuple[AttackSpec, ...]  # the columns in the worst case (the clean column too, where there is one)
+
+    @classmethod
+    def of(cls, attacks: Sequence[AttackSpec]) -> _Headline | None:
+        members = tuple(a for a in attacks if a.handler.in_headline(a))
+        return cls(members) if any(a.handler.is_attack for a in members) else None
+
+    @property
+    def attack_labels(self) -> list[str]:
+        return [a.label for a in self.members if a.handler.is_attack]
+
+    @property
+    def label(self) -> str:
+        return f"worst case ({len(self.attack_labels)} attacks)"
+
+    def describe(self) -> str:
+        return (f"per point, the worst case over {', '.join(self.attack_labels)} (and the clean input), re-scored "
+                f"with fresh noise draws: the headline robust accuracy")
+
+
+def worst_case(model: nn.Module, candidates: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor,
+               y: torch.Tensor, lam: float, score_draws: int = SCORE_DRAWS
+               ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """The headline's measurement: per point the candidate with the lowest score, the clean input included.
+
+    ``candidates`` are ``(points, per-point score)`` pairs from :func:`~floatify.attacks.attack_and_score` at
+    ``lam``. A randomised model (λ > 0) re-scores the worst points with ``score_draws`` fresh draws. Returns the
+    worst points, their score and the per-draw batch accuracies of that score.
+
+    reason: the minimum over several noisy estimates is biased low (and picking by it is a selection);
+    scoring the selected points afresh gives the expected accuracy of a fixed set of adversarial inputs.
+
+    Example:
+        >>> import torch, floatify
+        >>> from floatify.attacks import AttackSpec, attack_and_score
+        >>> from floatify.evaluate import worst_case
+        >>> model = floatify.convert(torch.nn.Linear(4, 3)).eval()
+        >>> x, y = torch.rand(6, 4), torch.randint(0, 3, (6,))
+        >>> found = [attack_and_score(model, AttackSpec(kind, steps=2), x, y, 0.0) for kind in ("fgsm", "pgd")]
+        >>> points, score, _ = worst_case(model, found, x, y, 0.0)
+        >>> bool((score <= torch.minimum(found[0][1], found[1][1])).all())
+        True
+    """
+    if not any(torch.equal(c[0], x) for c in candidates):
+        with at_lam(lam):
+            candidates = [(x, expected_correct(model, x, y, score_draws if lam > 0 else 1)), *candidates]
+    worst, worst_score = strongest(candidates)
+    batch_draws: list[float] = []
+    if lam > 0:
+        with at_lam(lam):
+            worst_score = expected_correct(model, worst, y, score_draws, batch_draws)
+    else:
+        batch_draws.append(worst_score.mean().item())
+    return worst, worst_score, batch_draws
+
+
+@dataclass
+class _Cell:
+    """One cell of the report while it is measured: per-point correctness and each batch's per-draw accuracies."""
+
+    applicable: bool = True
+    correct: list[torch.Tensor] = field(default_factory=list)
+    draws: list[tuple[int, list[float]]] = field(default_factory=list)
+
+    def add(self, correct: torch.Tensor, batch_draws: list[float]) -> None:
+        self.correct.append(correct.cpu())
+        self.draws.append((len(correct), batch_draws))
+
+    def score(self) -> Score | None:
+        return _score(torch.cat(self.correct), self.draws) if self.applicable else None
+
+
+@dataclass
+class _Evaluation:
+    """One :func:`evaluate` call in progress: what it runs and what it has measured so far."""
+
+    model: nn.Module
+    lams: tuple[float, ...]
+    attacks: list[AttackSpec]
+    headline: _Headline | None
+    score_draws: int
+    num_classes: int | None
+    cells: dict[float, dict[str, _Cell]]  # λ -> column label -> cell
+    kept: dict[str, list[torch.Tensor]] | None  # "lam=v/label" -> adversarial inputs, when they are saved
+    points: int = 0
+
+    @classmethod
+    def start(cls, model: nn.Module, config: EvalConfig, num_classes: int | None, keep: bool) -> _Evaluation:
+        attacks = config.attack_specs()[1]
+        headline = _Headline.of(attacks)
+        cells = {v: {a.label: _Cell(a.handler.applies(a, v)) for a in attacks} for v in config.lams}
+        if headline is not None:
+            for row in cells.values():
+                row[headline.label] = _Cell()
+        return cls(model, config.lams, attacks, headline, config.score_draws, num_classes, cells,
+                   {} if keep else None)
+
+    def keep(self, lam: float, name: str, points: torch.Tensor) -> None:
+        if self.kept is not None:
+            self.kept.setdefault(f"lam={lam:g}/{name}", []).append(points.detach().cpu())
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    config: EvalConfig | None = None,
+    *,
+    num_classes: int | None = None,
+    save_adversarial: str | Path | None = None,
+    max_batches: int | None = None,
+    progress: bool = True,
+    meta: dict | None = None,
+    **overrides: Any,
+) -> Report:
+    """Clean and robust accuracy of ``model`` at every λ of the config under every attack of it.
+
+    Args:
+        model: a converted model taking inputs in [0, 1].
+        loader: yields ``(x, y)`` batches, ``x`` in [0, 1]; or a map-style Dataset of ``(x, y)`` points,
+            batched here by ``batch_size``.
+        config: an :class:`EvalConfig` (default: every λ of ``EvalConfig.lams``, the strong preset at 8/255).
+        num_classes: checks the labels (and saves AutoAttack a forward to read it off the model).
+        save_adversarial: if given, a safetensors file receiving the kept adversarial inputs per (λ, attack).
+        max_batches: evaluate only the first batches (quick looks; the report says so).
+        progress: show a progress bar.
+        meta: entries added to the report's settings.
+        **overrides: :class:`EvalConfig` fields replacing the config's (``lams=[0, 1]``, ``attacks="quick"``),
+            validated as the config's; an unknown name is a TypeError listing the valid ones.
+    """
+    config = resolve(config, EvalConfig, overrides, "evaluate")
+    check_int("max_batches", max_batches, optional=True)
+    batches, n_batches = _batches(loader, config, max_batches)
+    run = _Evaluation.start(model, config, num_classes, keep=save_adversarial is not None)
+    with contextlib.nullcontext() if config.noise_source is None else use_noise_source(config.noise_source):
+        _measure(run, batches, n_batches, progress)
+        info = _settings(run, config, max_batches, meta)  # reason: names the noise source the attacker faced
+    if save_adversarial is not None:
+        _save_adversarial(save_adversarial, run.kept or {})
+    return _report(run, info)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -76,145 +302,78 @@ def _length(loader: Iterable) -> int | None:
         return None
 
 
-def _in_headline(spec: AttackSpec) -> bool:
-    return spec.noise
-
-
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    lams: Sequence[float] = EvalConfig.lams,
-    attacks: Sequence[AttackSpec] | str | None = None,
-    *,
-    eps: float = 8 / 255,
-    score_draws: int = EvalConfig.score_draws,
-    num_classes: int | None = None,
-    save_adversarial: str | Path | None = None,
-    max_batches: int | None = None,
-    progress: bool = True,
-    meta: dict | None = None,
-    noise_source: str | None = EvalConfig.noise_source,
-) -> Report:
-    """Clean and robust accuracy of ``model`` at every λ in ``lams`` under every attack.
-
-    Args:
-        model: a converted model taking inputs in [0, 1].
-        loader: yields ``(x, y)`` batches, ``x`` in [0, 1].
-        lams: operating points to evaluate.
-        attacks: a preset name (``"strong"``: APGD-CE/DLR with EOT, transfer, noise-off APGD — what to
-            report; ``"quick"``: FGSM/PGD/EOT-PGD, fast looks) built at ``eps``, or a list of
-            :class:`~floatify.attacks.AttackSpec`. Default: ``"strong"``.
-        eps: the L∞ budget of a preset (pixel units).
-        score_draws: noise draws per point when scoring a randomised model (λ > 0, noise on).
-        save_adversarial: if given, a safetensors file receiving the kept adversarial inputs per (λ, attack).
-        max_batches: evaluate only the first batches (quick looks; the report says so).
-        noise_source: ``"bank"`` or ``"fresh"`` (:mod:`floatify.layers.noise`), for the attacks and the scoring;
-            None: the active one. The report names it (``weight_noise``).
-    """
-    if noise_source is not None:
-        with use_noise_source(noise_source):
-            return evaluate(model, loader, lams, attacks, eps=eps, score_draws=score_draws, num_classes=num_classes,
-                            save_adversarial=save_adversarial, max_batches=max_batches, progress=progress, meta=meta)
-    lams = [validate_lam(v) for v in lams]
-    if not lams:
-        raise ValueError("lams must name at least one operating point")
-    preset = "custom"
-    if attacks is None:
-        attacks = EvalConfig.attacks
-    if isinstance(attacks, str):
-        if attacks not in PRESETS:
-            raise ValueError(f"unknown attack preset '{attacks}'; choose one of {', '.join(PRESETS)}")
-        preset, attacks = attacks, PRESETS[attacks](eps)
-    attacks = list(attacks)
-    if not attacks or not all(isinstance(a, AttackSpec) for a in attacks):
-        raise ValueError("attacks must be a preset name or a non-empty list of floatify.attacks.AttackSpec")
-    labels = [a.label for a in attacks]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"attack labels must be unique, got {labels}")
-    if not isinstance(score_draws, int) or isinstance(score_draws, bool) or score_draws < 1:
-        raise ValueError(f"score_draws must be a positive int, got {score_draws!r}")
-    ensemble = [a for a in attacks if _in_headline(a)]
-    headline = f"worst case ({sum(a.kind != 'clean' for a in ensemble)} attacks)" if any(
-        a.kind != "clean" for a in ensemble) else None
-    if headline in labels:
-        raise ValueError(f"'{headline}' is reserved for the headline column; rename that attack")
-    device = _device_of(model)
-    was_training = model.training
-    model.eval()
-    keys = labels + ([headline] if headline else [])
-    correct: dict[tuple[float, str], list[torch.Tensor] | None] = {(v, k): [] for v in lams for k in keys}
-    draws: dict[tuple[float, str], list[tuple[int, list[float]]]] = {k: [] for k in correct}
-    kept: dict[str, list[torch.Tensor]] = {}
-    # reason: the loader is streamed, never held in memory as a whole (a test set need not fit)
-    batches: Iterable = loader if max_batches is None else itertools.islice(loader, max_batches)
-    n_batches = _length(loader)
+def _batches(data: Iterable, config: EvalConfig, max_batches: int | None) -> tuple[Iterable, int | None]:
+    """The batches to evaluate (streamed, never held in memory as a whole) and how many there are, when known."""
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        data = DataLoader(data, batch_size=config.batch_size, shuffle=False)
+    elif config.batch_size != EvalConfig.batch_size:
+        raise ValueError(f"batch_size={config.batch_size} applies where evaluate batches a Dataset; this "
+                         f"{type(data).__name__} makes its own batches: set the batch size where it is built")
+    n_batches = _length(data)
+    batches: Iterable = data
     if max_batches is not None:
+        batches = itertools.islice(data, max_batches)
         n_batches = max_batches if n_batches is None else min(n_batches, max_batches)
+    if config.limit is not None:
+        batches = _first_points(batches, config.limit)
+    return batches, n_batches
+
+
+def _first_points(batches: Iterable, limit: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches up to ``limit`` points in all (the last one cut short)."""
+    left = limit
+    for x, y in batches:
+        yield x[:left], y[:left]
+        left -= len(y[:left])
+        if left <= 0:
+            return  # reason: the loader is not asked for a batch that would not be used
+
+
+def _measure(run: _Evaluation, batches: Iterable, n_batches: int | None, progress: bool) -> None:
+    """Attack and score every batch at every λ; the model is evaluated in eval mode and left as it was."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=None if n_batches is None else n_batches * len(lams) * len(attacks), desc="evaluate",
+    device = _device_of(run.model)
+    was_training = run.model.training
+    run.model.eval()
+    bar = tqdm(total=None if n_batches is None else n_batches * len(run.lams) * len(run.attacks), desc="evaluate",
                disable=not progress, leave=False)
-    points = 0
     try:
         for x, y in batches:
             if len(y) == 0:
                 continue
             x, y = x.to(device), y.to(device)
-            _check_batch(x, y, num_classes)
-            points += len(y)
-            for v in lams:
-                candidates = []
-                for spec in attacks:
-                    bar.set_postfix_str(f"λ={v:g} {spec.label}")
-                    if (spec.kind == "autoattack" and v > 0 and spec.noise) or (spec.kind == "transfer" and v == 0):
-                        correct[(v, spec.label)] = None  # reason: not applicable at this λ (see the report note)
-                        bar.update()
-                        continue
-                    batch_draws: list[float] = []
-                    x_adv, c = attack_and_score(model, spec, x, y, v, score_draws, num_classes, batch_draws)
-                    correct[(v, spec.label)].append(c.cpu())  # type: ignore[union-attr]  # reason: None only when n/a
-                    draws[(v, spec.label)].append((len(y), batch_draws))
-                    if _in_headline(spec):
-                        candidates.append((x_adv, c))
-                    if save_adversarial is not None and spec.kind != "clean":
-                        kept.setdefault(f"lam={v:g}/{spec.label}", []).append(x_adv.detach().cpu())
-                    bar.update()
-                if headline:
-                    x_worst, c = _worst_case(model, candidates, x, y, v, score_draws, draws[(v, headline)])
-                    correct[(v, headline)].append(c.cpu())  # type: ignore[union-attr]
-                    if save_adversarial is not None:
-                        kept.setdefault(f"lam={v:g}/worst-case", []).append(x_worst.detach().cpu())
+            _check_batch(x, y, run.num_classes)
+            run.points += len(y)
+            for v in run.lams:
+                _measure_at(run, x, y, v, bar)
     finally:
         bar.close()
-        model.train(was_training)
-    if points == 0:
+        run.model.train(was_training)
+    if run.points == 0:
         raise ValueError("the evaluation loader yielded no data")
-    scores: dict[str, dict[str, Score | None]] = {}
-    for v in lams:
-        row = {}
-        for key in keys:
-            parts = correct[(v, key)]
-            row[key] = None if parts is None else _score(torch.cat(parts), draws[(v, key)])
-        scores[str(float(v))] = row
-    info = {"preset": preset, "score_draws": score_draws, "eps": f"{attacks[0].eps:.5f}",
-            "points": points, "weight_noise": get_noise_source()}  # reason: the attacker faced this noise source
-    if max_batches is not None:
-        info["max_batches"] = max_batches
-    info.update(meta or {})
-    descriptions = {a.label: a.describe() for a in attacks}
-    if headline:
-        names = ", ".join(a.label for a in ensemble if a.kind != "clean")
-        descriptions = {headline: f"per point, the worst case over {names} (and the clean input), re-scored with "
-                                  f"fresh noise draws: the headline robust accuracy", **descriptions}
-    if save_adversarial is not None:
-        from safetensors.torch import save
 
-        from floatify.io import atomic_write
 
-        atomic_write(save_adversarial, save({k: torch.cat(v).contiguous() for k, v in kept.items()}))
-    clean = next((a.label for a in attacks if a.kind == "clean"), None)
-    return Report(lams, descriptions, scores, info, headline=headline, clean_label=clean,
-                  noise_off=[a.label for a in attacks if not a.noise])
+def _measure_at(run: _Evaluation, x: torch.Tensor, y: torch.Tensor, lam: float, bar: Any) -> None:
+    """Every attack on one batch at one λ, then the headline's per-point worst case over its members."""
+    candidates = []
+    for spec in run.attacks:
+        bar.set_postfix_str(f"λ={lam:g} {spec.label}")
+        cell = run.cells[lam][spec.label]
+        if cell.applicable:  # reason: else not applicable at this λ (see the report note)
+            batch_draws: list[float] = []
+            x_adv, correct = attack_and_score(run.model, spec, x, y, lam, run.score_draws, run.num_classes,
+                                              batch_draws)
+            cell.add(correct, batch_draws)
+            if spec.handler.in_headline(spec):
+                candidates.append((x_adv, correct))
+            if spec.handler.is_attack:
+                run.keep(lam, spec.label, x_adv)
+        bar.update()
+    if run.headline is not None:
+        worst, correct, batch_draws = worst_case(run.model, candidates, x, y, lam, run.score_draws)
+        run.cells[lam][run.headline.label].add(correct, batch_draws)
+        run.keep(lam, "worst-case", worst)
 
 
 def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int | None) -> None:
@@ -228,24 +387,35 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int | None) -> N
         raise ValueError(f"labels must lie in [0, {num_classes - 1}], got [{y.min().item()}, {y.max().item()}]")
 
 
-def _worst_case(model, candidates, x, y, lam, score_draws, per_draw_log) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per point the candidate with the lowest score; a randomised model re-scores it with fresh draws.
+def _settings(run: _Evaluation, config: EvalConfig, max_batches: int | None, meta: dict | None) -> dict:
+    """The report's settings: preset, draws, eps, points, the noise source, the limits and ``meta``."""
+    info: dict[str, Any] = {"preset": config.attack_specs()[0], "score_draws": config.score_draws,
+                            "eps": f"{run.attacks[0].eps:.5f}", "points": run.points,
+                            "weight_noise": get_noise_source()}
+    if max_batches is not None:
+        info["max_batches"] = max_batches
+    if config.limit is not None:
+        info["limit"] = config.limit
+    info.update(meta or {})
+    return info
 
-    reason: the minimum over several noisy estimates is biased low (and picking by it is a selection);
-    scoring the selected points afresh gives the expected accuracy of a fixed set of adversarial inputs.
-    """
-    if not any(torch.equal(c[0], x) for c in candidates):
-        with operating_point(lam):
-            candidates = [(x, expected_correct(model, x, y, score_draws if lam > 0 else 1)), *candidates]
-    worst, worst_score = strongest(candidates)
-    batch_draws: list[float] = []
-    if lam > 0:
-        with operating_point(lam):
-            worst_score = expected_correct(model, worst, y, score_draws, batch_draws)
-    else:
-        batch_draws.append(worst_score.mean().item())
-    per_draw_log.append((len(y), batch_draws))
-    return worst, worst_score
+
+def _save_adversarial(path: str | Path, kept: dict[str, list[torch.Tensor]]) -> None:
+    from safetensors.torch import save
+
+    from floatify.io import atomic_write
+
+    atomic_write(path, save({k: torch.cat(v).contiguous() for k, v in kept.items()}))
+
+
+def _report(run: _Evaluation, info: dict) -> Report:
+    scores = {str(float(v)): {label: cell.score() for label, cell in run.cells[v].items()} for v in run.lams}
+    descriptions = {a.label: a.describe() for a in run.attacks}
+    if run.headline is not None:
+        descriptions = {run.headline.label: run.headline.describe(), **descriptions}
+    clean = next((a.label for a in run.attacks if not a.handler.is_attack), None)
+    return Report(list(run.lams), descriptions, scores, info, headline=None if run.headline is None
+                  else run.headline.label, clean_label=clean, noise_off=[a.label for a in run.attacks if not a.noise])
 
 
 def _score(per_point: torch.Tensor, batches: list[tuple[int, list[float]]]) -> Score:

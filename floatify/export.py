@@ -46,10 +46,10 @@ import torch
 import torch.nn as nn
 
 from floatify.context import lam_from_tensor
-from floatify.convert import iter_modules
 from floatify.layers.conditioned import ALPHA_SUFFIX, is_floatify_layer
 from floatify.layers.dual_bn import ADV_SUFFIX
 from floatify.layers.registry import is_batchnorm
+from floatify.walk import iter_modules
 
 __all__ = ["export", "export_onnx"]
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch.fx
 import torch.nn as nn
 
-from floatify.convert import iter_modules
 from floatify.layers.conditioned import generated_classes, is_floatify_layer
+from floatify.walk import iter_modules
 
 __all__ = ["leaf_modules", "restore_conditioned_reads", "symbolic_trace", "create_feature_extractor"]
 

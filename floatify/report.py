@@ -15,10 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from floatify.config import check_real
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["Report", "Score"]
+__all__ = ["Report", "Score", "LamChoice"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,92 @@ class Score:
 
 def _as_dict(score: Score | None) -> dict | None:
     return None if score is None else asdict(score)
+
+
+@dataclass(frozen=True)
+class LamChoice:
+    """An operating point chosen by :meth:`Report.choose_lam`; accuracies in % (as reports print them).
+
+    ``clean`` and ``robust`` are the report's values at ``lam``: measured ones where ``measured``, else linear
+    interpolations between the two measured λ around it (an estimate: evaluate at ``lam`` to measure it).
+    ``robust`` is the headline column. ``reason`` says in one line why this λ.
+    """
+
+    lam: float
+    clean: float
+    robust: float
+    measured: bool
+    reason: str
+
+
+_SLACK = 1e-9  # reason: a λ interpolated to meet a bound exactly may miss it by a rounding error
+
+
+@dataclass(frozen=True)
+class _Dial:
+    """A report's clean and headline robust accuracy (%) over λ, linear between the measured λ."""
+
+    lams: tuple[float, ...]  # measured, ascending
+    clean: tuple[float, ...]
+    robust: tuple[float, ...]
+    robust_label: str
+
+    @classmethod
+    def of(cls, report: Report) -> _Dial:
+        clean_label, robust_label = report.clean_label, report.robust_label()
+        if clean_label is None or clean_label not in report.attacks:
+            raise ValueError("choose_lam needs the clean column: evaluate with AttackSpec('clean') among the attacks")
+        if robust_label is None:
+            raise ValueError("choose_lam needs a robust column: evaluate with an attack on the noisy model")
+        lams = tuple(sorted(set(report.lams)))
+        rows = [(report.score(v, clean_label), report.score(v, robust_label)) for v in lams]
+        missing = [v for v, (c, r) in zip(lams, rows) if c is None or r is None]
+        if missing:
+            raise ValueError(f"choose_lam needs clean and robust scores at every λ; λ={missing[0]:g} has none: "
+                             f"evaluate again with both columns measured")
+        return cls(lams, tuple(100 * c.mean for c, _ in rows if c is not None),
+                   tuple(100 * r.mean for _, r in rows if r is not None), robust_label)
+
+    def at(self, lam: float) -> tuple[float, float]:
+        """(clean, robust) at ``lam``: measured, or interpolated between the measured λ around it."""
+        i = max(j for j, v in enumerate(self.lams) if v <= lam) if lam >= self.lams[0] else 0
+        if i == len(self.lams) - 1 or self.lams[i] == lam:
+            return self.clean[i], self.robust[i]
+        t = (lam - self.lams[i]) / (self.lams[i + 1] - self.lams[i])
+        return (self.clean[i] + t * (self.clean[i + 1] - self.clean[i]),
+                self.robust[i] + t * (self.robust[i + 1] - self.robust[i]))
+
+    def candidates(self, min_clean: float | None, min_robust: float | None) -> list[float]:
+        """The ends of every stretch of λ where both bounds hold (an optimum of a linear objective is among them)."""
+        if len(self.lams) == 1:
+            return [self.lams[0]] if self._holds(self.lams[0], min_clean, min_robust) else []
+        ends = []
+        for i in range(len(self.lams) - 1):
+            lo, hi = 0.0, 1.0
+            for values, bound in ((self.clean, min_clean), (self.robust, min_robust)):
+                if bound is not None:
+                    lo, hi = _bounded(lo, hi, values[i], values[i + 1], bound)
+            if lo <= hi:
+                a, b = self.lams[i], self.lams[i + 1]
+                ends += [self._snap(a + lo * (b - a)), self._snap(a + hi * (b - a))]
+        return [v for v in ends if self._holds(v, min_clean, min_robust)]
+
+    def _holds(self, lam: float, min_clean: float | None, min_robust: float | None) -> bool:
+        clean, robust = self.at(lam)
+        return ((min_clean is None or clean >= min_clean - _SLACK)
+                and (min_robust is None or robust >= min_robust - _SLACK))
+
+    def _snap(self, lam: float) -> float:
+        """``lam``, or the measured λ it is within rounding of."""
+        return next((v for v in self.lams if abs(v - lam) <= 1e-12), lam)
+
+
+def _bounded(lo: float, hi: float, start: float, end: float, bound: float) -> tuple[float, float]:
+    """[lo, hi] narrowed to the t in [0, 1] where the line from ``start`` (t = 0) to ``end`` (t = 1) is >= bound."""
+    if start == end:
+        return (lo, hi) if start >= bound else (1.0, 0.0)
+    t = (bound - start) / (end - start)
+    return (max(lo, t), hi) if end > start else (lo, min(hi, t))
 
 
 @dataclass
@@ -71,6 +159,50 @@ class Report:
                 f"{100 * c0.mean:.1f}% → {100 * c1.mean:.1f}% and robust accuracy (under attack, eps "
                 f"{self.meta.get('eps', '?')}) {100 * r0.mean:.1f}% → {100 * r1.mean:.1f}%. Pick the λ whose row fits "
                 f"your deployment: `with floatify.lam(v): model(x)`.")
+
+    def choose_lam(self, max_clean_drop: float | None = None, min_robust: float | None = None) -> LamChoice:
+        """The operating point that meets a constraint given in percentage points, as the report prints them.
+
+        ``max_clean_drop``: the most robust λ whose clean accuracy stays within ``max_clean_drop`` points of
+        λ = 0's (the report must have measured λ = 0). ``min_robust``: the least λ whose robust accuracy reaches
+        ``min_robust`` %. Both: the most robust λ that meets both. λ ranges over the measured λ and the λ between
+        two adjacent measured ones, where both accuracies are interpolated linearly: an estimate
+        (``LamChoice.measured`` is False), which an evaluation at that λ measures. The robust accuracy is the
+        headline column (:meth:`robust_label`). When no λ meets the constraint, a ValueError says the best that
+        is reachable.
+
+        Example:
+            >>> from floatify.report import Report, Score
+            >>> r = Report([0.0, 1.0], {"clean": "no attack", "pgd": "PGD"}, {
+            ...     "0.0": {"clean": Score(1.0, 0.0, 100), "pgd": Score(0.25, 0.0, 100)},
+            ...     "1.0": {"clean": Score(0.875, 0.0, 100), "pgd": Score(0.75, 0.0, 100)}}, headline="pgd")
+            >>> choice = r.choose_lam(max_clean_drop=5)
+            >>> choice.lam, choice.clean, choice.robust, choice.measured
+            (0.4, 95.0, 45.0, False)
+            >>> r.choose_lam(min_robust=50).lam
+            0.5
+        """
+        check_real("max_clean_drop", max_clean_drop, low=0.0, high=100.0, optional=True,
+                   meaning="points of clean accuracy")
+        check_real("min_robust", min_robust, low=0.0, high=100.0, optional=True, meaning="robust accuracy in %")
+        if max_clean_drop is None and min_robust is None:
+            raise ValueError("choose_lam needs a constraint: max_clean_drop (the points of clean accuracy you accept "
+                             "to lose) or min_robust (the robust accuracy in % to reach)")
+        dial = _Dial.of(self)
+        min_clean = None
+        if max_clean_drop is not None:
+            if dial.lams[0] != 0.0:
+                raise ValueError(f"max_clean_drop counts from λ = 0, which this report lacks (λ = "
+                                 f"{', '.join(f'{v:g}' for v in dial.lams)}); evaluate with 0 among the lams")
+            min_clean = dial.clean[0] - max_clean_drop
+        found = dial.candidates(min_clean, min_robust)
+        if not found:
+            raise ValueError(_unreachable(dial, max_clean_drop, min_robust))
+        if max_clean_drop is None:
+            lam = min(found)
+        else:  # reason: the most robust; between equally robust λ the cleaner, then the smaller
+            lam = max(found, key=lambda v: (dial.at(v)[1], dial.at(v)[0], -v))
+        return _choice(dial, lam, max_clean_drop, min_robust)
 
     def to_markdown(self) -> str:
         labels = self.columns()
@@ -216,3 +348,35 @@ class Report:
             if best_mean is None or mean < best_mean:
                 best, best_mean = label, mean
         return best
+
+
+def _unreachable(dial: _Dial, max_clean_drop: float | None, min_robust: float | None) -> str:
+    """Why no λ meets the constraint, with the best that is reachable."""
+    reaching = dial.candidates(None, min_robust)
+    if not reaching:
+        best = max(dial.lams, key=lambda v: dial.at(v)[1])  # reason: a piecewise-linear curve peaks at a measured λ
+        return (f"no λ reaches {min_robust:g}% robust accuracy ({dial.robust_label}): the most robust is "
+                f"{dial.at(best)[1]:.1f}% at λ={best:g}")
+    best = max(reaching, key=lambda v: dial.at(v)[0])
+    return (f"no λ keeps clean accuracy within {max_clean_drop:g} points of λ=0 ({dial.clean[0]:.1f}%) while reaching "
+            f"{min_robust:g}% robust accuracy: the smallest drop that reaches it is "
+            f"{dial.clean[0] - dial.at(best)[0]:.1f} at λ={best:.3g}")
+
+
+def _choice(dial: _Dial, lam: float, max_clean_drop: float | None, min_robust: float | None) -> LamChoice:
+    """The :class:`LamChoice` for ``lam``, with its one-line reason."""
+    clean, robust = dial.at(lam)
+    measured = lam in dial.lams
+    if measured:
+        where = f"λ={lam:g} (measured)"
+    else:
+        below, above = max(v for v in dial.lams if v < lam), min(v for v in dial.lams if v > lam)
+        where = f"λ={lam:.3g} (interpolated between the measured λ={below:g} and λ={above:g}: an estimate)"
+    clean_text = f"clean {clean:.1f}%"
+    if max_clean_drop is not None:
+        clean_text += f", {dial.clean[0] - clean:.1f} points below λ=0 (at most {max_clean_drop:g})"
+    robust_text = f"robust {robust:.1f}% ({dial.robust_label})"
+    if min_robust is not None:
+        robust_text += f", at least {min_robust:g}%"
+    goal = "the least λ that meets it" if max_clean_drop is None else "the most robust λ that meets it"
+    return LamChoice(lam, clean, robust, measured, f"{where}: {clean_text}; {robust_text}; {goal}")

@@ -35,11 +35,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from floatify.convert import iter_modules
 from floatify.io import read_safetensors
 from floatify.layers.conditioned import conditioned_class, is_floatify_layer
 from floatify.layers.masks import MASK_SUFFIX, get_mask, has_mask, pack_mask, set_mask, unpack_mask
 from floatify.layers.registry import conditioned_weight_names, is_batchnorm
+from floatify.walk import iter_modules
 
 __all__ = ["sparsify", "sparsity_report", "SparsityReport", "save_sparse", "load_sparse", "CRITERIA"]
 

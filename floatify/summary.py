@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from floatify.convert import SKIPPED_ATTR, iter_modules
+from floatify.convert import SKIPPED_ATTR
 from floatify.layers.conditioned import ALPHA_SUFFIX, is_conditioned, original_class
 from floatify.layers.dual_bn import ADV_SUFFIX
 from floatify.layers.masks import get_mask
 from floatify.layers.registry import is_batchnorm
+from floatify.walk import iter_modules
 
 __all__ = ["ConversionSummary", "SiteRow", "summary", "param_groups", "floatify_parameters"]
 

@@ -1,15 +1,24 @@
-"""Attack budgets, strongest-iterate bookkeeping and honest EOT scoring."""
+"""Attack budgets, strongest-iterate bookkeeping, honest EOT scoring and the registry of attack kinds."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 import torch.nn as nn
 
 import floatify
-from floatify.attacks import AttackSpec, attack_and_score, expected_correct, parse_attacks, quick, strong
+from floatify.attacks import (
+    HANDLERS,
+    AttackHandler,
+    AttackSpec,
+    attack_and_score,
+    expected_correct,
+    make_attack,
+    parse_attacks,
+    quick,
+    register_attack,
+    strong,
+)
 
 
 def small_model():
@@ -43,52 +52,24 @@ def test_budget_range_and_strongest_iterate(spec, lam):
     assert all(p.grad is None for p in model.parameters()), "attacks must not leave parameter gradients"
 
 
-class Coin(nn.Module):
-    """x -> 2 logits whose margin for class 0 is m + noise, noise ~ N(0, 2 s^2): P(correct) = Φ(m / (s√2))."""
-
-    def __init__(self, margin: float, a: float = 1.0):
-        super().__init__()
-        self.fc = nn.Linear(1, 2)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.tensor([[a], [-a]]))
-            self.fc.bias.copy_(torch.tensor([margin - 2 * a, 0.0]))
-
-    def forward(self, x):
-        return self.fc(x.reshape(len(x), -1)[:, :1] * 0 + 1)  # input-independent: a coin with known bias
-
-
-def test_eot_scoring_matches_known_accuracy():
-    torch.manual_seed(0)
-    margin, a = 0.5, 1.0
-    model = floatify.convert(Coin(margin, a)).eval()
-    with torch.no_grad():
-        model.fc.weight_alpha.fill_(1.0)
-    s = 1.0 * 1.0 * (a * math.sqrt(2))  # λ α std(W); std of [a, -a] is a√2
-    expected = 0.5 * (1 + math.erf(margin / (s * math.sqrt(2)) / math.sqrt(2)))
-    x, y = torch.rand(400, 1), torch.zeros(400, dtype=torch.long)
-    report = floatify.evaluate(model, [(x, y)], lams=[0.0, 1.0], attacks=[AttackSpec("clean")], score_draws=300,
-                               progress=False)
-    at1 = report.score(1.0, "clean")
-    # every point shares each draw, so the interval must come from the draw-to-draw spread (~ 1.96·0.028)
-    assert 0.04 < at1.ci95 < 0.08
-    assert abs(at1.mean - expected) < at1.ci95, (at1, expected)
-    assert report.score(0.0, "clean").mean == 1.0  # deterministic at λ = 0: margin > 0
-    # a single noisy forward per point would give a 0/1 verdict per point; expected accuracy is fractional
-    _, per_point = attack_and_score(model, AttackSpec("clean"), x, y, 1.0, score_draws=20)
-    assert ((per_point > 0) & (per_point < 1)).float().mean() > 0.5
-
-
 def test_autoattack_refused_on_randomised_model():
     model = small_model()
     with pytest.raises(ValueError, match="deterministic"):
         attack_and_score(model, AttackSpec("autoattack"), torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), 0.5)
 
 
-@pytest.mark.parametrize("bad", [dict(kind="cw"), dict(kind="pgd", eps=2.0), dict(kind="pgd", steps=0),
-                                 dict(kind="eot-pgd", eot_draws=1), dict(kind="apgd-ce", restarts=0),
-                                 dict(kind="transfer", noise=False), dict(kind="apgd-dlr", eot_draws=True)])
-def test_attack_spec_validation(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, error, message", [
+    (dict(kind="cw"), ValueError, "unknown attack 'cw'; choose one of clean, fgsm"),
+    (dict(kind="pgd", eps=2.0), ValueError, "eps .* must be a number in \\[0, 1\\]"),
+    (dict(kind="pgd", eps="8/255"), TypeError, "eps .* must be a number"),
+    (dict(kind="pgd", steps=0), ValueError, "steps must be an int >= 1"),
+    (dict(kind="eot-pgd", eot_draws=1), ValueError, "eot-pgd needs eot_draws >= 2"),
+    (dict(kind="apgd-ce", restarts=0), ValueError, "restarts must be an int >= 1"),
+    (dict(kind="transfer", noise=False), ValueError, "it needs noise=True"),
+    (dict(kind="apgd-dlr", eot_draws=True), TypeError, "eot_draws must be an int"),
+])
+def test_attack_spec_validation(bad, error, message):
+    with pytest.raises(error, match=message):
         AttackSpec(**bad)
 
 
@@ -98,12 +79,9 @@ def test_descriptions_name_attack_steps_and_draws():
     assert "OFF" in AttackSpec("pgd", noise=False).describe()
 
 
-def test_pgd_step_and_deprecated_alpha():
-    spec = AttackSpec("pgd", 0.1, 10)
-    assert spec.pgd_step == pytest.approx(2.5 * 0.1 / 10)
+def test_pgd_step():
+    assert AttackSpec("pgd", 0.1, 10).pgd_step == pytest.approx(2.5 * 0.1 / 10)
     assert AttackSpec("pgd", 0.1, 10, step_size=0.02).pgd_step == 0.02
-    with pytest.warns(DeprecationWarning, match="pgd_step"):
-        assert spec.alpha == spec.pgd_step
 
 
 # ------------------------------------------------------------------------------ strength on known answers
@@ -154,14 +132,6 @@ def test_apgd_reaches_the_exact_worst_case_of_a_linear_model(kind, slack):
     assert (x_adv - x).abs().max() <= eps + 1e-6
 
 
-def test_strong_headline_reaches_the_exact_worst_case():
-    eps = 0.05
-    model, x, y = linear_task()
-    exact = exact_robust_accuracy(model.fc, x, y, eps)
-    report = floatify.evaluate(model, [(x, y)], lams=[0.0], attacks=strong(eps, steps=50), progress=False)
-    assert abs(report.score(0.0, report.headline).mean - exact) <= 0.02
-
-
 def test_dlr_breaks_a_saturated_model_where_cross_entropy_stalls():
     eps = 0.05
     model, x, y = linear_task(scale=1e4)
@@ -170,20 +140,6 @@ def test_dlr_breaks_a_saturated_model_where_cross_entropy_stalls():
     _, dlr = attack_and_score(model, AttackSpec("apgd-dlr", eps, 50), x, y, 0.0)
     assert ce.mean().item() > exact + 0.08  # vanishing cross-entropy gradients: the attack stalls
     assert dlr.mean().item() <= exact + 0.02  # DLR is scale-invariant
-
-
-def test_headline_is_the_per_point_worst_case_and_never_above_any_attack():
-    model = small_model()
-    x, y = torch.rand(24, 3, 8, 8), torch.randint(0, 3, (24,))
-    attacks = [AttackSpec("clean"), AttackSpec("fgsm"), AttackSpec("apgd-ce", steps=3),
-               AttackSpec("apgd-dlr", steps=3), AttackSpec("pgd", steps=3, noise=False)]
-    report = floatify.evaluate(model, [(x, y)], lams=[0.0, 1.0], attacks=attacks, score_draws=6, progress=False)
-    assert report.headline == "worst case (3 attacks)"
-    at0 = {label: report.score(0.0, label).mean for label in report.attacks}
-    # deterministic at λ = 0: the headline is at most every attack on the noisy model (and the clean accuracy)
-    assert at0[report.headline] <= min(at0[a.label] for a in attacks if a.noise) + 1e-9
-    assert "pgd-3 (noise off)" not in report.attacks[report.headline]
-    assert report.columns()[:2] == ["clean", report.headline]
 
 
 def test_nan_outputs_count_as_wrong():
@@ -199,6 +155,8 @@ def test_nan_outputs_count_as_wrong():
     ("quick", [s.label for s in quick(0.1)]),
     ("strong", ["clean", "apgd-ce-50x10", "apgd-dlr-50x10", "transfer-50", "apgd-ce-50 (noise off)"]),
     ("clean,apgd-dlr:nonoise", ["clean", "apgd-dlr-50 (noise off)"]),
+    ("eot-pgd, transfer, fgsm:nonoise", ["eot-pgd-10x8", "transfer-50", "fgsm (noise off)"]),
+    ("eot-pgd:nonoise", ["eot-pgd-10 (noise off)"]),
 ])
 def test_presets_and_lists_parse(text, labels):
     assert [s.label for s in parse_attacks(text, 0.1)] == labels
@@ -208,3 +166,81 @@ def test_strong_descriptions_name_loss_iterations_draws_restarts_and_eps():
     d = {s.label: s.describe() for s in strong(0.1, steps=100, eot_draws=20)}
     assert all(w in d["apgd-dlr-100x20"] for w in ("DLR", "100 iterations", "20 noise draws", "1 restart", "25.5/255"))
     assert "noise-off model" in d["transfer-100"]
+
+
+# ------------------------------------------------------------------------------ the registry of attack kinds
+@pytest.mark.parametrize("kind, noise, lam, applies, in_headline, is_attack", [
+    ("clean", True, 1.0, True, True, False),
+    ("pgd", True, 0.5, True, True, True),
+    ("pgd", False, 0.5, True, False, True),
+    ("autoattack", True, 0.0, True, True, True),
+    ("autoattack", True, 0.5, False, True, True),  # AutoAttack needs a deterministic model
+    ("autoattack", False, 0.5, True, False, True),
+    ("transfer", True, 0.0, False, True, True),  # a transfer from the noise-off model needs a randomised one
+    ("transfer", True, 1.0, True, True, True),
+])
+def test_handlers_say_where_an_attack_applies_and_what_its_column_means(kind, noise, lam, applies, in_headline,
+                                                                       is_attack):
+    spec = AttackSpec(kind, noise=noise)
+    assert spec.handler is HANDLERS[kind]
+    assert spec.handler.applies(spec, lam) is applies
+    assert spec.handler.in_headline(spec) is in_headline
+    assert spec.handler.is_attack is is_attack
+
+
+class Shift(AttackHandler):
+    """A toy attack kind: every pixel moved by eps towards the far end of [0, 1]."""
+
+    kind = "shift"
+
+    def describe(self, spec):
+        return f"shift every pixel by {spec.eps:.3f}"
+
+    def attack(self, run):
+        x_adv = (run.x + run.spec.eps * (1 - 2 * (run.x > 0.5).float())).clamp(0, 1)
+        return x_adv, run.score(x_adv)
+
+
+@pytest.fixture
+def shift_registered():
+    register_attack(Shift())
+    yield
+    del HANDLERS["shift"]
+
+
+def test_a_new_attack_is_one_class_and_one_registration(shift_registered):
+    spec = AttackSpec("shift", eps=0.2, steps=1)
+    assert spec.label == "shift-1" and spec.describe() == "shift every pixel by 0.200"
+    assert [s.label for s in parse_attacks("clean, shift", 0.2, steps=1)] == ["clean", "shift-1"]
+    model = small_model()
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 3, (8,))
+    x_adv, score = attack_and_score(model, spec, x, y, 0.0)
+    assert torch.allclose((x_adv - x).abs().max(), torch.tensor(0.2))
+    assert torch.equal(score, expected_correct(model, x_adv, y, 1))
+    report = floatify.evaluate(model, [(x, y)], lams=[0.0], attacks=[AttackSpec("clean"), spec], progress=False)
+    assert report.headline == "worst case (1 attacks)" and "shift-1" in report.attacks[report.headline]
+    assert report.score(0.0, "shift-1").mean == score.mean().item()
+
+
+@pytest.mark.parametrize("handler, error, message", [
+    (Shift, TypeError, "an AttackHandler instance"),  # the class, not an instance
+    (HANDLERS["pgd"], ValueError, "attack kind 'pgd' is registered already"),
+    (AttackHandler(), TypeError, "with a kind"),
+])
+def test_register_attack_refuses_what_it_cannot_serve(handler, error, message):
+    before = dict(HANDLERS)
+    with pytest.raises(error, match=message):
+        register_attack(handler)
+    assert HANDLERS == before
+
+
+@pytest.mark.parametrize("kind, cls", [("fgsm", "FGSM"), ("pgd", "PGD"), ("eot-pgd", "EOTPGD")])
+def test_training_attacks_come_from_the_handlers(kind, cls):
+    attack = make_attack(nn.Linear(4, 2), kind, eps=0.1, steps=3, eot_draws=2)
+    assert type(attack).__name__ == cls
+
+
+@pytest.mark.parametrize("kind", ["apgd-ce", "clean", "cw"])
+def test_training_attack_names_its_choices(kind):
+    with pytest.raises(ValueError, match=f"unknown training attack '{kind}'; choose fgsm, pgd or eot-pgd"):
+        make_attack(nn.Linear(4, 2), kind, eps=0.1)

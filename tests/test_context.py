@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import floatify
-from floatify.context import constant_weights, get_lam, hold_noise, operating_point
+from floatify.context import constant_weights, get_lam, hold_noise
 
 
 def test_default_and_nesting_restore_outer_value_even_on_error():
@@ -26,12 +26,11 @@ def test_default_and_nesting_restore_outer_value_even_on_error():
     assert get_lam() == 0.0
 
 
-def test_operating_point_is_the_public_lam():
-    # the package's internal name for the context manager (its `lam` parameters would shadow it)
-    assert operating_point is floatify.lam
-    with operating_point(0.4):
-        assert get_lam() == 0.4
-    assert get_lam() == 0.0
+def test_the_context_manager_has_one_name():
+    import floatify.context as context
+
+    assert floatify.lam is context.lam
+    assert [name for name, value in vars(context).items() if value is context.lam] == ["lam"]
 
 
 @pytest.mark.parametrize(

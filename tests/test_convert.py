@@ -14,7 +14,7 @@ import torch.nn as nn
 import floatify
 from floatify.convert import FloatifyWarning, convert_sync_batchnorm, load_original_state_dict
 from floatify.layers import is_conditioned
-from floatify.layers.dual_bn import get_bn_curve
+from floatify.layers.dual_bn import get_bn_curve, get_bn_mix
 from floatify.layers.noise import NOISE_SOURCES, noise_source, standard_normal
 
 from cases import CASES, SharedBlock, TiedLinears
@@ -222,11 +222,50 @@ def test_unconvertible_weight_is_warned_about_and_reported():
     assert "0.weight" in skipped and "not a registered Parameter" in skipped["0.weight"]
 
 
-@pytest.mark.parametrize("bad", [dict(alpha_init=-1.0), dict(alpha_init=float("nan")), dict(dual_bn="yes"),
-                                 dict(bn_mix="average")])
-def test_config_is_validated(bad):
-    with pytest.raises((TypeError, ValueError)):
-        floatify.FloatConfig(**bad)
+@pytest.mark.parametrize("bad, error, message", [
+    (dict(alpha_init=-1.0), ValueError, "alpha_init .* must be a finite number >= 0, got -1.0"),
+    (dict(alpha_init=float("nan")), ValueError, "alpha_init .* must be a finite number >= 0, got nan"),
+    (dict(alpha_init="0.25"), TypeError, "alpha_init .* must be a number >= 0, got '0.25'"),
+    (dict(dual_bn="yes"), TypeError, "dual_bn must be True or False, got 'yes'"),
+    (dict(bn_mix="average"), ValueError, "bn_mix must be one of interpolate, switch, got 'average'"),
+    (dict(bn_curve=0), ValueError, "bn_curve must be a number in \\(0, 4\\]"),
+])
+@pytest.mark.parametrize("how", ["config", "override"])
+def test_config_and_overrides_are_validated_alike(bad, error, message, how):
+    with pytest.raises(error, match=message):
+        if how == "config":
+            floatify.FloatConfig(**bad)
+        else:
+            floatify.convert(CASES["mlp"][0](), **bad)
+
+
+SWITCH = floatify.FloatConfig(alpha_init=0.5, bn_mix="switch")
+
+
+@pytest.mark.parametrize("config, overrides, expected", [
+    (None, dict(alpha_init=0.5, bn_mix="switch"), SWITCH),
+    (floatify.FloatConfig(alpha_init=0.5), dict(bn_mix="switch"), SWITCH),
+    (floatify.FloatConfig(alpha_init=0.5, dual_bn=False), dict(alpha_init=0.1), floatify.FloatConfig(0.1, False)),
+])
+def test_overrides_replace_the_configs_fields(config, overrides, expected):
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    converted = floatify.convert(model, config, **overrides)
+    got, want = converted.state_dict(), floatify.convert(model, expected).state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert float(got["0.weight_alpha"]) == pytest.approx(expected.alpha_init)
+    assert is_conditioned(converted[1]) is expected.dual_bn
+    assert not expected.dual_bn or get_bn_mix(converted[1]) == expected.bn_mix
+
+
+@pytest.mark.parametrize("config, overrides, message", [
+    (None, dict(alpha=0.5), "convert\\(\\) got an unknown option 'alpha'; valid options: alpha_init, dual_bn, bn_mix, "
+                            "bn_curve"),
+    (floatify.EvalConfig(), {}, "convert\\(\\) takes a floatify.FloatConfig as config, got EvalConfig"),
+    (0.5, {}, "takes a floatify.FloatConfig as config, got float"),
+])
+def test_unknown_overrides_and_foreign_configs_are_type_errors(config, overrides, message):
+    with pytest.raises(TypeError, match=message):
+        floatify.convert(CASES["mlp"][0](), config, **overrides)
 
 
 def test_inplace_false_leaves_original_untouched_and_inplace_true_converts_it():

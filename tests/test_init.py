@@ -1,8 +1,8 @@
-"""The top-level API: the verbs and their configs; helpers moved to submodules still resolve (deprecated)."""
+"""The top-level API: the verbs and their configs, one name each; helpers live in their submodules."""
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 
 import pytest
 
@@ -13,18 +13,21 @@ def test_top_level_is_the_verbs_and_their_configs():
     verbs = {"convert", "lam", "freeze", "sparsify", "fit", "float_loss", "evaluate", "summary"}
     configs = {"FloatConfig", "TrainConfig", "EvalConfig", "AttackSpec"}
     assert verbs | configs <= set(floatify.__all__)
-    assert set(floatify.__all__) - verbs - configs <= {"export", "export_onnx"}  # other verbs, no helpers
+    assert set(floatify.__all__) - verbs - configs <= {"export", "export_onnx", "save", "load", "push_to_hub"}
     assert all(callable(getattr(floatify, name)) for name in floatify.__all__)
 
 
-@pytest.mark.parametrize("name", sorted(floatify._MOVED))
-def test_moved_helpers_resolve_to_their_submodule_with_a_warning(name):
-    home = importlib.import_module(floatify._MOVED[name])
-    with pytest.warns(DeprecationWarning, match=f"floatify.{name} moved to {floatify._MOVED[name]}"):
-        assert getattr(floatify, name) is getattr(home, name)
-    assert name not in floatify.__all__
+@pytest.mark.parametrize("name, home", [
+    ("Report", "floatify.report"), ("create_model", "floatify.models"), ("get_lam", "floatify.context"),
+    ("hold_noise", "floatify.context"), ("ConversionSummary", "floatify.summary"), ("save_sparse", "floatify.sparsity"),
+    ("load_original_state_dict", "floatify.convert"), ("operating_point", None), ("nope", None),
+])
+def test_helpers_are_not_top_level_names(name, home):
+    with pytest.raises(AttributeError, match=f"no attribute '{name}'"):
+        getattr(floatify, name)
+    if home is not None:  # the helper lives in its submodule, under one name
+        assert callable(getattr(importlib.import_module(home), name))
 
 
-def test_unknown_names_are_attribute_errors():
-    with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        floatify.nope  # noqa: B018
+def test_version_is_the_installed_distributions():
+    assert floatify.__version__ == importlib.metadata.version("floatify")

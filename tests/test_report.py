@@ -1,59 +1,13 @@
+"""The report: its columns' meanings, JSON round trips and choosing λ from a constraint."""
+
 import json
 
-import torch
-from torch.utils.data import DataLoader, TensorDataset
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-import floatify
-from floatify.attacks import AttackSpec
-from floatify.layers.noise import noise_source
 from floatify.report import Report, Score
-
-
-def test_evaluate_report_round_trip_markdown_and_plot(tmp_path):
-    torch.manual_seed(0)
-    model = floatify.convert(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)))
-    loader = DataLoader(TensorDataset(torch.rand(12, 3, 2, 2), torch.randint(0, 3, (12,))), batch_size=6)
-    attacks = [AttackSpec("clean"), AttackSpec("pgd", steps=2), AttackSpec("autoattack")]
-    report = floatify.evaluate(model, loader, lams=[0, 1], attacks=attacks, score_draws=3, progress=False,
-                               save_adversarial=tmp_path / "adv.safetensors")
-    assert report.score(1.0, "autoattack") is None and report.score(0.0, "autoattack") is not None
-    assert report.headline == "worst case (2 attacks)"
-    head0, clean0 = report.score(0.0, report.headline), report.score(0.0, "clean")
-    assert head0.mean <= clean0.mean  # deterministic: the worst case includes the clean input
-    head1, clean1 = report.score(1.0, report.headline), report.score(1.0, "clean")  # fresh draws: within the CIs
-    assert head1.mean <= clean1.mean + head1.ci95 + clean1.ci95
-    again = Report.from_json(report.to_json())
-    assert again == report
-    md = report.to_markdown()
-    assert md.startswith("Turning the dial from λ = 0 to λ = 1 moves clean accuracy "
-                         f"{100 * clean0.mean:.1f}% → {100 * clean1.mean:.1f}%")
-    assert "| λ |" in md and "n/a" in md and "pgd-2" in md and "2 steps" in md and "score_draws=3" in md
-    assert "weight_noise=bank" in md  # the noise source the attacker faced
-    as_json = json.loads(report.to_json())
-    assert as_json["meta"]["points"] == 12 and as_json["headline"] == report.headline
-    assert list(as_json["attacks"])[:2] == ["clean", report.headline]
-    assert set(as_json["headline_scores"]) == {"0.0", "1.0"}
-    fig = report.figure()  # what the PNG shows: the clean and headline curves over λ, then the trade-off
-    ax_lam, ax_trade = fig.axes
-    curves = {c.get_label(): c.lines[0] for c in ax_lam.containers}  # one error-bar curve per column
-    assert set(curves) == {"clean accuracy", f"robust accuracy: {report.headline}", "pgd-2", "autoattack"}
-    clean_ys = [100 * report.score(v, "clean").mean for v in (0.0, 1.0)]
-    head_ys = [100 * report.score(v, report.headline).mean for v in (0.0, 1.0)]
-    assert list(curves["clean accuracy"].get_ydata()) == clean_ys
-    assert list(curves[f"robust accuracy: {report.headline}"].get_ydata()) == head_ys
-    assert curves["clean accuracy"].get_linewidth() > curves["pgd-2"].get_linewidth()  # the dial is drawn thick
-    (trade,) = ax_trade.get_lines()
-    assert list(trade.get_xdata()) == clean_ys and list(trade.get_ydata()) == head_ys
-    png = report.plot(tmp_path / "t.png")
-    import matplotlib.image
-
-    assert matplotlib.image.imread(png).shape[:2] == (506, 1265)  # 11.5 × 4.6 inches at 110 dpi
-    assert [p.name for p in tmp_path.iterdir() if "floatify-tmp" in p.name] == []  # written atomically
-    from safetensors.torch import load_file
-
-    adv = load_file(tmp_path / "adv.safetensors")
-    assert set(adv) == {"lam=0/pgd-2", "lam=1/pgd-2", "lam=0/autoattack", "lam=0/worst-case", "lam=1/worst-case"}
-    assert adv["lam=1/pgd-2"].shape == (12, 3, 2, 2)
 
 
 def _report(**kw):
@@ -84,13 +38,93 @@ def test_reports_written_before_column_meanings_were_stored_still_load():
     assert loaded.clean_label == "clean" and loaded.noise_off == ["pgd (noise off)"]
 
 
-def test_report_names_the_noise_source_it_was_measured_with():
-    model = floatify.convert(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)))
-    data = [(torch.rand(4, 3, 2, 2), torch.randint(0, 3, (4,)))]
-    with noise_source("fresh"):
-        report = floatify.evaluate(model, data, lams=[1], attacks=[AttackSpec("clean")], score_draws=2,
-                                   progress=False)
-    assert report.meta["weight_noise"] == "fresh"
-    report = floatify.evaluate(model, data, lams=[1], attacks=[AttackSpec("clean")], score_draws=2, progress=False,
-                               noise_source="fresh")  # the same, as evaluate's (and the CLI's) option
-    assert report.meta["weight_noise"] == "fresh"
+# ------------------------------------------------------------------------------ choose_lam: λ from a constraint
+def _dial(lams, clean, robust, clean_label="clean"):
+    """A report whose clean and headline columns are ``clean``/``robust`` (%) at ``lams``."""
+    scores = {str(float(v)): {"clean": Score(c / 100, 0.0, 100), "worst": Score(r / 100, 0.0, 100)}
+              for v, c, r in zip(lams, clean, robust)}
+    return Report([float(v) for v in lams], {"clean": "no attack", "worst": "worst case"}, scores, headline="worst",
+                  clean_label=clean_label)
+
+
+STEADY = ([0, 0.5, 1], [96, 92, 80], [10, 40, 50])  # clean falls, robust rises
+HUMP = ([0, 0.5, 1], [90, 88, 86], [20, 60, 40])  # robust peaks inside
+
+
+@pytest.mark.parametrize("curves, constraint, lam, clean, robust, measured", [
+    (STEADY, dict(max_clean_drop=4), 0.5, 92, 40, True),  # exactly on the bound at a measured λ
+    (STEADY, dict(max_clean_drop=2), 0.25, 94, 25, False),  # interpolated to the bound
+    (STEADY, dict(max_clean_drop=20), 1.0, 80, 50, True),  # every λ allowed: the most robust
+    (STEADY, dict(min_robust=40), 0.5, 92, 40, True),
+    (STEADY, dict(min_robust=45), 0.75, 86, 45, False),
+    (STEADY, dict(max_clean_drop=10, min_robust=45), 0.75, 86, 45, False),  # both, met at one λ only
+    (STEADY, dict(max_clean_drop=10, min_robust=20), 0.75, 86, 45, False),  # both: the most robust meeting them
+    (([1, 0, 0.5], [80, 96, 92], [50, 10, 40]), dict(max_clean_drop=2), 0.25, 94, 25, False),  # λ in any order
+    (HUMP, dict(max_clean_drop=10), 0.5, 88, 60, True),  # the most robust, not the largest λ
+    (HUMP, dict(min_robust=50), 0.375, 88.5, 50, False),  # the least λ reaching it
+    (([0, 0.5, 1], [90, 90, 80], [30, 30, 30]), dict(max_clean_drop=5), 0.0, 90, 30, True),  # ties: cleaner, smaller
+    (([0], [90], [30]), dict(max_clean_drop=1), 0.0, 90, 30, True),
+])
+def test_choose_lam_meets_the_constraint_at_the_best_lam(curves, constraint, lam, clean, robust, measured):
+    choice = _dial(*curves).choose_lam(**constraint)
+    assert choice.lam == pytest.approx(lam, abs=1e-12)
+    assert (choice.clean, choice.robust) == (pytest.approx(clean), pytest.approx(robust))
+    assert choice.measured is measured
+    assert ("interpolated" in choice.reason) is not measured and "\n" not in choice.reason
+    assert f"λ={lam:g}" in choice.reason and "worst" in choice.reason
+
+
+@pytest.mark.parametrize("report, constraint, error, message", [
+    (_dial(*STEADY), {}, ValueError, "needs a constraint: max_clean_drop .* or min_robust"),
+    (_dial([0.5, 1], [92, 80], [40, 50]), dict(max_clean_drop=4), ValueError,
+     "counts from λ = 0, which this report lacks .*evaluate with 0 among the lams"),
+    (_dial(*STEADY), dict(min_robust=60), ValueError,
+     "no λ reaches 60% robust accuracy \\(worst\\): the most robust is 50.0% at λ=1$"),
+    (_dial(*STEADY), dict(max_clean_drop=2, min_robust=45), ValueError,
+     "no λ keeps clean accuracy within 2 points of λ=0 \\(96.0%\\) while reaching 45% robust accuracy: the smallest "
+     "drop that reaches it is 10.0 at λ=0.75$"),
+    (_dial(*STEADY), dict(max_clean_drop=-1), ValueError, "max_clean_drop .* must be a number in \\[0, 100\\]"),
+    (_dial(*STEADY), dict(min_robust=True), TypeError, "min_robust .* must be a number"),
+    (_dial(*STEADY, clean_label=None), dict(min_robust=20), ValueError, "needs the clean column"),
+])
+def test_choose_lam_says_what_is_wrong_or_the_best_reachable(report, constraint, error, message):
+    with pytest.raises(error, match=message) as raised:
+        report.choose_lam(**constraint)
+    assert "\n" not in str(raised.value)
+
+
+def _interp(report, lam):
+    lams = sorted(report.lams)
+    clean = [100 * report.score(v, report.clean_label).mean for v in lams]
+    robust = [100 * report.score(v, report.headline).mean for v in lams]
+    return float(np.interp(lam, lams, clean)), float(np.interp(lam, lams, robust))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_choose_lam_property_the_choice_meets_the_constraint_on_the_piecewise_linear_curves(data):
+    lams = [0.0] + sorted(data.draw(st.sets(st.integers(1, 8), max_size=4)))
+    lams = [v / 8 for v in [0] + lams[1:]]  # exact in binary: the checks below need no slack
+    clean = data.draw(st.lists(st.integers(0, 100), min_size=len(lams), max_size=len(lams)))
+    robust = data.draw(st.lists(st.integers(0, 100), min_size=len(lams), max_size=len(lams)))
+    drop = data.draw(st.one_of(st.none(), st.integers(0, 30)))
+    floor = data.draw(st.one_of(st.none() if drop is not None else st.nothing(), st.integers(0, 100)))
+    report = _dial(lams, clean, robust)
+
+    def meets(lam: float, slack: float = 0.0) -> bool:
+        c, r = _interp(report, lam)
+        return (drop is None or c >= clean[0] - drop - slack) and (floor is None or r >= floor - slack)
+
+    grid = sorted(set(lams) | {i / 1024 for i in range(1025)})
+    try:
+        choice = report.choose_lam(max_clean_drop=drop, min_robust=floor)
+    except ValueError:
+        assert not any(meets(v) for v in grid)  # no λ meets it
+        return
+    assert meets(choice.lam, slack=1e-9)
+    assert (choice.clean, choice.robust) == pytest.approx(_interp(report, choice.lam), abs=1e-9)
+    assert choice.measured is (choice.lam in lams)
+    if drop is None:  # the least λ reaching min_robust
+        assert not any(meets(v) for v in grid if v < choice.lam - 1e-6)
+    else:  # the most robust λ meeting the constraint
+        assert all(_interp(report, v)[1] <= choice.robust + 1e-9 for v in grid if meets(v))
