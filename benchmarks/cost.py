@@ -12,7 +12,7 @@ default strategy's whole training step (a clean pass at λ = 0 plus the PGD step
 rounds, in a fresh process that holds only those two models (``alone``): on CPU the step time depends on the
 allocator's state, which the seven models of the main run share; minor page faults per step are recorded with both,
 and on CPU the pair is timed once more inside :func:`floatify.heap.keep_freed_heap`, as ``floatify.fit`` trains on
-CPU (``alone_fit_heap``).
+CPU with ``keep_freed_heap=True`` (``alone_fit_heap``).
 On CPU the process's own peak resident set is measured too, plain and FLOAT, with glibc's default and with the kept
 heap (``peak_rss_mb``: growth over the first three training steps, optimizer state included). Peak memory: a fresh
 subprocess per variant runs two training steps (gradients freed before the forwards, as in ``floatify.fit``, and
@@ -46,7 +46,7 @@ import floatify
 import floatify.heap
 from floatify.attacks import make_attack
 from floatify.heap import keep_freed_heap
-from floatify.train import DEFAULT_ADV_WEIGHT, float_paired_loss
+from floatify.losses import DEFAULT_ADV_WEIGHT, float_paired_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import filmify  # noqa: E402
@@ -125,7 +125,8 @@ def peak_rss_mb(arch: str, variant: str, batch: int, steps: int, heap: str) -> f
     """Growth of the process's peak resident set over its first three CPU training steps, in a fresh process.
 
     Unlike :func:`peak_memory_mb` it keeps glibc's own behaviour (``heap``: as it comes, or the freed heap kept as
-    ``floatify.fit`` keeps it), so it is what a user sees in ``top``: freed blocks glibc keeps count too.
+    ``floatify.fit(keep_freed_heap=True)`` keeps it), so it is what a user sees in ``top``: freed blocks glibc
+    keeps count too.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, __file__, "--rss", arch, variant, "--batch", str(batch),
@@ -190,7 +191,8 @@ def minor_faults() -> int:
 
 
 HEAPS = ("default", "keep")
-"""glibc as it comes, or inside :func:`floatify.heap.keep_freed_heap` (``floatify.fit``'s default on CPU)."""
+"""glibc as it comes, or inside :func:`floatify.heap.keep_freed_heap` (``floatify.fit(keep_freed_heap=True)``
+on CPU)."""
 
 
 def _heap(heap: str) -> contextlib.AbstractContextManager:
@@ -346,7 +348,7 @@ def main() -> None:
                   f"per step: {r['alone']['faults_per_step']}, with every variant: {r['minor_faults_per_step']}")
         if r["alone_fit_heap"]:
             kept = r["alone_fit_heap"]
-            print(f"  float/plain alone, freed heap kept as floatify.fit keeps it {kept['ratio']:.3f} "
+            print(f"  float/plain alone, freed heap kept (fit(keep_freed_heap=True)) {kept['ratio']:.3f} "
                   f"(quartiles {kept['quartiles'][0]:.3f}-{kept['quartiles'][1]:.3f}); "
                   f"faults {kept['faults_per_step']}")
         if r["peak_rss_mb"]:

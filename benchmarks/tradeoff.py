@@ -45,9 +45,9 @@ from torch.utils.data import DataLoader, Subset
 import floatify
 from floatify.attacks import PRESETS, make_attack
 from floatify.data import load_dataset
+from floatify.losses import LamSampler
 from floatify.models import create_model
 from floatify.summary import param_groups
-from floatify.train import LamSampler
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import filmify  # noqa: E402
@@ -120,7 +120,7 @@ def run(method, seed, args, data, lam=None, eval_context=contextlib.nullcontext)
     lams = [lam] if method == "dedicated" else LAMS if method not in ("standard", "pgd-at") else [0.0]
     t1 = time.perf_counter()
     with eval_context():
-        report = floatify.evaluate(model, DataLoader(test, batch_size=512), lams, attacks(args),
+        report = floatify.evaluate(model, DataLoader(test, batch_size=512), lams=lams, attacks=attacks(args),
                                    score_draws=args.score_draws, progress=False)
     noise_off = next(a.label for a in attacks(args) if not a.noise)
     return {"method": method, "seed": seed, "lam": lam, "train_s": train_s, "eval_s": time.perf_counter() - t1,
@@ -250,7 +250,8 @@ def main() -> None:
     p.add_argument("--tag", default="tradeoff", help="output file stem (e.g. tradeoff-screen)")
     args = p.parse_args()
     torch.set_num_threads(2)
-    data = load_dataset(args.dataset, image_size=args.image_size, download=args.download)
+    data = load_dataset(args.dataset, image_size=args.image_size, download=args.download,
+                        augment="none")  # reason: its recorded results are unaugmented
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in SETTINGS}
     log = args.out / f"{args.tag}.jsonl"  # reason: one line per finished run, so an interrupted bench resumes

@@ -20,7 +20,7 @@ import timm
 import torch
 
 from floatify.convert import FloatConfig
-from floatify.train import DEFAULT_STRATEGY
+from floatify.losses import DEFAULT_STRATEGY
 
 FLOAT_STRATEGIES = ("float-binary", "float-oat", "float-uniform")
 

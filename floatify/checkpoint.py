@@ -255,7 +255,8 @@ def load_state(path: str | Path, what: str = "state file") -> Any:
     _check_readable(path, what)
     tensors, header = read_safetensors(path, what, CheckpointError, "; delete it to start afresh")
     if header.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{what} {path} is not a floatify state file (no '{STATE_FORMAT}' header)")
+        raise CheckpointError(f"{what} {path} is not a floatify state file (no '{STATE_FORMAT}' header); delete it "
+                              f"to start afresh")
     try:
         return _decode(json.loads(header["state"]), tensors)
     except (KeyError, TypeError, ValueError) as err:

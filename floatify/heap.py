@@ -3,8 +3,14 @@
 reason: a FLOAT training step holds its noisy weights (one weight-sized set) on top of the attack's memory, so its
 heap reaches higher than plain PGD-AT's. Under glibc's default (dynamic) thresholds the free heap top is returned
 to the system (``brk``) when the gradients are freed at ``zero_grad``, and the next attack and backward fault it back
-in page by page: thousands of minor page faults per step (benchmarks/RESULTS.md: a FLOAT step 1.067x plain PGD-AT's
-with them, 1.038x without, for resnet18; over three runs the gain was 1-3 %, about the run-to-run spread).
+in page by page: thousands of minor page faults per step (benchmarks/RESULTS.md, a process holding only the two
+models: a FLOAT step 1.038x (resnet18) / 1.039x (resnet34) a plain PGD-AT step with the heap kept, 1.067x / 1.060x
+with glibc's default; over three runs the gain was 1-3 %, about the run-to-run spread).
+
+It is opt-in: a library must not change its host's allocator unasked. ``floatify.fit(keep_freed_heap=True)``
+(``floatify train --keep-freed-heap``) wraps its training in :func:`keep_freed_heap`. Instead, an allocator that
+keeps freed memory for reuse can be preloaded for the whole process, leaving glibc alone (not measured in
+benchmarks/): ``LD_PRELOAD=libjemalloc.so.2 python train.py`` (or ``libtcmalloc.so.4``).
 
 Inside :func:`keep_freed_heap` glibc returns no freed heap top under 1 GiB and serves blocks under 32 MiB (the
 ceiling of its own dynamic adjustment) from the heap, so a step reuses the previous step's pages; larger blocks stay
@@ -22,7 +28,7 @@ allocator preloaded in glibc's place (jemalloc, tcmalloc, ...: ``malloc`` does n
 the environment sets one of these glibc settings (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``,
 ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_`` or their ``GLIBC_TUNABLES=glibc.malloc.*`` spelling).
 
-Example (your own CPU training loop; ``floatify.fit`` does this itself):
+Example (your own CPU training loop; ``floatify.fit(keep_freed_heap=True)`` does this itself):
     >>> from floatify.heap import heap_tunable, keep_freed_heap
     >>> reason = heap_tunable()  # None, or why the allocator would be left alone here
     >>> with keep_freed_heap() as tuned:
