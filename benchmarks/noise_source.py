@@ -71,7 +71,7 @@ def main() -> None:
     if len(reference) != len(cli.seeds):
         sys.exit(f"error: {ref_log} lacks {METHOD} rows for seeds {cli.seeds} under today's settings; "
                  f"run benchmarks/tradeoff.py --methods {METHOD} first")
-    data = load_dataset(args.dataset, image_size=args.image_size)
+    data = load_dataset(args.dataset, image_size=args.image_size, augment="none")  # reason: as its reference rows
     log = cli.out / "noise_source.jsonl"  # reason: one line per finished seed, so an interrupted run resumes
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     for seed in cli.seeds:
