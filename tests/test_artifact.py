@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import floatify
 import floatify.card
-from floatify.artifact import ArtifactError, load_report, read_config
+from floatify.artifact import ArtifactError, read_config
 from floatify.layers.conditioned import is_conditioned
 from floatify.layers.noise import noise_source
 from floatify.models import create_model
@@ -104,23 +104,6 @@ def test_model_argument_is_left_unconverted(tmp_path):
     floatify.save(floatify.convert(_small_net()), tmp_path / "m")
     floatify.load(tmp_path / "m", model=skeleton)
     assert not any(is_conditioned(m) for m in skeleton.modules())
-
-
-def test_report_and_model_card(tmp_path):
-    from floatify.report import Report, Score
-
-    report = Report(lams=[0.0, 1.0], attacks={"clean": "no attack"}, scores={
-        "0.0": {"clean": Score(0.9, 0.01, 100)}, "1.0": {"clean": Score(0.8, 0.02, 100)}}, meta={"eps": 0.1})
-    folder = floatify.save(floatify.convert(create_model("resnet10t", 10)), tmp_path / "m", report=report,
-                           training={"dataset": "digits", "eps": 0.1, "image_size": 16})
-    assert {"report.json", "tradeoff.png"} <= {p.name for p in folder.iterdir()}
-    assert load_report(folder) == report
-    card = (folder / "README.md").read_text()
-    for fragment in ("library_name: floatify", "resnet10t", "floatify.load(", "kundu2023float", "tradeoff.png",
-                     "eps = 0.1"):
-        assert fragment in card
-    config = read_config(folder)
-    assert config["preprocessing"]["input_size"] == [3, 16, 16] and config["training"]["dataset"] == "digits"
 
 
 def test_overwrite_replaces_the_folder_as_a_whole(tmp_path):
@@ -254,47 +237,3 @@ def test_earlier_run_folder_still_loads(tmp_path):
     again = floatify.load(tmp_path / "run")
     for lam in (0.0, 0.5):
         assert torch.equal(_logits(model, lam), _logits(again, lam))
-
-
-def _hub_cache(tmp_path: Path, folder: Path, repo: str = "owner/dial") -> Path:
-    """The layout huggingface_hub's cache uses: models--owner--name/{refs/main, snapshots/<commit>/files}."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo_dir = tmp_path / "hub" / ("models--" + repo.replace("/", "--"))
-    shutil.copytree(folder, repo_dir / "snapshots" / commit)
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(commit)
-    return tmp_path / "hub"
-
-
-def test_load_from_the_hub_cache_offline(tmp_path, monkeypatch):
-    import huggingface_hub.constants as hub_constants
-
-    model = floatify.convert(create_model("resnet10t", 10)).eval()
-    cache = _hub_cache(tmp_path, floatify.save(model, tmp_path / "m"))
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
-    again = floatify.load("hf-hub:owner/dial")
-    assert torch.equal(_logits(model, 0.0), _logits(again, 0.0))
-    with pytest.raises(ArtifactError, match="cannot fetch owner/missing"):
-        floatify.load("hf-hub:owner/missing")
-
-
-def test_push_to_hub_uploads_exactly_the_saved_folder(tmp_path, monkeypatch):
-    from huggingface_hub import HfApi
-
-    calls: dict = {}
-
-    def create_repo(self, repo_id, **kwargs):
-        calls["repo"] = repo_id
-
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        calls["files"] = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
-        return "https://huggingface.co/owner/dial/commit/abc"
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    model = floatify.convert(create_model("resnet10t", 10)).eval()
-    url = floatify.push_to_hub(model, "owner/dial")
-    saved = floatify.save(model, tmp_path / "m")
-    assert calls["repo"] == "owner/dial" and url.endswith("/commit/abc")
-    assert calls["files"] == {p.name: p.read_bytes() for p in saved.iterdir()}
