@@ -6,9 +6,12 @@ Writes the embedded digits (the same stratified 80/20 split, 16 px, RGB) as PNG 
 (a) speed: one training epoch (``floatify.fit``, the demo's model, batch and recipe, ``augment="none"`` for
     both so the work per image is the same) from the PNG folder with 2 loader workers vs from the in-memory
     tensors; median of 3, the two interleaved. Target: PNG / in-memory ≤ 1.15.
-(b) augmentation: ``floatify train`` on the PNG folder with ``--augment auto`` (timm's random-resized crop +
-    flip) vs ``--augment none``, 3 seeds, the settings of ``make demo`` (resnet18, eps 0.1, 16 px) but
-    ``--eval-attacks quick``; clean and robust (the report's headline, worst case over the attacks) at λ = 0, 1.
+(b) augmentation: ``floatify train`` on the PNG folder with ``--augment crop`` (the digits rule: random crop with
+    padding, no flip) vs ``--augment none``, 3 seeds, the settings of ``make demo`` (resnet18, eps 0.1, 16 px, batch
+    64) but the quick preset (10 steps, 2 draws); clean and robust (the report's headline, worst case over the
+    attacks) at λ = 0, 1.
+(c) torchrun: the ``--augment crop`` runs of (b) again under ``torchrun --nproc-per-node 2`` (gloo on CPU), batch
+    32 per process (the same 64 per step); both must finish and agree with (b) within the seed spread.
 
 Writes benchmarks/results/data_pipeline.json. ``--quick``: a smoke run (tiny model, data and epochs; numbers
 meaningless).
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -90,23 +94,46 @@ def _scores(metrics: dict) -> dict:
             for lam in LAMS}
 
 
-def train_with_and_without_augmentation(root: Path, work: Path, args) -> dict:
-    """(b): the CLI on the PNG folder, --augment auto vs none, per seed; clean/robust at λ = 0 and 1."""
-    runs: dict[str, list[dict]] = {"auto": [], "none": []}
+def _train_argv(root: Path, out: Path, seed: int, augment: str, args, batch_size: int) -> list[str]:
+    return ["train", "--out", str(out), "--model", args.model, "--dataset", f"imagefolder:{root}",
+            "--image-size", str(args.image_size), "--eps", str(default_eps("digits")), "--seed", str(seed),
+            "--augment", augment, "--workers", "2", "--eval-attacks", "quick", "--eval-steps", str(args.eval_steps),
+            "--eot-draws", str(args.eot_draws), "--eval-limit", str(args.eval_limit), "--lams", "0,1",
+            "--no-progress", "--device", args.device, "--batch-size", str(batch_size)] + args.extra
+
+
+def _mean(rows: list[dict]) -> dict:
+    return {lam: {m: statistics.mean(r[lam][m] for r in rows) for m in ("clean", "robust")} for lam in LAMS}
+
+
+def _spread(rows: list[dict]) -> dict:
+    return {lam: {m: (max(r[lam][m] for r in rows) - min(r[lam][m] for r in rows)) for m in ("clean", "robust")}
+            for lam in LAMS}
+
+
+def train_runs(root: Path, work: Path, args) -> dict:
+    """(b) and (c): single-process --augment crop and none, and 2-process torchrun --augment crop, per seed."""
+    runs: dict[str, list[dict]] = {"crop": [], "none": [], "crop, torchrun 2 processes": []}
+    seconds: dict[str, list[float]] = {k: [] for k in runs}
     for seed in args.seeds:
-        for augment in runs:
-            out = work / f"{augment}-{seed}"
-            argv = ["train", "--out", str(out), "--model", args.model, "--dataset", f"imagefolder:{root}",
-                    "--image-size", str(args.image_size), "--eps", str(default_eps("digits")), "--seed", str(seed),
-                    "--augment", augment, "--workers", "2", "--eval-attacks", "quick", "--eval-steps",
-                    str(args.eval_steps), "--eot-draws", str(args.eot_draws), "--eval-limit", str(args.eval_limit),
-                    "--lams", "0,1", "--no-progress", "--device", args.device] + args.extra
-            if cli_main(argv) != 0:
-                raise SystemExit(f"floatify train failed for --augment {augment} --seed {seed}")
-            runs[augment].append(_scores(json.loads((out / "metrics.json").read_text())))
-    mean = {augment: {lam: {m: statistics.mean(r[lam][m] for r in rows) for m in ("clean", "robust")}
-                      for lam in LAMS} for augment, rows in runs.items()}
-    return {"per_seed": runs, "mean": mean, "seeds": list(args.seeds)}
+        for name in runs:
+            out = work / f"{name.split(',')[0]}-{'ddp' if 'torchrun' in name else 'one'}-{seed}"
+            start = time.perf_counter()
+            if "torchrun" in name:
+                argv = _train_argv(root, out, seed, "crop", args, args.batch_size // 2)
+                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       "-m", "floatify"] + argv
+                code = subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
+            else:
+                code = cli_main(_train_argv(root, out, seed, name, args, args.batch_size))
+            if code != 0:
+                raise SystemExit(f"floatify train failed for {name} --seed {seed}")
+            seconds[name].append(time.perf_counter() - start)
+            runs[name].append(_scores(json.loads((out / "report.json").read_text())))
+    return {"per_seed": runs, "mean": {k: _mean(v) for k, v in runs.items()},
+            "spread": {k: _spread(v) for k, v in runs.items()}, "seconds": seconds, "seeds": list(args.seeds),
+            "attack": f"quick preset, {args.eval_steps} steps, {args.eot_draws} EOT draws, eps 0.1, "
+                      f"{args.eval_limit} points"}
 
 
 def _arguments() -> argparse.Namespace:
@@ -115,9 +142,9 @@ def _arguments() -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/data_pipeline.json"))
     args = p.parse_args()
-    # the settings of `make demo` (resnet18 on digits, 16 px, batch 64, eval 20 steps × 5 draws on 200 points)
+    # the training settings of `make demo` (resnet18 on digits, 16 px, batch 64); the quick preset on all 360 points
     args.model, args.image_size, args.batch_size, args.steps = "resnet18", 16, 64, 7
-    args.eval_steps, args.eot_draws, args.eval_limit, args.seeds, args.repeats = 20, 5, 200, SEEDS, 3
+    args.eval_steps, args.eot_draws, args.eval_limit, args.seeds, args.repeats = 10, 2, 360, SEEDS, 3
     args.extra, args.limit = [], None
     if args.quick:
         args.model, args.steps, args.eval_steps, args.eot_draws, args.eval_limit = "resnet10t", 1, 2, 2, 16
@@ -136,9 +163,9 @@ def run() -> None:
         speed = time_pipelines(root, args)
         print(f"(a) one epoch: in-memory {speed['median_s']['memory']:.1f}s, PNG + 2 workers "
               f"{speed['median_s']['png_workers2']:.1f}s: ratio {speed['ratio_png_over_memory']:.2f} (target ≤ 1.15)")
-        augmentation = train_with_and_without_augmentation(root, Path(tmp) / "runs", args)
+        augmentation = train_runs(root, Path(tmp) / "runs", args)
     for augment, scores in augmentation["mean"].items():
-        print(f"(b) --augment {augment}: " + ", ".join(
+        print(f"(b/c) {augment}: " + ", ".join(
             f"λ={lam[0]}: clean {s['clean']:.3f} robust {s['robust']:.3f}" for lam, s in scores.items()))
     result = {"quick": args.quick, "device": args.device, "model": args.model, "image_size": args.image_size,
               "files": files, "speed": speed, "augmentation": augmentation}

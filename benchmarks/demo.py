@@ -2,7 +2,7 @@
 
     python benchmarks/demo.py
 
-Runs ``make demo`` (the same command the README documents), then copies runs/demo/{report.md,metrics.json,
+Runs ``make demo`` (the same command the README documents), then copies runs/demo/{report.md,report.json,
 tradeoff.png} to benchmarks/results/demo_* and writes benchmarks/results/demo.json: wall-clock seconds of the
 whole command and the training seconds from runs/demo/history.json. Time it alone: on 2 cores a second heavy
 process distorts it.
@@ -27,7 +27,7 @@ def main() -> None:
     history = json.loads((run / "history.json").read_text())
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    for name, copy in (("report.md", "demo_report.md"), ("metrics.json", "demo_metrics.json"),
+    for name, copy in (("report.md", "demo_report.md"), ("report.json", "demo_metrics.json"),
                        ("tradeoff.png", "demo_tradeoff.png")):
         shutil.copyfile(run / name, out / copy)
     result = {"wall_s": wall, "train_s": sum(r["seconds"] for r in history), "epochs": len(history)}

@@ -34,8 +34,8 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_path", "remove_stale_temporaries", "TMP_SUFFIX", "replace_folder", "remove_stale_staging",
-           "read_safetensors"]
+__all__ = ["atomic_write", "atomic_path", "remove_stale_temporaries", "TMP_SUFFIX", "replace_folder",
+           "remove_stale_staging", "read_safetensors", "STAGING_SUFFIX"]
 
 TMP_SUFFIX = ".floatify-tmp"
 _TMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{16}" + re.escape(TMP_SUFFIX) + "$")

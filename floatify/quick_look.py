@@ -24,11 +24,13 @@ import torch.nn as nn
 
 from floatify.run_state import preserved_rng
 
-__all__ = ["quick_look", "describe_epoch", "QUICK_LOOK_STEPS", "QUICK_LOOK_BATCHES", "QUICK_LOOK_DRAWS",
+__all__ = ["quick_look", "quick_look_loader", "describe_epoch", "QUICK_LOOK_POINTS", "QUICK_LOOK_STEPS",
+           "QUICK_LOOK_BATCHES", "QUICK_LOOK_DRAWS",
            "QUICK_LOOK_KEYS"]
 
 QUICK_LOOK_STEPS = 3  # PGD iterations (the quick preset's PGD, fewer steps)
 QUICK_LOOK_BATCHES = 4  # batches of the loader it reads
+QUICK_LOOK_POINTS = 256  # test points of the loader quick_look_loader builds
 QUICK_LOOK_DRAWS = 1  # noise draws per point when it scores at λ = 1
 QUICK_LOOK_KEYS = ("eval_clean_lam0", "eval_clean_lam1", "eval_robust_lam1")
 """What it adds to an epoch's record (history.json, summary.csv): accuracies as fractions."""
@@ -51,6 +53,24 @@ def quick_look(model: nn.Module, loader: Iterable, eps: float) -> dict[str, floa
         return float("nan") if score is None else score.mean
 
     return dict(zip(QUICK_LOOK_KEYS, (accuracy(0.0, clean), accuracy(1.0, clean), accuracy(1.0, robust))))
+
+
+def quick_look_loader(test, eval_every: int):
+    """A loader over the first :data:`QUICK_LOOK_POINTS` points of ``test`` in :data:`QUICK_LOOK_BATCHES` batches,
+    for ``fit(eval_loader=...)``; None when ``eval_every`` is 0 (no quick look).
+
+    >>> import torch
+    >>> from torch.utils.data import TensorDataset
+    >>> loader = quick_look_loader(TensorDataset(torch.rand(300, 3, 2, 2), torch.zeros(300)), eval_every=1)
+    >>> len(loader.dataset), len(loader), quick_look_loader([], eval_every=0)
+    (256, 4, None)
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    if eval_every == 0:
+        return None
+    points = min(QUICK_LOOK_POINTS, len(test))
+    return DataLoader(Subset(test, range(points)), batch_size=-(-points // QUICK_LOOK_BATCHES), shuffle=False)
 
 
 def describe_epoch(record: dict) -> str:

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from floatify.checkpoint import load_checkpoint
 from floatify.cli import main
 from floatify.data import (
     AugmentedTensors,
@@ -400,13 +399,13 @@ def test_cli_trains_on_an_image_folder_and_records_the_pipeline(tmp_path):
     assert main(["train", "--out", str(out), "--dataset", f"imagefolder:{tmp_path / 'data'}", "--model", "resnet10t",
                  "--image-size", "16", "--batch-size", "6", "--epochs", "1", "--steps", "1", "--workers", "2",
                  "--val-split", "0.2", "--lams", "0", "--eval-attacks", "clean", "--no-progress"]) == 0
-    meta = json.loads((out / "metrics.json").read_text())["meta"]
+    meta = json.loads((out / "report.json").read_text())["meta"]
     assert meta["augmentation"].startswith("timm random-resized crop 16 px")
     ev = tmp_path / "ev"
-    assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--out", str(ev), "--lams", "0",
-                 "--eval-attacks", "clean", "--workers", "0", "--no-progress"]) == 0
-    scores = [json.loads((d / "metrics.json").read_text())["scores"]["0.0"]["clean"] for d in (out, ev)]
+    assert main(["eval", str(out), "--out", str(ev), "--lams", "0", "--eval-attacks", "clean", "--workers", "0",
+                 "--no-progress"]) == 0
+    scores = [json.loads((d / "report.json").read_text())["scores"]["0.0"]["clean"] for d in (out, ev)]
     assert scores[0] == scores[1]  # eval re-splits the same held-out 20% from the recorded seed and val_split
-    saved = load_checkpoint(out / "model.safetensors")[1]
+    saved = json.loads((out / "config.json").read_text())["training"]
     assert saved["val_split"] == 0.2 and saved["data_config"]["input_size"] == [3, 176, 176]
     assert saved["augmentation"] == meta["augmentation"]

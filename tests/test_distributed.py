@@ -192,7 +192,7 @@ def test_bad_options_stop_every_rank_before_any_collective_and_rank_0_alone_spea
 def test_eval_refuses_several_processes_in_one_line(monkeypatch, tmp_path, capsys):
     for key, value in {**RANK1, "RANK": "0", "LOCAL_RANK": "0"}.items():
         monkeypatch.setenv(key, value)
-    assert main(["eval", "--checkpoint", str(tmp_path / "model.safetensors"), "--no-progress"]) == 2
+    assert main(["eval", str(tmp_path / "model.safetensors"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "without torchrun" in err and not list(tmp_path.iterdir())
 
@@ -271,9 +271,9 @@ def test_torchrun_writes_the_run_of_one_process_once_and_eval_reads_it(straight_
     assert result.stdout.count("  epoch 1:") == 1 and result.stdout.count("wrote ") == 1  # rank 0 alone, once
     assert "2 processes" in result.stdout and not _error_lines(result.stderr)
     ev = tmp_path / "ev"
-    assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--out", str(ev), "--lams", "0",
+    assert main(["eval", str(out), "--out", str(ev), "--lams", "0",
                  "--eval-attacks", "clean", "--eval-limit", "16", "--no-progress"]) == 0
-    assert json.loads((ev / "metrics.json").read_text())["scores"]["0.0"]["clean"]["mean"] > 0
+    assert json.loads((ev / "report.json").read_text())["scores"]["0.0"]["clean"]["mean"] > 0
 
 
 @pytest.mark.slow

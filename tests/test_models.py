@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import timm
 import timm.data
@@ -136,6 +138,7 @@ def test_cli_records_the_normalisation_it_trained_with(tmp_path):
     assert main(["train", "--out", str(out), "--model", "resnet10t", "--image-size", "8", "--train-limit", "32",
                  "--batch-size", "16", "--epochs", "1", "--steps", "1", "--std", "0.5,0.5,0.5", "--lams", "0",
                  "--eval-attacks", "clean", "--eval-limit", "16", "--no-progress"]) == 0
-    state, meta = load_checkpoint(out / "model.safetensors")
+    state, _ = load_checkpoint(out / "model.safetensors")
+    meta = json.loads((out / "config.json").read_text())["training"]
     assert meta["data_config"]["std"] == [0.5] * 3 and meta["data_config"]["mean"] == pytest.approx(IMAGENET_MEAN)
     assert torch.equal(state["std"].flatten(), torch.full((3,), 0.5))
