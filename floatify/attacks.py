@@ -3,8 +3,8 @@
 A model at λ > 0 is randomised (fresh weight noise per forward), so single-draw attacks and
 single-draw verdicts overstate robustness. Here:
 
-* ``strong`` (the preset researchers judge by, after AutoAttack's 'rand' version): APGD (Croce & Hein
-  2020: step-size schedule with checkpoints, momentum) with the cross-entropy and the DLR loss, the
+* ``strong`` (the preset researchers judge by, after AutoAttack's 'rand' version): APGD (:mod:`floatify.apgd`,
+  Croce & Hein 2020: step-size schedule with checkpoints, momentum) with the cross-entropy and the DLR loss, the
   gradient averaged over ``eot_draws`` noise draws per iteration (EOT), a transfer attack from the
   noise-off model, and APGD-CE on the noise-off model as a separate, deterministic column;
 * ``quick`` (fast looks): FGSM, PGD, EOT-PGD (torchattacks' ``EOTPGD`` one step at a time) and PGD with
@@ -39,8 +39,9 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from floatify.apgd import apgd, correct_predictions
+from floatify.apgd import dlr_loss as dlr_loss  # reason: re-exported, it lived here before floatify.apgd
 from floatify.config import check_int, check_real
 from floatify.context import lam as at_lam
 from floatify.context import validate_lam
@@ -512,12 +513,6 @@ def _parse_one(item: str, eps: float, steps: int | None, eot_draws: int | None) 
     return AttackSpec(kind, eps, n, eot_draws=draws, noise=flag != "nonoise")
 
 
-def _correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per point, 1.0 where the prediction is right. reason: argmax of a NaN row is 0, which would score a
-    broken model as correct on class 0; a row with a non-finite logit counts as wrong."""
-    return ((logits.argmax(dim=1) == y) & torch.isfinite(logits).all(dim=1)).float()
-
-
 @torch.no_grad()
 def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int,
                      per_draw: list | None = None) -> torch.Tensor:
@@ -534,7 +529,7 @@ def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: 
     """
     hits = torch.zeros(len(y), device=y.device)
     for _ in range(draws):
-        correct = _correct(model(x), y)
+        correct = correct_predictions(model(x), y)
         hits += correct
         if per_draw is not None:
             per_draw.append(correct.mean().item())
@@ -598,114 +593,3 @@ def strongest(candidates: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torc
         best[stronger] = x_c[stronger]
         best_score = torch.minimum(best_score, score)
     return best, best_score
-
-
-# ------------------------------------------------------------------------------------------- APGD
-def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Croce & Hein's difference-of-logits-ratio loss, per point (needs at least 3 classes).
-
-    reason: torchattacks' ``APGD.dlr_loss`` computes exactly this; it is reused rather than re-written.
-    """
-    import torchattacks
-
-    if logits.shape[1] < 3:
-        raise ValueError(f"the DLR loss needs at least 3 classes, the model has {logits.shape[1]}; use apgd-ce")
-    return torchattacks.APGD.dlr_loss(None, logits, y)
-
-
-def _eot_gradient(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss_fn, draws: int):
-    """Mean over ``draws`` forwards (fresh noise each) of the input gradient, per-point loss and correctness."""
-    grad = torch.zeros_like(x_adv)
-    loss = torch.zeros(len(y), device=x_adv.device)
-    correct = torch.zeros(len(y), device=x_adv.device)
-    for _ in range(draws):
-        x_in = x_adv.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(x_in)
-            per_point = loss_fn(logits, y)
-            grad += torch.autograd.grad(per_point.sum(), x_in)[0]
-        loss += per_point.detach()
-        correct += _correct(logits.detach(), y)
-    # reason: a non-finite gradient (a NaN model) would poison the sign step; treat it as no information
-    grad = torch.nan_to_num(grad / draws, nan=0.0, posinf=0.0, neginf=0.0)
-    return grad, torch.nan_to_num(loss / draws, nan=0.0), correct / draws
-
-
-def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, loss: str = "ce",
-         eot_draws: int = 1, restarts: int = 1, rho: float = 0.75) -> tuple[torch.Tensor, torch.Tensor]:
-    """L∞ APGD with EOT; returns per point the strongest iterate (the clean point included) and its accuracy
-    over the attack's own draws (the caller re-scores randomised models with fresh draws).
-
-    reason: torchattacks' ``APGD`` picks its returned point from the last single noisy forward and returns
-    the clean input for points it did not fool, which overstates a randomised model; this loop follows the
-    same algorithm (Croce & Hein 2020, Alg. 1: step 2·eps, momentum 0.75, checkpoints at which the step is
-    halved and the iterate reset to the best one) but averages loss, gradient and correctness over the
-    draws and keeps, per point, the iterate with the lowest averaged accuracy (ties: highest loss).
-    """
-    loss_fn = {"ce": lambda z, t: F.cross_entropy(z, t, reduction="none"), "dlr": dlr_loss}[loss]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            clean_logits = model(x)
-        keep_x, keep_acc = x.clone(), _correct(clean_logits, y)
-        keep_loss = torch.nan_to_num(loss_fn(clean_logits, y), nan=0.0)
-        for _ in range(restarts):
-            for x_t, acc_t, loss_t in _apgd_run(model, x, y, eps, steps, loss_fn, eot_draws, rho):
-                better = (acc_t < keep_acc) | ((acc_t == keep_acc) & (loss_t > keep_loss))
-                keep_x[better] = x_t[better]
-                keep_acc = torch.where(better, acc_t, keep_acc)
-                keep_loss = torch.where(better, loss_t, keep_loss)
-    finally:
-        model.train(was_training)
-    return keep_x.detach(), keep_acc
-
-
-def _apgd_run(model, x, y, eps, steps, loss_fn, draws, rho):
-    """Yield (iterate, accuracy over its draws, loss over its draws) for every APGD iterate of one run."""
-    n = len(y)
-    shape = (n,) + (1,) * (x.dim() - 1)
-    period = max(int(0.22 * steps), 1)
-    period_min, period_decrease = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
-
-    def project(z):
-        return torch.min(torch.max(z, x - eps), x + eps).clamp(0.0, 1.0)
-
-    t = 2 * torch.rand_like(x) - 1  # reason: AutoAttack's start, a random corner-ish point of the ball
-    x_adv = project(x + eps * t / t.reshape(n, -1).abs().amax(dim=1).clamp_min(1e-12).reshape(shape))
-    grad, loss, acc = _eot_gradient(model, x_adv, y, loss_fn, draws)
-    yield x_adv, acc, loss
-    apgd_step = torch.full(shape, 2.0 * eps, device=x.device)  # per point, halved at checkpoints
-    x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
-    x_prev = x_adv.clone()
-    increases = torch.zeros(n, device=x.device)
-    loss_best_at_check = loss_best.clone()
-    reduced_at_check = torch.ones(n, dtype=torch.bool, device=x.device)
-    since_check, next_check = 0, period
-    for i in range(steps):
-        with torch.no_grad():
-            momentum = 0.75 if i > 0 else 1.0
-            z = project(x_adv + apgd_step * torch.sign(grad))
-            x_new = project(x_adv + momentum * (z - x_adv) + (1 - momentum) * (x_adv - x_prev))
-            x_prev, x_adv = x_adv, x_new
-        grad, loss_new, acc = _eot_gradient(model, x_adv, y, loss_fn, draws)
-        yield x_adv, acc, loss_new
-        with torch.no_grad():
-            increases += (loss_new > loss).float()
-            loss = loss_new
-            improved = loss_new > loss_best
-            x_best[improved], grad_best[improved] = x_adv[improved], grad[improved]
-            loss_best = torch.where(improved, loss_new, loss_best)
-            since_check += 1
-            if since_check == next_check:
-                oscillating = increases <= next_check * rho  # reason: condition 1 of APGD's checkpoints
-                stalled = ~reduced_at_check & (loss_best_at_check >= loss_best)  # condition 2
-                reduce = oscillating | stalled
-                reduced_at_check, loss_best_at_check = reduce.clone(), loss_best.clone()
-                if reduce.any():
-                    apgd_step[reduce] /= 2.0
-                    x_adv[reduce], grad[reduce] = x_best[reduce], grad_best[reduce]
-                    x_prev[reduce] = x_best[reduce]
-                increases.zero_()
-                since_check = 0
-                next_check = max(next_check - period_decrease, period_min)

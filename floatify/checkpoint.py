@@ -151,17 +151,29 @@ def load_initial_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_initial_checkpoint expects a torch.nn.Module, got {type(model).__name__}")
-    from floatify.layers.conditioned import is_conditioned
-    from floatify.models import Normalized
-
     path = Path(path)
     _check_readable(path, "initial checkpoint")
+    _refuse_converted(model, path)
+    state = _unwrap_state_dict(_read_weights(path), path)
+    target = _initial_target(model, state)
+    _check_initial_fit(target, state, path)
+    target.load_state_dict(state, strict=True)
+    return model
+
+
+def _refuse_converted(model: nn.Module, path: Path) -> None:
+    """A :class:`CheckpointError` when ``model`` is already converted (the initial weights are a plain model's)."""
+    from floatify.layers.conditioned import is_conditioned
+
     if any(is_conditioned(m) for m in model.modules()):
         raise CheckpointError(
             f"the model is already converted: load the initial checkpoint {path} into the plain model first, then "
             f"floatify.convert it (or use load_original_state_dict from floatify.convert on the converted model)"
         )
-    state = _read_weights(path)
+
+
+def _unwrap_state_dict(state: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The bare state_dict in what ``path`` held: out of its wrapper (:data:`_WRAPPER_KEYS`), ``module.`` stripped."""
     for key in _WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -174,31 +186,40 @@ def load_initial_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
             f"initial checkpoint {path} is not a state_dict: {len(not_tensors)} entries are not tensors, e.g. "
             f"{not_tensors[:3]} (expected a bare state_dict or one under {', '.join(map(repr, _WRAPPER_KEYS))})"
         )
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-    target = model
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def _initial_target(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The module ``state`` is for: ``model``, or the classifier inside a :class:`floatify.models.Normalized`."""
+    from floatify.models import Normalized
+
     if isinstance(model, Normalized):
         inner = model.model.state_dict()
         if len(state.keys() & inner.keys()) > len(state.keys() & model.state_dict().keys()):
-            target = model.model  # reason: the file holds the classifier's own weights (timm/torchvision files)
+            return model.model  # reason: the file holds the classifier's own weights (timm/torchvision files)
+    return model
+
+
+def _check_initial_fit(target: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """A :class:`CheckpointError` naming the first mismatched shapes, missing and unexpected keys, if any."""
     own = target.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"'{k}' {tuple(v.shape)} in the file vs {tuple(own[k].shape)} in the model"
               for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es), e.g. {'; '.join(shapes[:3])}")
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
-        raise CheckpointError(
-            f"initial checkpoint {path} does not fit this {type(target).__name__} (another architecture, "
-            f"num_classes or variant?): {', '.join(parts)}; nothing was loaded"
-        )
-    target.load_state_dict(state, strict=True)
-    return model
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es), e.g. {'; '.join(shapes[:3])}")
+    if missing:
+        parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
+    raise CheckpointError(
+        f"initial checkpoint {path} does not fit this {type(target).__name__} (another architecture, "
+        f"num_classes or variant?): {', '.join(parts)}; nothing was loaded"
+    )
 
 
 # ------------------------------------------------------------------------ general state (no pickle)

@@ -62,6 +62,13 @@ def _targets(model: nn.Module, filter_fn) -> list[tuple[str, nn.Module, str]]:
     return found
 
 
+def _raw_weight(module: nn.Module, name: str) -> nn.Parameter:
+    """The registered Parameter ``name`` of a target layer (its raw value, not the λ-dependent property)."""
+    weight = module._parameters[name]
+    assert weight is not None  # reason: _targets keeps only registered floating-point Parameters
+    return weight
+
+
 def _current_mask(module: nn.Module, name: str) -> torch.Tensor | None:
     return get_mask(module, name) if is_floatify_layer(module) else None  # reason: not torch.nn.utils.prune's
 
@@ -125,7 +132,33 @@ def sparsify(
     Calling it again re-prunes *from the current mask*: the new mask is a subset of the old one, so
     density can only go down (asking for a higher density is an error). Works on converted models and
     on plain ones (their pruned layers get a mask but no noise).
+
+    Example:
+        >>> import torch, floatify
+        >>> model = floatify.sparsify(torch.nn.Sequential(torch.nn.Linear(10, 10)), 0.3, scope="layer")
+        >>> int(model[0].floatify_mask("weight").sum())  # 30 of the 100 weights kept
+        30
     """
+    density, criterion = _check_sparsify_args(density, criterion, scope, data)
+    targets = _targets(model, filter_fn)
+    if not targets:
+        raise ValueError(f"{type(model).__name__} has no Conv/Linear weight to prune (or filter_fn excluded all)")
+    current = [_current_mask(m, n) for _, m, n in targets]
+    sizes = [_raw_weight(m, n).numel() for _, m, n in targets]
+    target_total = _target_total(density, sizes, current)
+    if criterion == "snip":
+        assert data is not None  # reason: _check_sparsify_args refuses snip without data
+        scores = _snip_scores(model, targets, data, snip_batches)
+    else:
+        scores = _scores(targets, criterion, seed)
+    scores = _exclude_pruned(scores, current)
+    masks = _layer_masks(scores, sizes, density) if scope == "layer" else _global_masks(scores, sizes, target_total)
+    _set_masks(targets, masks)
+    return model
+
+
+def _check_sparsify_args(density: float, criterion: str, scope: str, data: Iterable | None) -> tuple[float, str]:
+    """:func:`sparsify`'s ``density`` as a float and its criterion with ``"auto"`` resolved; a ValueError if wrong."""
     if isinstance(density, bool) or not isinstance(density, numbers.Real) or not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1] (fraction of weights kept), got {density!r}")
     density = float(density)  # reason: numpy scalars (np.float32(.5)) are fine, but keep the arithmetic in Python
@@ -137,11 +170,11 @@ def sparsify(
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     if criterion == "snip" and data is None:
         raise ValueError("criterion='snip' needs data=<iterable of (x, y) batches> to measure saliency")
-    targets = _targets(model, filter_fn)
-    if not targets:
-        raise ValueError(f"{type(model).__name__} has no Conv/Linear weight to prune (or filter_fn excluded all)")
-    current = [_current_mask(m, n) for _, m, n in targets]
-    sizes = [m._parameters[n].numel() for _, m, n in targets]
+    return density, criterion
+
+
+def _target_total(density: float, sizes: list[int], current: list[torch.Tensor | None]) -> int:
+    """The number of weights to keep; a ValueError when that is more than the current masks keep."""
     kept_now = sum(s if c is None else int(c.sum()) for s, c in zip(sizes, current))
     target_total = round(density * sum(sizes))
     if target_total > kept_now:
@@ -149,22 +182,30 @@ def sparsify(
             f"the model is already sparse (density {kept_now / sum(sizes):.4f}); sparsify re-prunes from the "
             f"current mask, so density can only go down (asked for {density})"
         )
-    scores = _snip_scores(model, targets, data, snip_batches) if criterion == "snip" else \
-        _scores(targets, criterion, seed)
-    scores = [s.reshape(-1).clone() for s in scores]
-    for s, c in zip(scores, current):
+    return target_total
+
+
+def _exclude_pruned(scores: list[torch.Tensor], current: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    """Flat copies of ``scores`` with the weights the current masks prune scored -1 (below every real score)."""
+    flat = [s.reshape(-1).clone() for s in scores]
+    for s, c in zip(flat, current):
         if c is not None:
             s[~c.reshape(-1)] = -1.0  # reason: pruned weights stay pruned; scores are >= 0 otherwise
-    if scope == "layer":
-        counts = [max(max(1, math.ceil(LAYER_FLOOR * n)), round(density * n)) for n in sizes]
-        masks = [_top_k_mask(s, k) for s, k in zip(scores, counts)]
-    else:
-        masks = _global_masks(scores, sizes, target_total)
+    return flat
+
+
+def _set_masks(targets: list[tuple[str, nn.Module, str]], masks: list[torch.Tensor]) -> None:
+    """Store each target weight's mask, first making a plain layer one whose weight property applies it."""
     for (_, module, name), mask in zip(targets, masks):
         if not is_floatify_layer(module):
             module.__class__ = conditioned_class(type(module))  # reason: its weight property applies the mask
         set_mask(module, name, mask)
-    return model
+
+
+def _layer_masks(scores: list[torch.Tensor], sizes: list[int], density: float) -> list[torch.Tensor]:
+    """scope="layer": every layer keeps ``density`` of its weights (at least its floor)."""
+    counts = [max(max(1, math.ceil(LAYER_FLOOR * n)), round(density * n)) for n in sizes]
+    return [_top_k_mask(s, k) for s, k in zip(scores, counts)]
 
 
 def _top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Attack budgets, strongest-iterate bookkeeping, honest EOT scoring and the registry of attack kinds."""
+"""Attack budgets, strongest-iterate bookkeeping, honest EOT scoring and the registry of attack kinds
+(APGD's own strength is tests/test_apgd.py's)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,7 @@ from floatify.attacks import (
     strong,
 )
 
-
-def small_model():
-    torch.manual_seed(0)
-    return floatify.convert(nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                          nn.Linear(6, 3))).eval()
+from attack_models import small_model
 
 
 @pytest.mark.parametrize(
@@ -82,64 +79,6 @@ def test_descriptions_name_attack_steps_and_draws():
 def test_pgd_step():
     assert AttackSpec("pgd", 0.1, 10).pgd_step == pytest.approx(2.5 * 0.1 / 10)
     assert AttackSpec("pgd", 0.1, 10, step_size=0.02).pgd_step == 0.02
-
-
-# ------------------------------------------------------------------------------ strength on known answers
-D, K = 20, 3
-
-
-class Linear3(nn.Module):
-    """A 3-class linear model; ``scale`` saturates the softmax (cross-entropy gradients vanish) without
-    changing any decision."""
-
-    def __init__(self, scale: float = 1.0):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc, self.scale = nn.Linear(D, K), scale
-
-    def forward(self, x):
-        return self.scale * self.fc(x.flatten(1))
-
-
-def exact_robust_accuracy(fc: nn.Linear, x, y, eps) -> float:
-    """A point of a linear model is robust iff every margin survives eps·‖w_y − w_j‖₁ (box never binds here)."""
-    w, b = fc.weight.detach(), fc.bias.detach()
-    z = x @ w.T + b
-    robust = torch.ones(len(y), dtype=torch.bool)
-    for j in range(K):
-        margin = z.gather(1, y[:, None]).squeeze(1) - z[:, j] - eps * (w[y] - w[j]).abs().sum(1)
-        robust &= (margin > 0) | (y == j)
-    return robust.float().mean().item()
-
-
-def linear_task(scale: float = 1.0, n: int = 300):
-    model = floatify.convert(Linear3(scale)).eval()
-    x = 0.3 + 0.4 * torch.rand(n, D, generator=torch.Generator().manual_seed(1))  # interior: [0, 1] never binds
-    with torch.no_grad():
-        y = model(x).argmax(1)  # every point clean-correct
-    return model, x, y
-
-
-@pytest.mark.parametrize("kind,slack", [("apgd-dlr", 0.02), ("apgd-ce", 0.06)])
-def test_apgd_reaches_the_exact_worst_case_of_a_linear_model(kind, slack):
-    eps = 0.05
-    model, x, y = linear_task()
-    exact = exact_robust_accuracy(model.fc, x, y, eps)
-    assert 0.5 < exact < 0.95  # the task is neither trivial nor hopeless
-    x_adv, score = attack_and_score(model, AttackSpec(kind, eps, 50), x, y, 0.0)
-    assert exact - 1e-6 <= score.mean().item() <= exact + slack, (score.mean().item(), exact)
-    assert torch.equal(expected_correct(model, x_adv, y, 1), score)  # the kept points earn the score
-    assert (x_adv - x).abs().max() <= eps + 1e-6
-
-
-def test_dlr_breaks_a_saturated_model_where_cross_entropy_stalls():
-    eps = 0.05
-    model, x, y = linear_task(scale=1e4)
-    exact = exact_robust_accuracy(model.fc, x, y, eps)
-    _, ce = attack_and_score(model, AttackSpec("apgd-ce", eps, 50), x, y, 0.0)
-    _, dlr = attack_and_score(model, AttackSpec("apgd-dlr", eps, 50), x, y, 0.0)
-    assert ce.mean().item() > exact + 0.08  # vanishing cross-entropy gradients: the attack stalls
-    assert dlr.mean().item() <= exact + 0.02  # DLR is scale-invariant
 
 
 def test_nan_outputs_count_as_wrong():

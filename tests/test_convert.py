@@ -14,8 +14,7 @@ import torch.nn as nn
 import floatify
 from floatify.convert import FloatifyWarning, convert_sync_batchnorm, load_original_state_dict
 from floatify.layers import is_conditioned
-from floatify.layers.dual_bn import get_bn_curve, get_bn_mix
-from floatify.layers.noise import NOISE_SOURCES, noise_source, standard_normal
+from floatify.layers.dual_bn import get_bn_mix
 
 from cases import CASES, SharedBlock, TiedLinears
 from helpers import alpha_grads_at, alphas, wake_up
@@ -109,52 +108,6 @@ def test_deepcopy_and_pickle(name):
     torch.save(model, buffer)
     buffer.seek(0)
     assert type(torch.load(buffer, weights_only=False)) is type(model)
-
-
-def test_pickle_in_a_fresh_process(tmp_path):
-    import subprocess
-    import sys
-
-    model = floatify.convert(CASES["cnn"][0]())
-    path = tmp_path / "m.pkl"
-    path.write_bytes(pickle.dumps(model))
-    code = (
-        "import pickle,sys,torch; m=pickle.loads(open(sys.argv[1],'rb').read());"
-        "print(type(m[0]).__name__, isinstance(m[0], torch.nn.Conv2d))"
-    )
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["Float[torch/nn/modules/conv:Conv2d]", "True"]
-
-
-def test_noise_statistics_match_the_method():
-    torch.manual_seed(0)
-    layer = floatify.convert(nn.Linear(256, 256, bias=False))
-    w = layer._parameters["weight"].detach().clone()
-    with torch.no_grad():
-        layer.weight_alpha.fill_(0.5)
-        with floatify.lam(0.6):
-            draws = torch.stack([layer.weight - w for _ in range(8)])
-    expected_std = 0.6 * 0.5 * w.std()
-    assert draws.std().item() == pytest.approx(expected_std.item(), rel=0.02)
-    assert draws.mean().abs().item() < 0.01 * expected_std.item()
-
-
-@pytest.mark.parametrize("source", NOISE_SOURCES)
-def test_alpha_gradient_is_exact(source):
-    torch.manual_seed(0)
-    layer = floatify.convert(nn.Linear(4, 3, bias=False))
-    x = torch.rand(5, 4)
-    w = layer._parameters["weight"].detach()
-    with noise_source(source):
-        torch.manual_seed(1)
-        with floatify.lam(0.5):
-            layer(x).sum().backward()
-        torch.manual_seed(1)  # reason: replays the draw: the same randn, or the same bank offset
-        eta = standard_normal(w)
-    # d/dα sum(x (W + λ α σ η)^T) = λ σ sum(x η^T)
-    expected = 0.5 * w.std() * (x @ eta.T).sum()
-    assert layer.weight_alpha.grad.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert layer._parameters["weight"].grad is not None  # the identity path reaches W
 
 
 def test_shared_module_and_tied_weights_get_one_alpha():
@@ -276,71 +229,10 @@ def test_inplace_false_leaves_original_untouched_and_inplace_true_converts_it():
     assert same is model and is_conditioned(model[0])
 
 
-def test_dual_bn_uses_clean_set_at_zero_and_adversarial_set_above():
-    model = floatify.convert(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))).train()
-    x = torch.rand(16, 4)
-    with floatify.lam(1.0):
-        model(x)
-    bn = model[1]
-    assert int(bn.num_batches_tracked_adv) == 1 and int(bn._buffers["num_batches_tracked"]) == 0
-    assert torch.equal(bn._buffers["running_mean"], torch.zeros(4))
-    model(x)
-    assert int(bn._buffers["num_batches_tracked"]) == 1
-    with floatify.lam(0.5):
-        assert bn.running_mean is bn.running_mean_adv
-    assert bn.running_mean is bn._buffers["running_mean"]
-    no_dual = floatify.convert(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), floatify.FloatConfig(dual_bn=False))
-    assert "1.weight_adv" not in no_dual.state_dict()
-
-
-@pytest.mark.parametrize("mix,curve,lam,weight,mean", [
-    ("interpolate", 1.0, 0.0, 1.0, 0.0), ("interpolate", 1.0, 0.25, 1.5, 0.5), ("interpolate", 1.0, 0.5, 2.0, 1.0),
-    ("interpolate", 1.0, 1.0, 3.0, 2.0),
-    ("interpolate", 0.5, 0.25, 2.0, 1.0),   # the adversarial share is λ ** bn_curve: 0.25 ** 0.5 = 0.5
-    ("interpolate", 2.0, 0.5, 1.5, 0.5), ("interpolate", 0.5, 1.0, 3.0, 2.0), ("interpolate", 0.5, 0.0, 1.0, 0.0),
-    ("switch", 1.0, 0.25, 3.0, 2.0), ("switch", 0.5, 0.25, 3.0, 2.0), ("switch", 1.0, 1.0, 3.0, 2.0),
-    ("switch", 1.0, 0.0, 1.0, 0.0),
-])
-def test_bn_mix_in_eval(mix, curve, lam, weight, mean):
-    config = floatify.FloatConfig(bn_mix=mix, bn_curve=curve)
-    model = floatify.convert(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)), config)
-    with torch.no_grad():
-        model[1].weight_adv.fill_(3.0)
-        model[1].running_mean_adv.fill_(2.0)
-    for m in (model, copy.deepcopy(model), convert_sync_batchnorm(model)):  # the mix travels along
-        m.eval()
-        with floatify.lam(lam):
-            assert torch.allclose(m[1].weight, torch.full((4,), weight)), (m, lam)
-            assert torch.allclose(m[1].running_mean, torch.full((4,), mean))
-
-
 @pytest.mark.parametrize("curve", [0.0, -1.0, 5.0, float("nan"), True, "0.7"])
 def test_bn_curve_must_be_a_positive_exponent(curve):
     with pytest.raises(ValueError, match="bn_curve must be a number in \\(0, 4\\]"):
         floatify.FloatConfig(bn_curve=curve)
-
-
-def test_bn_mix_interpolate_trains_both_affine_sets_and_updates_adversarial_statistics():
-    model = floatify.convert(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))).train()
-    with floatify.lam(0.25):
-        model(torch.rand(16, 4)).sum().backward()
-    bn = model[1]
-    assert int(bn.num_batches_tracked_adv) == 1 and int(bn._buffers["num_batches_tracked"]) == 0
-    # d/dw of lerp(w_c, w_a, s) is 1 - s for the clean set and s for the adversarial one, s = 0.25 ** bn_curve
-    share = 0.25 ** floatify.FloatConfig().bn_curve
-    assert torch.allclose(bn._parameters["weight"].grad * share, (1 - share) * bn.weight_adv.grad)
-
-
-@pytest.mark.parametrize("bn_mix", ["interpolate", "switch"])
-def test_bn_at_lam_one_trains_only_the_adversarial_set(bn_mix):
-    config = floatify.FloatConfig(bn_mix=bn_mix)
-    model = floatify.convert(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), config).train()
-    with floatify.lam(1.0):
-        model(torch.rand(16, 4)).sum().backward()
-    bn = model[1]
-    # no gradient at all for the clean set (not a zero one, which momentum and weight decay would act on)
-    assert bn._parameters["weight"].grad is None and bn._parameters["bias"].grad is None
-    assert bn.weight_adv.grad is not None and bn.weight_adv.grad.abs().sum() > 0
 
 
 def test_sync_batchnorm_conversion_keeps_dual_bn():
@@ -369,43 +261,10 @@ def test_load_original_checkpoint_into_converted_model():
         load_original_state_dict(model, CASES["mlp"][0]().state_dict())
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_dtypes_noise_has_weight_dtype(dtype):
-    model = floatify.convert(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))).to(dtype)
-    x = torch.rand(3, 8, dtype=dtype)
-    with floatify.lam(1.0):
-        y = model(x)
-        assert model[0].weight.dtype == dtype
-    assert y.dtype == dtype and torch.isfinite(y).all()
-    assert model[0].weight_alpha.dtype == dtype
-
-
-def test_std_cache_tracks_weight_updates():
-    layer = floatify.convert(nn.Linear(16, 16))
-    s1 = layer.floatify_weight_std("weight")
-    with torch.no_grad():
-        layer._parameters["weight"].mul_(3.0)
-    s2 = layer.floatify_weight_std("weight")
-    assert s2.item() == pytest.approx(3 * s1.item(), rel=1e-5)
-
-
 def test_no_warning_for_clean_conversion():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         floatify.convert(CASES["cnn"][0]())
-
-
-@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])  # no_grad: the cached inference path
-def test_noise_std_follows_writes_through_data(grad):
-    layer = floatify.convert(nn.Linear(64, 64))
-    s1 = layer.floatify_weight_std("weight").item()
-    with torch.set_grad_enabled(grad), floatify.lam(1.0):
-        before = (layer.weight - layer._parameters["weight"]).std().item()
-    layer.weight.data.mul_(100)  # does not bump weight._version
-    assert layer.floatify_weight_std("weight").item() == pytest.approx(100 * s1, rel=1e-5)
-    with torch.set_grad_enabled(grad), floatify.lam(1.0):
-        noise = layer.weight - layer._parameters["weight"]
-    assert noise.std().item() == pytest.approx(100 * before, rel=0.2)  # the noise scales with the new std
 
 
 def test_meta_device_workflow_initialises_alpha():
@@ -444,33 +303,6 @@ def test_quantized_layers_are_reported_not_skipped_silently():
         floatify.convert(nn.Sequential(torch.ao.nn.quantized.dynamic.Linear(8, 4)))
 
 
-def test_register_conditioned_weights_conditions_a_custom_layer():
-    from floatify.layers import register_conditioned_weights
-    from floatify.layers.registry import conditioned_weight_names
-
-    class Scale(nn.Module):  # a custom layer with its own weight, read functionally
-        def __init__(self):
-            super().__init__()
-            self.gain = nn.Parameter(torch.rand(4, 4))  # reason: std(W) > 0, so λ > 0 adds noise
-
-        def forward(self, x):
-            return x @ self.gain
-
-    with pytest.raises(ValueError, match="no Conv/Linear layer"):
-        floatify.convert(Scale())
-    assert register_conditioned_weights(Scale, "gain") is Scale
-    model = floatify.convert(Scale())
-    assert conditioned_weight_names(model) == ("gain",) and "gain_alpha" in dict(model.named_parameters())
-    x, w = torch.rand(2, 4), model._parameters["gain"]
-    assert torch.equal(model(x), x @ w)  # λ = 0: the original
-    with floatify.lam(1.0):
-        assert not torch.equal(model(x), x @ w)  # λ > 0: the noisy weight
-    with pytest.raises(TypeError, match="nn.Module subclass"):
-        register_conditioned_weights(int, "weight")
-    with pytest.raises(ValueError, match="attribute names"):
-        register_conditioned_weights(Scale)
-
-
 def _weight_normed(only: bool) -> nn.Module:
     linear = nn.utils.weight_norm(nn.Linear(4, 2))  # old style: `weight` is computed, not a Parameter
     return nn.Sequential(linear) if only else nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), linear)
@@ -491,19 +323,3 @@ def test_old_style_weight_norm(only, inplace, expect):
     with pytest.raises(ValueError, match=expect) as err:
         floatify.convert(model, inplace=inplace)
     assert "filter_fn" not in str(err.value)
-
-
-def test_inference_bn_mix_is_computed_once_and_follows_training():
-    torch.manual_seed(0)
-    model = floatify.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))).eval()
-    bn = model[1]
-    with torch.no_grad(), floatify.lam(0.5):
-        first = bn.running_mean
-        assert bn.running_mean is first  # one lerp per λ, not one per read
-    model.train()
-    with floatify.lam(0.5):
-        model(torch.rand(8, 3, 6, 6) * 5)  # moves the adversarial running statistics in place (same version)
-    model.eval()
-    with torch.no_grad(), floatify.lam(0.5):
-        expected = torch.lerp(bn._buffers["running_mean"], bn._buffers["running_mean_adv"], 0.5 ** get_bn_curve(bn))
-        assert torch.equal(bn.running_mean, expected) and not torch.equal(expected, first)

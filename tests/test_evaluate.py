@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from test_attacks import exact_robust_accuracy, linear_task, small_model
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import floatify
@@ -16,6 +15,8 @@ from floatify.attacks import AttackSpec, attack_and_score, strong
 from floatify.evaluate import DEFAULT_EPS, EvalConfig, worst_case
 from floatify.layers.noise import get_noise_source, noise_source
 from floatify.report import Report
+
+from attack_models import exact_robust_accuracy, linear_task, small_model
 
 
 def tiny_model():

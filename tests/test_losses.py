@@ -10,11 +10,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tiny_training import batch, tiny_model
 
 import floatify
 from floatify.context import get_lam, hold_noise
 from floatify.losses import LamSampler, float_paired_loss, float_step_loss
+
+from tiny_training import batch, tiny_model
 
 
 def test_loss_at_zero_is_plain_cross_entropy_and_runs_no_attack():

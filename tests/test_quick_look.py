@@ -6,10 +6,11 @@ import random
 
 import pytest
 import torch
-from tiny_training import loader, tiny_model
 
 from floatify.evaluate import evaluate
 from floatify.quick_look import QUICK_LOOK_KEYS, describe_epoch, quick_look
+
+from tiny_training import loader, tiny_model
 
 
 def test_quick_look_scores_clean_and_pgd_and_leaves_the_rngs_where_they_were():

@@ -7,7 +7,6 @@ import random
 import pytest
 import torch
 import torch.nn as nn
-from tiny_training import Stop, loader, stop_after, tiny_model
 
 import floatify
 from floatify.checkpoint import CheckpointError, load_state, save_state
@@ -22,6 +21,8 @@ from floatify.run_state import (
     save_run_state,
     summary_csv,
 )
+
+from tiny_training import Stop, loader, stop_after, tiny_model
 
 KW = dict(epochs=2, steps=1, progress=False)
 

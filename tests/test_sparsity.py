@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import math
-import pickle
 
 import pytest
 import torch
@@ -12,7 +10,6 @@ import torch.nn as nn
 
 import floatify
 from floatify.layers import is_conditioned
-from floatify.layers.masks import MASK_SUFFIX
 from floatify.sparsity import LAYER_FLOOR, load_sparse, save_sparse, sparsity_report
 
 
@@ -70,20 +67,6 @@ def test_pruned_weights_stay_zero_at_every_lam_through_training():
     conv = model[3]
     w = conv._parameters["weight"].detach()
     assert conv.floatify_weight_std("weight").item() == pytest.approx(w[conv.floatify_mask("weight")].std().item())
-
-
-def test_mask_survives_state_dict_round_trip_into_a_dense_model_and_freeze():
-    model, x, y = model_and_data()
-    floatify.sparsify(model, 0.3)
-    dense, _, _ = model_and_data()
-    dense.load_state_dict(model.state_dict())
-    assert torch.equal(dense[3].floatify_mask("weight"), model[3].floatify_mask("weight"))
-    packed = model.state_dict()["3.weight" + MASK_SUFFIX]
-    assert packed.dtype == torch.uint8 and packed.numel() == (16 * 16 * 9 + 7) // 8  # one bit per weight
-    frozen = floatify.freeze(model, 0.8, seed=0)
-    assert (frozen[3].weight[~model[3].floatify_mask("weight")] == 0).all()
-    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert torch.equal(clone[3].floatify_mask("weight"), model[3].floatify_mask("weight"))
 
 
 def test_export_round_trip_and_size_scales_with_density(tmp_path):

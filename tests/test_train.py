@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from tiny_training import Stop, loader, stop_after, tiny_model, weights_equal
 from torch.utils.data import DataLoader, TensorDataset
 
 import floatify
@@ -17,6 +16,7 @@ from floatify.checkpoint import load_state
 from floatify.train import STATE_FILE, TrainConfig, make_scheduler, training_settings
 
 from helpers import RecordingLibc, use_libc
+from tiny_training import Stop, loader, stop_after, tiny_model, weights_equal
 
 KW = dict(epochs=2, steps=1, progress=False)
 

@@ -75,10 +75,9 @@ def set_bn_mix(module: nn.Module, mix: str, curve: float | None = None) -> None:
     or ``"switch"``; ``curve`` None keeps the module's current curve."""
     if mix not in BN_MIXES:
         raise ValueError(f"bn_mix must be one of {', '.join(BN_MIXES)}, got {mix!r}")
+    if curve is not None:  # reason: validated before anything is set, so a bad curve changes nothing
+        module.__dict__[_BN_CURVE_ATTR] = validate_bn_curve(curve)
     module.__dict__[_BN_MIX_ATTR] = mix  # reason: instance state, so deepcopy and pickle carry it
-    if curve is not None:
-        validate_bn_curve(curve)
-        module.__dict__[_BN_CURVE_ATTR] = float(curve)
 
 
 def validate_bn_curve(curve: float) -> float:
