@@ -41,7 +41,6 @@ import torch
 import torch.nn as nn
 
 from floatify.apgd import apgd, correct_predictions
-from floatify.apgd import dlr_loss as dlr_loss  # reason: re-exported, it lived here before floatify.apgd
 from floatify.config import check_int, check_real
 from floatify.context import lam as at_lam
 from floatify.context import validate_lam

@@ -1,4 +1,4 @@
-"""The weights a training run starts from: random, ``--initial-checkpoint`` or timm's ``--pretrained`` (local only).
+r"""The weights a training run starts from: random, ``--initial-checkpoint`` or timm's ``--pretrained`` (local only).
 
 Everything here raises before the run folder is written: a file that does not fit names the first keys and shapes
 that do not, and nothing is downloaded (``--pretrained`` reads the Hugging Face cache or ``--pretrained-file``).
