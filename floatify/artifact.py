@@ -576,6 +576,7 @@ def load(source: str | os.PathLike, device: str | torch.device | None = None,
     net = _skeleton(config, model)
     state, _ = read_safetensors(folder / WEIGHTS_FILE, "weights", ArtifactError,
                                 "; save the model again with floatify.save")
+    state = _with_versions(state, net)
     try:
         load_into(net, state, str(folder / WEIGHTS_FILE))
     except CheckpointError as err:
@@ -585,6 +586,17 @@ def load(source: str | os.PathLike, device: str | torch.device | None = None,
     if config["architecture"] is not None:
         net.__dict__[ARCH_ATTR] = dict(config["architecture"])
     return net.to(device if device is not None else "cpu").eval()
+
+
+def _with_versions(state: dict, net: nn.Module) -> dict:
+    """reason: safetensors keeps tensors only, not the module versions torch records beside a state_dict (some
+    layers, e.g. torchvision's MNASNet, refuse a state without them); the skeleton is the same architecture, so its
+    versions are the saved model's."""
+    from collections import OrderedDict
+
+    ordered: Any = OrderedDict(state)
+    ordered._metadata = getattr(net.state_dict(), "_metadata", None)
+    return ordered
 
 
 def load_report(source: str | os.PathLike):

@@ -43,6 +43,8 @@ ROUND_TRIPS = [
     ("timm.create_model", lambda: floatify.convert(__import__("timm").create_model("resnet10t", num_classes=4)),
      {}, {}),
     ("torchvision get_model", _torchvision, {}, {}),
+    ("a layer that checks its state_dict version (MNASNet)",
+     lambda: floatify.convert(__import__("torchvision").models.get_model("mnasnet0_5", num_classes=10)), {}, {}),
     ("arch= with kwargs", lambda: floatify.convert(__import__("timm").create_model(
         "vit_tiny_patch16_224", num_classes=5, img_size=32)),
      {"arch": {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32}}}, {}),
