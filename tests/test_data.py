@@ -261,8 +261,13 @@ def _shifts(image: torch.Tensor, padding: int) -> list[torch.Tensor]:
     return [padded[..., dy:dy + h, dx:dx + w] for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)]
 
 
-def test_digits_are_randomly_cropped_and_never_mirrored():
+def test_digits_train_unaugmented_by_default_as_measured():
     data = load_dataset("digits", image_size=16)
+    assert data.augmentation == "none" and not isinstance(data.train, AugmentedTensors)
+
+
+def test_digits_asked_to_crop_are_randomly_cropped_and_never_mirrored():
+    data = load_dataset("digits", image_size=16, augment="crop")
     assert isinstance(data.train, AugmentedTensors) and "no flip" in data.augmentation
     images = data.train.tensors[0][:64]
     asymmetric = [i for i in range(64) if not torch.equal(images[i], images[i].flip(-1))]
@@ -341,7 +346,7 @@ def test_augment_none_trains_on_test_style_images(tmp_path, name):
         assert torch.equal(plain.train.tensors[0], load_dataset(name, image_size=16).train.tensors[0])
     else:
         assert all(torch.equal(plain.train[i][0], plain.test[i][0]) for i in range(6))
-    augmented = load_dataset(name, image_size=16)
+    augmented = load_dataset(name, image_size=16, augment="crop" if name == "digits" else "auto")
     torch.manual_seed(0)
     assert any(not torch.equal(augmented.train[i][0], plain.train[i][0]) for i in range(6))
 
