@@ -48,7 +48,7 @@ from floatify.freeze import FROZEN_ATTR
 from floatify.io import atomic_write, read_safetensors, replace_folder
 from floatify.models import ARCH_ATTR
 
-__all__ = ["save", "load", "read_config", "load_report", "ArtifactError", "FORMAT_VERSION",
+__all__ = ["save", "load", "read_config", "load_report", "resolve_source", "ArtifactError", "FORMAT_VERSION",
            "WEIGHTS_FILE", "CONFIG_FILE", "REPORT_FILE", "PLOT_FILE", "CARD_FILE", "HUB_PREFIX", "describe",
            "validate_config", "write_artifact"]
 
@@ -61,6 +61,12 @@ LEGACY_REPORT_FILE = "metrics.json"  # reason: run folders written before the ar
 PLOT_FILE = "tradeoff.png"
 CARD_FILE = "README.md"
 HUB_PREFIX = "hf-hub:"
+MAX_CLASSES = 100_000  # reason: a config is untrusted input; the largest classifier heads are ~22k classes
+MAX_INPUT_SIZE = 4096
+# reason: constructor arguments that fetch or read weights (a URL, a Hub repo, a file) or fight num_classes
+REFUSED_KWARGS = frozenset({"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "weights",
+                            "checkpoint_path", "cache_dir", "num_classes", "features_only"})
+ARTIFACT_FILES = (WEIGHTS_FILE, CONFIG_FILE, REPORT_FILE, PLOT_FILE, CARD_FILE)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SOURCES = ("timm", "torchvision")
 class ArtifactError(CheckpointError):
@@ -69,7 +75,10 @@ class ArtifactError(CheckpointError):
 
 # ------------------------------------------------------------------------------------------ describing a model
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+    """The model itself, without a DDP/DataParallel wrapper or torch.compile's (whose keys carry a prefix)."""
+    model = model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+    original = getattr(model, "_orig_mod", None)
+    return original if isinstance(original, nn.Module) else model
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -263,7 +272,24 @@ def _fitting_guess(model: nn.Module, config: dict) -> dict | None:
         _check_architecture(model, {**config, "architecture": guess})
     except ArtifactError:
         return None
-    return guess
+    return guess if _same_function(model, {**config, "architecture": guess}) else None
+
+
+def _same_function(model: nn.Module, config: dict) -> bool:
+    """reason: shapes do not pin a guess down (timm's global_pool="max", torchvision's dilation have the same
+    weights): the guessed architecture, given the model's weights, must compute the model's λ = 0 logits."""
+    from floatify.context import lam
+
+    size = (config["preprocessing"].get("input_size") or [3, 224, 224])[-1]
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    try:
+        rebuilt = _skeleton(config, None)
+        rebuilt.load_state_dict(_with_versions(model.state_dict(), rebuilt), strict=False)
+        original = copy.deepcopy(model).cpu().eval()  # reason: a forward in train mode would move its BN statistics
+        with torch.no_grad(), lam(0.0):
+            return bool(torch.equal(original(x), rebuilt.cpu().eval()(x)))
+    except Exception:  # reason: a guess that cannot even run the model's input is not the model
+        return False
 
 
 def _check_architecture(model: nn.Module, config: dict) -> None:
@@ -293,14 +319,14 @@ def _first_line(err: BaseException) -> str:
 
 # ----------------------------------------------------------------------------------------------------- saving
 def write_artifact(folder: str | os.PathLike, model: nn.Module, report=None, *, arch: str | dict | None = None,
-                   training: dict | None = None) -> dict:
+                   training: dict | None = None, config: dict | None = None) -> dict:
     """Write the artifact files into the existing ``folder``, each atomically (``floatify train`` writes its run
     folder with this); returns the config. :func:`save` is the all-or-nothing version."""
     from safetensors.torch import save as save_tensors
 
     folder = Path(folder)
     model = _unwrap(model)
-    config = describe(model, arch=arch, training=training)
+    config = config if config is not None else describe(model, arch=arch, training=training)
     # reason: safetensors refuses tensors sharing storage (tied weights, a shared α): store copies
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     text = json.dumps(config, indent=2)
@@ -315,6 +341,13 @@ def write_artifact(folder: str | os.PathLike, model: nn.Module, report=None, *, 
 
     atomic_write(folder / CARD_FILE, model_card(config, report))
     return config
+
+
+def _is_floatify_config(path: Path) -> bool:
+    try:
+        return path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def save(model: nn.Module, folder: str | os.PathLike, report=None, *, arch: str | dict | None = None,
@@ -341,18 +374,21 @@ def save(model: nn.Module, folder: str | os.PathLike, report=None, *, arch: str 
         if not overwrite:
             raise ArtifactError(f"{folder} is not empty; pass overwrite=True to replace the model saved there, or "
                                 f"choose another folder")
-        if not (folder / CONFIG_FILE).is_file() and not (folder / WEIGHTS_FILE).is_file():
-            raise ArtifactError(f"{folder} holds files that are not a floatify model; refusing to replace them: "
-                                f"choose another folder")
-    describe(model, arch=arch, training=training)  # reason: every check before the first byte is written
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in ARTIFACT_FILES)
+        if foreign or not _is_floatify_config(folder / CONFIG_FILE):
+            what = f"other files ({', '.join(foreign[:3])})" if foreign else "no floatify config.json"
+            raise ArtifactError(f"{folder} holds {what}: it is not a model floatify saved, and overwrite replaces the "
+                                f"folder as a whole; choose another folder")
+    config = describe(model, arch=arch, training=training)  # reason: every check before the first byte is written
     with replace_folder(folder) as staging:
-        write_artifact(staging, model, report, arch=arch, training=training)
+        write_artifact(staging, model, report, config=config)
     return folder
 
 
 # ---------------------------------------------------------------------------------------------------- loading
-def _resolve(source: str | os.PathLike) -> Path:
-    """A local folder for ``source``: a folder, a ``model.safetensors`` inside one, or ``hf-hub:owner/name``."""
+def resolve_source(source: str | os.PathLike) -> Path:
+    """The local folder of ``source``: a folder, a ``model.safetensors`` inside one, or ``hf-hub:owner/name``
+    (downloaded, or from the cache offline)."""
     text = os.fspath(source)
     if text.startswith(HUB_PREFIX):
         from floatify.hub import download
@@ -386,7 +422,7 @@ def _check_files(folder: Path) -> None:
 
 def read_config(source: str | os.PathLike) -> dict:
     """The validated ``config.json`` of a saved model (a run folder of an earlier floatify: read from its weights)."""
-    folder = _resolve(source)
+    folder = resolve_source(source)
     _check_files(folder)
     return _read_config(folder)
 
@@ -471,9 +507,34 @@ def validate_config(config: Any, where: str = CONFIG_FILE) -> dict:
     _want(sparsity is None or (isinstance(sparsity, dict) and _number(sparsity.get("density"))
                                and 0 < sparsity["density"] <= 1), where, "sparsity", "null or {\"density\": (0, 1]}",
           sparsity)
-    _want(config.get("training") is None or isinstance(config.get("training"), dict), where, "training",
-          "an object or null", config.get("training"))
+    _validate_training(config.get("training"), where)
     return config
+
+
+def _validate_training(training: Any, where: str) -> None:
+    """The training facts floatify eval and export act on: the data to evaluate on, its size, eps, seed."""
+    _want(training is None or isinstance(training, dict), where, "training", "an object or null", training)
+    if training is None:
+        return
+    checks = {"dataset": (lambda v: isinstance(v, str) and v != "", "a dataset name"),
+              "image_size": (lambda v: _integer(v, 8, MAX_INPUT_SIZE), f"an int in [8, {MAX_INPUT_SIZE}]"),
+              "eps": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+              "seed": (lambda v: _integer(v, 0, 2**63 - 1), "an int >= 0"),
+              "val_split": (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+              "data_config": (lambda v: isinstance(v, dict), "an object")}
+    for key, (ok, need) in checks.items():
+        value = training.get(key)
+        _want(value is None or ok(value), where, f"training.{key}", f"null or {need}", value)
+
+
+def _integer(v: Any, low: int, high: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _plain_value(v: Any) -> bool:
+    if isinstance(v, list):
+        return all(_plain_value(x) for x in v)
+    return v is None or isinstance(v, (bool, str)) or _number(v)
 
 
 def _validate_arch(arch: Any, where: str) -> None:
@@ -483,9 +544,13 @@ def _validate_arch(arch: Any, where: str) -> None:
     _want(isinstance(arch.get("name"), str) and arch["name"] != "", where, "architecture.name", "a model name",
           arch.get("name"))
     n = arch.get("num_classes")
-    _want(isinstance(n, int) and not isinstance(n, bool) and n >= 1, where, "architecture.num_classes",
-          "an int >= 1", n)
-    _want(isinstance(arch.get("kwargs", {}), dict), where, "architecture.kwargs", "an object", arch.get("kwargs"))
+    _want(_integer(n, 1, MAX_CLASSES), where, "architecture.num_classes", f"an int in [1, {MAX_CLASSES}]", n)
+    kwargs = arch.get("kwargs", {})
+    _want(isinstance(kwargs, dict) and all(_plain_value(v) for v in kwargs.values()), where, "architecture.kwargs",
+          "an object of numbers, strings, booleans and lists of them", kwargs)
+    refused = sorted(set(kwargs) & REFUSED_KWARGS)
+    _want(not refused, where, "architecture.kwargs", f"free of {', '.join(sorted(REFUSED_KWARGS))} (weights come from "
+          f"model.safetensors only)", refused)
     _want(arch.get("source") in (None, *SOURCES), where, "architecture.source", f"one of {SOURCES}",
           arch.get("source"))
 
@@ -501,7 +566,7 @@ def _validate_preprocessing(pre: Any, where: str) -> None:
           pre.get("std"))
     size = pre.get("input_size")
     _want(size is None or (isinstance(size, list) and len(size) == 3 and all(
-        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 16384 for v in size)), where,
+        _integer(v, 1, MAX_INPUT_SIZE) for v in size)), where,
         "preprocessing.input_size", "null or [channels, height, width]", size)
 
 
@@ -568,12 +633,19 @@ def load(source: str | os.PathLike, device: str | torch.device | None = None,
     A pruned model loads pruned (its masks are in the state), a frozen model loads frozen (a plain model). λ = 0
     logits are bit-identical to the saved model's; λ > 0 identical under the same seed and noise source.
     """
-    folder = _resolve(source)
+    folder = resolve_source(source)
     _check_files(folder)
     config = _read_config(folder)
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be the unconverted torch.nn.Module, got {type(model).__name__}")
-    net = _skeleton(config, model)
+    try:
+        net = _skeleton(config, model)
+    except ArtifactError:
+        raise
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:  # reason: timm/torchvision
+        raise ArtifactError(f"the architecture {config['architecture']} in {folder / CONFIG_FILE} cannot be built "
+                            f"({type(err).__name__}: {_first_line(err)}); was config.json edited? Save the model "
+                            f"again, or pass model=<the unconverted model>") from None
     state, _ = read_safetensors(folder / WEIGHTS_FILE, "weights", ArtifactError,
                                 "; save the model again with floatify.save")
     state = _with_versions(state, net)
@@ -603,7 +675,7 @@ def load_report(source: str | os.PathLike):
     """The :class:`floatify.report.Report` saved with a model, or None when it has none."""
     from floatify.report import Report
 
-    folder = _resolve(source)
+    folder = resolve_source(source)
     for name in (REPORT_FILE, LEGACY_REPORT_FILE):
         if (folder / name).is_file():
             try:

@@ -547,7 +547,9 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = True, drop
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     workers = default_workers(dataset) if workers is None else _check_workers(workers)
-    generator = torch.Generator().manual_seed(seed)
+    # reason: an in-order loader in this process draws nothing of its own; without a generator it takes its base seed
+    # from the global RNG as a plain DataLoader(dataset) does, so an evaluation's attacks draw what they always drew
+    generator = torch.Generator().manual_seed(seed) if shuffle or workers > 0 or distributed else None
     sampler: DistributedSampler | None = None
     if distributed:
         sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,

@@ -68,5 +68,7 @@ def push_to_hub(model: nn.Module, repo_id: str, report=None, *, arch: str | dict
         folder = save(model, Path(tmp) / "model", report, arch=arch, training=training)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+        # reason: files of an earlier push that this one lacks (its report, its picture) would describe another model
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                                 delete_patterns=["*"])
     return str(getattr(info, "commit_url", info))

@@ -157,7 +157,15 @@ def read_safetensors(path: str | os.PathLike, what: str, error: type[Exception] 
 
 # ------------------------------------------------------------------------------ folders replaced in one step
 STAGING_SUFFIX = ".floatify-staging"
-_STAGING_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{16}" + re.escape(STAGING_SUFFIX) + "$")
+_STAGING_RE = re.compile(r"^\..+\.([0-9a-f]{8})\.(\d+)\.[0-9a-f]{16}" + re.escape(STAGING_SUFFIX) + "$")
+
+
+def _host_tag() -> str:
+    """reason: a process id means a process on this host only; a shared (NFS) folder holds other hosts' staging"""
+    import hashlib
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _RENAME_EXCHANGE = 2  # reason: Linux renameat2 flag; swaps two paths atomically
 
 
@@ -186,7 +194,9 @@ def _swap_into_place(staging: Path, target: Path) -> None:
     if not target.exists() and not target.is_symlink():
         os.rename(staging, target)
     elif _exchange(staging, target):
-        shutil.rmtree(staging)  # reason: after the exchange the old folder sits at the staging path
+        # reason: after the exchange the old folder sits at the staging path; the new run is in place whatever
+        # of the old one cannot be removed (a busy file), and a later run's remove_stale_staging retries it
+        shutil.rmtree(staging, ignore_errors=True)
     else:
         old = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(8)}.floatify-replaced"
         os.rename(target, old)
@@ -205,7 +215,7 @@ def replace_folder(target: str | os.PathLike) -> Iterator[Path]:
 
     A folder already at ``target`` survives, untouched, until the new one is complete; it is then replaced as a
     whole (swapped atomically where the system can: Linux ``renameat2``). On any failure the staging folder is
-    removed and ``target`` is byte-identical to before. A symlink at ``target`` is followed to its folder.
+    removed and ``target`` is byte-identical to before. A symlink at ``target`` is refused, never followed.
 
     Example:
         >>> import os, tempfile
@@ -219,13 +229,13 @@ def replace_folder(target: str | os.PathLike) -> Iterator[Path]:
     import shutil
 
     target = Path(target)
-    if target.is_symlink() and target.resolve().is_dir():
-        target = target.resolve()  # reason: replace the folder the link points to, keep the link
+    if target.is_symlink():  # reason: never replace (and delete) what a planted link points to
+        raise NotADirectoryError(f"{target} is a symlink; name the folder itself, or choose another path")
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"{target} exists and is not a folder; choose another path")
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(target.parent)
-    staging = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(8)}{STAGING_SUFFIX}"
+    staging = target.parent / f".{target.name}.{_host_tag()}.{os.getpid()}.{secrets.token_hex(8)}{STAGING_SUFFIX}"
     staging.mkdir()
     try:
         yield staging
@@ -246,7 +256,8 @@ def remove_stale_staging(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         match = _STAGING_RE.match(str(entry.name))
-        if match and entry.is_dir(follow_symlinks=False) and not _alive(int(match.group(1))):
+        if match and match.group(1) == _host_tag() and entry.is_dir(follow_symlinks=False) \
+                and not _alive(int(match.group(2))):
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(Path(entry.path))
     return removed

@@ -90,6 +90,8 @@ RECORDED = [
     ("floatify.create_model keeps kwargs", lambda: create_model("vit_tiny_patch16_224", 5, img_size=32, depth=1),
      {"source": "timm", "name": "vit_tiny_patch16_224", "num_classes": 5, "kwargs": {"img_size": 32, "depth": 1}}),
     ("a guess that does not fit records none", _vit, None),
+    ("a guess with the same shapes but another function records none",
+     lambda: __import__("timm").create_model("resnet10t", num_classes=4, global_pool="max"), None),
     ("torchvision found by its builder", lambda: __import__("torchvision").models.get_model("resnet18", num_classes=3),
      {"source": "torchvision", "name": "resnet18", "num_classes": 3, "kwargs": {}}),
 ]
@@ -179,6 +181,14 @@ HOSTILE_FOLDERS = [
     ("zero std", _edit_config(preprocessing__std=[0.2, 0.0, 0.2]), "'preprocessing.std' must be positive"),
     ("no architecture", _edit_config(architecture=None), "pass the unconverted model"),
     ("frozen and converted", _edit_config(frozen={"lam": 0.5}), "exactly one of them set"),
+    ("a huge head", _edit_config(architecture__num_classes=10**12), "'architecture.num_classes' must be an int in"),
+    ("kwargs that fetch weights", _edit_config(architecture__kwargs={"pretrained": True}), "free of"),
+    ("kwargs that are not JSON values", _edit_config(architecture__kwargs={"act_layer": {"x": 1}}),
+     "'architecture.kwargs' must be an object of numbers"),
+    ("kwargs the constructor refuses", _edit_config(architecture__kwargs={"no_such_argument": 1}),
+     "cannot be built"),
+    ("a negative image size", _edit_config(training={"image_size": -5}), "'training.image_size' must be"),
+    ("eps as text", _edit_config(training={"eps": "0.1"}), "'training.eps' must be"),
 ]
 
 
@@ -212,7 +222,7 @@ HOSTILE_SAVES = [
     ("not a model name", lambda: floatify.convert(create_model("resnet10t", 10)), {"arch": "resnet_9000"}, "m",
      "not a timm or torchvision model name"),
     ("foreign folder", lambda: floatify.convert(create_model("resnet10t", 10)), {"overwrite": True}, "foreign",
-     "not a floatify model"),
+     "it is not a model floatify saved"),
     ("a file", lambda: floatify.convert(create_model("resnet10t", 10)), {}, "file", "is not a folder"),
 ]
 

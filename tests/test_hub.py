@@ -41,6 +41,8 @@ def test_load_from_the_hub_cache_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
     again = floatify.load("hf-hub:owner/dial")
     assert torch.equal(_logits(model, 0.0), _logits(again, 0.0))
+    pinned = floatify.load("hf-hub:owner/dial@0123456789abcdef0123456789abcdef01234567")  # a revision
+    assert torch.equal(_logits(model, 0.0), _logits(pinned, 0.0))
     with pytest.raises(ArtifactError, match="cannot fetch owner/missing"):
         floatify.load("hf-hub:owner/missing")
 
@@ -55,6 +57,7 @@ def test_push_to_hub_uploads_exactly_the_saved_folder(tmp_path, monkeypatch):
 
     def upload_folder(self, *, repo_id, folder_path, **kwargs):
         calls["files"] = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+        calls["delete_patterns"] = kwargs.get("delete_patterns")
         return "https://huggingface.co/owner/dial/commit/abc"
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
@@ -64,3 +67,4 @@ def test_push_to_hub_uploads_exactly_the_saved_folder(tmp_path, monkeypatch):
     saved = floatify.save(model, tmp_path / "m")
     assert calls["repo"] == "owner/dial" and url.endswith("/commit/abc")
     assert calls["files"] == {p.name: p.read_bytes() for p in saved.iterdir()}
+    assert calls["delete_patterns"] == ["*"], "files of an earlier push must not outlive this one"

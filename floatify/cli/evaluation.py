@@ -75,17 +75,26 @@ def _default_out(source: str) -> Path:
     return (path.parent if path.is_file() else path) / "eval"
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool, source: str) -> None:
+    """--out may be new, empty, or an earlier evaluation (replaced with --overwrite); never the model's own folder or
+    a folder holding it, never a folder with other files (it is replaced as a whole)."""
     checked_out(out)
+    if out.is_symlink():
+        raise CliError(f"--out {out} is a symlink; name the folder itself")
+    if not source.startswith(HUB_PREFIX):
+        model = Path(source).resolve()
+        model = model.parent if model.is_file() else model
+        if out.resolve() == model or out.resolve() in model.parents:
+            raise CliError(f"--out {out} is the model's folder or holds it; choose a folder for the evaluation, e.g. "
+                           f"the default {model / 'eval'}")
     names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     held = [n for n in names if n in REPORT_FILES]
+    foreign = [n for n in names if n not in REPORT_FILES]
+    if foreign:
+        raise CliError(f"--out {out} holds other files ({', '.join(foreign[:3])}); choose an empty or new folder")
     if held and not overwrite:
         raise CliError(f"{out} already holds an evaluation ({', '.join(held)}); pass --overwrite or choose another "
                        f"--out")
-    foreign = [n for n in names if n not in REPORT_FILES]
-    if overwrite and held and foreign:
-        raise CliError(f"--overwrite replaces {out} as a whole, and it also holds {', '.join(foreign[:3])}: move "
-                       f"those out or choose another --out")
 
 
 def _data_of(args, config: dict):
@@ -96,6 +105,9 @@ def _data_of(args, config: dict):
     dataset = args.dataset or training.get("dataset")
     if not isinstance(dataset, str):
         raise CliError(f"{args.source} does not record the data it was trained on; pass --dataset")
+    if args.dataset is None and dataset.lower().startswith("imagefolder:") and args.source.startswith(HUB_PREFIX):
+        raise CliError(f"{args.source} was trained on image files ({dataset}) of its author's machine; pass --dataset "
+                       f"with your copy of that data")
     size = config["preprocessing"].get("input_size")
     image_size = args.image_size or training.get("image_size") or (size[-1] if size else None)
     same = args.dataset is None
@@ -154,9 +166,20 @@ def _print_choice(report, args) -> None:
     print(describe_choice(choice, asked))
 
 
+def _frozen_lams(args, config: dict) -> None:
+    """reason: a frozen model is a plain, deterministic model at one λ: evaluated once (as λ = 0, where nothing is
+    randomised), and there is no λ to choose."""
+    if config.get("frozen") is None:
+        return
+    if args.max_clean_drop is not None or args.min_robust is not None:
+        raise CliError(f"{args.source} is frozen at λ = {config['frozen']['lam']:g}: it has one operating point, "
+                       f"nothing to choose; drop --max-clean-drop/--min-robust")
+    args.lams = [0.0]
+
+
 def run_eval(args) -> None:
     import floatify
-    from floatify.artifact import read_config
+    from floatify.artifact import read_config, resolve_source
     from floatify.distributed import launch_from_environment
     from floatify.io import replace_folder
 
@@ -167,14 +190,16 @@ def run_eval(args) -> None:
     if args.image_size is not None and args.image_size < 8:
         raise CliError(f"--image-size must be at least 8, got {args.image_size}")
     out = args.out if args.out is not None else _default_out(args.source)
-    _check_out(out, args.overwrite)
-    config = read_config(args.source)
+    _check_out(out, args.overwrite, args.source)
+    folder = resolve_source(args.source)  # reason: once: a Hub branch could move between two downloads
+    config = read_config(folder)
+    _frozen_lams(args, config)
     eps = (config.get("training") or {}).get("eps")
     eps = 8 / 255 if eps is None else eps
     attack_specs(args, eps)  # reason: every option checked before the data is read or --out touched
     device = device_of(args.device)
     data = _data_of(args, config)
-    model = floatify.load(args.source, device=device)
+    model = floatify.load(folder, device=device)
     title = f"{(config.get('architecture') or {}).get('name', 'model')} on {data.name}"
     with contextlib.ExitStack() as stack:  # reason: an earlier evaluation stays until the new one is complete
         folder = stack.enter_context(replace_folder(out))

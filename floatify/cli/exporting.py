@@ -2,7 +2,7 @@
 
 ``FILE`` is a ``torch.export`` program (``.pt2``; load it with ``torch.export.load(FILE).module()`` and call it
 with ``(images, torch.tensor(λ))``), or with ``--onnx`` an ONNX model (inputs ``x`` and ``lam``; needs
-``pip install 'floatify[onnx]'``). A frozen model exports as it is (its λ input is ignored).
+``pip install 'floatify[onnx]'``). A frozen model exports as the plain model it is: images in, no λ input.
 
 Example:
     >>> from floatify.cli.exporting import default_suffix
@@ -39,11 +39,13 @@ def _check(args) -> None:
     if args.out.suffix != default_suffix(args.onnx):
         raise CliError(f"--out {args.out} should end in {default_suffix(args.onnx)} "
                        f"({'ONNX' if args.onnx else 'a torch.export program'}); rename it")
-    checked_out(args.out.parent, "the folder of --out")
-    if args.out.exists() and not args.overwrite:
-        raise CliError(f"{args.out} exists; pass --overwrite to replace it or choose another --out")
+    checked_out(args.out.parent, "--out's folder")
+    if not args.out.parent.is_dir():
+        raise CliError(f"the folder of --out, {args.out.parent}, does not exist; create it first")
     if args.out.is_dir():
         raise CliError(f"--out {args.out} is a folder; name a file")
+    if args.out.exists() and not args.overwrite:
+        raise CliError(f"{args.out} exists; pass --overwrite to replace it or choose another --out")
     if args.image_size is not None and args.image_size < 8:
         raise CliError(f"--image-size must be at least 8, got {args.image_size}")
     if args.onnx:
@@ -61,18 +63,18 @@ def run_export(args) -> None:
     import torch
 
     import floatify
-    from floatify.artifact import read_config
+    from floatify.artifact import read_config, resolve_source
     from floatify.io import atomic_path, atomic_write
 
     _check(args)
-    config = read_config(args.source)
+    folder = resolve_source(args.source)  # reason: once: a Hub branch could move between two downloads
+    config = read_config(folder)
     size = config["preprocessing"].get("input_size") or (config.get("training") or {}).get("image_size")
     size = args.image_size or (size[-1] if isinstance(size, list) else size)
     if not size:
         raise CliError(f"{args.source} does not record its input size; pass --image-size")
-    model = floatify.load(args.source)
+    model = floatify.load(folder)
     example = torch.rand(2, 3, size, size)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     frozen = config["frozen"] is not None
     if not args.onnx:
         program = _plain_program(model, example) if frozen else floatify.export(model, example)

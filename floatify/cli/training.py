@@ -180,10 +180,20 @@ def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
     if ours and not (overwrite or resume):
         raise CliError(f"{out} already holds a run ({', '.join(ours)}); pass --overwrite to replace it or "
                        f"--resume to continue it")
+    if CARD_FILE in names and not _is_model_card(out / CARD_FILE):
+        raise CliError(f"--out {out} holds a {CARD_FILE} that is not a floatify model card, which the run would "
+                       f"replace; choose another --out")
     foreign = [n for n in names if not is_run_file(n)]
     if overwrite and ours and foreign:
         raise CliError(f"--overwrite replaces {out} as a whole, and it also holds {', '.join(foreign[:3])}: move "
                        f"those out or choose another --out")
+
+
+def _is_model_card(path: Path) -> bool:
+    try:
+        return "library_name: floatify" in path.read_text(encoding="utf-8", errors="replace")[:200]
+    except OSError:
+        return False
 
 
 def _settings(args):

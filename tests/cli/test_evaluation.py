@@ -90,6 +90,9 @@ HOSTILE = [
     ("--max-clean-drop without λ = 0", _saved, ["--max-clean-drop", "2", "--lams", "1"], "include 0 in --lams"),
     ("--min-robust above 100", _saved, ["--min-robust", "101"], "--min-robust must be in [0, 100]"),
     ("a Hub id without owner", None, [], "not a Hub id"),
+    ("--out the model's own folder", _saved, ["--out", "SOURCE"], "is the model's folder or holds it"),
+    ("--out a folder holding the model", _saved, ["--out", "PARENT"], "is the model's folder or holds it"),
+    ("--out a folder of other files", _saved, ["--out", "FOREIGN"], "holds other files"),
 ]
 
 
@@ -99,8 +102,11 @@ def test_hostile_sources_and_options_are_one_line(tmp_path, run_cli, name, make,
     if make is not None:
         make(source)
     (tmp_path / "FILE").write_text("x")
+    (tmp_path / "FOREIGN").mkdir()
+    (tmp_path / "FOREIGN" / "thesis.tex").write_text("mine")
     before = sorted(str(p) for p in tmp_path.rglob("*"))
-    extra = [str(tmp_path / "FILE") if a == "FILE" else a for a in extra]
+    places = {"FILE": tmp_path / "FILE", "SOURCE": source, "PARENT": tmp_path, "FOREIGN": tmp_path / "FOREIGN"}
+    extra = [str(places.get(a, a)) for a in extra]
     code, err = run_cli(["eval", source if make is not None else "hf-hub:resnet", "--no-progress"] + extra)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
@@ -112,3 +118,12 @@ def test_weights_that_do_not_fit_are_named(tmp_path, run_cli):
     _edit(folder, architecture={"source": "timm", "name": "resnet10t", "num_classes": 11, "kwargs": {}})
     code, err = run_cli(["eval", folder, "--no-progress"])
     assert code == 2 and "does not fit" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_frozen_model_is_evaluated_at_its_one_operating_point(tmp_path, run_cli, capsys):
+    frozen = floatify.freeze(floatify.convert(create_model("resnet10t", 10)), lam=0.3, seed=0)
+    floatify.save(frozen, tmp_path / "m", training={"dataset": "digits", "image_size": 8, "eps": 0.1})
+    code, err = run_cli(["eval", tmp_path / "m", "--min-robust", "10", "--no-progress"])
+    assert code == 2 and "frozen at λ = 0.3" in err
+    assert main(["eval", str(tmp_path / "m"), "--eval-attacks", "clean", "--eval-limit", "16", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "m" / "eval" / "report.json").read_text())["lams"] == [0.0]

@@ -35,7 +35,9 @@ HOSTILE = [
     (["--out", "OUT/dial.onnx"], "should end in .pt2"),
     (["--out", "OUT/dial.pt2", "--onnx"], "should end in .onnx"),
     (["--out", "OUT/exists.pt2"], "exists; pass --overwrite"),
-    (["--out", "FILE/dial.pt2"], "the folder of --out"),
+    (["--out", "FILE/dial.pt2"], "--out's folder"),
+    (["--out", "OUT/missing/dial.pt2"], "does not exist; create it first"),
+    (["--out", "OUT"], "should end in .pt2"),
     (["--out", "OUT/dial.pt2", "--image-size", "2"], "--image-size must be at least 8"),
 ]
 
@@ -51,8 +53,17 @@ def test_hostile_export_options_are_one_line(trained_run, tmp_path, run_cli, arg
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
+def test_a_pruned_model_exports_with_its_masks(tmp_path):
+    model = floatify.convert(create_model("resnet10t", 10))
+    floatify.sparsify(model, 0.2, criterion="magnitude")
+    floatify.save(model.eval(), tmp_path / "m", training={"image_size": 16})
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "p.pt2")]) == 0
+    x = torch.rand(2, 3, 16, 16)
+    with floatify.lam(0.0):
+        torch.testing.assert_close(torch.export.load(str(tmp_path / "p.pt2")).module()(x, torch.tensor(0.0)), model(x))
+
+
 def test_onnx_without_its_extra_says_how_to_install_it(trained_run, tmp_path, run_cli):
-    pytest.importorskip("torch")
     try:
         import onnx  # noqa: F401
         pytest.skip("the ONNX extra is installed here")

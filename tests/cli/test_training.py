@@ -133,10 +133,12 @@ def test_an_empty_out_is_an_argument_error(capsys, command):
     assert exc.value.code == 2 and "--out: is empty; name a path" in capsys.readouterr().err
 
 
-def test_a_model_card_alone_is_not_a_run(tmp_path, tiny):
+def test_a_readme_of_yours_in_out_is_never_replaced(tmp_path, run_cli, tiny):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "README.md").write_text("my notes")
-    assert main(["train", "--out", str(tmp_path / "out")] + tiny) == 0
+    code, err = run_cli(["train", "--out", tmp_path / "out"] + tiny)
+    assert code == 2 and "not a floatify model card" in err
+    assert (tmp_path / "out" / "README.md").read_text() == "my notes"
 
 
 def test_an_unwritable_out_is_found_before_training(tmp_path, run_cli, tiny):
