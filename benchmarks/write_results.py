@@ -408,7 +408,7 @@ def cost_targets_section(cost, overhead, noise, overhead_cuda=None, cost_cuda=No
         # reason: the verdict takes the worse of the two processes: on CPU the other variants' allocations hide the
         # allocator cost that a process training one model pays, and it moves the ratio by more than the margin
         worst_step = max([max(m[1], m[2]) for m in steps] + [r[alone_key]["ratio"] for r in alone])
-        where = ("with the freed heap kept, as `floatify.fit` trains on CPU" if kept else "")
+        where = ("with the freed heap kept, as `floatify.fit(keep_freed_heap=True)` trains on CPU" if kept else "")
         lines.append(f"- Training step ≤ 1.05× plain PGD-AT ({label}; FLOAT/plain, paired/plain-paired, in one "
                      "process with all seven variants): " + ", ".join(f"{a} {x:.3f} / {y:.3f}" for a, x, y in steps)
                      + (f"; FLOAT/plain in a process holding only those two models{', ' + where if where else ''}: "
@@ -514,7 +514,7 @@ def claims_section(cost, facts, overhead) -> list[str]:
                      + (f"; default (paired) step/plain-paired "
                         f"{', '.join(_per_arch(cost, 'step_ratio_paired_plainpaired', '{:.3f}'))}" if paired else "")
                      + ("; FLOAT/plain in a process holding only those two models"
-                        + (", as `floatify.fit` trains " if kept else " ")
+                        + (", as `floatify.fit(keep_freed_heap=True)` trains " if kept else " ")
                         + ", ".join(f"{r['arch']} {r[alone_key]['ratio']:.3f}" for r in alone)
                         + (" (" + ", ".join(f"{r['arch']} {r['alone']['ratio']:.3f}" for r in alone if r.get("alone"))
                            + " with glibc's default)" if kept else "") if alone else "")
@@ -607,6 +607,26 @@ def artifact_section(art) -> list[str]:
     return lines + [""]
 
 
+def allocators_section(alloc) -> list[str]:
+    """FLOAT/plain under glibc, glibc with keep_freed_heap, jemalloc and tcmalloc (benchmarks/allocators.py)."""
+    if not alloc:
+        return _missing("allocators.py")
+    lines = ["## CPU allocators: what to use instead of floatify's glibc tuning", "",
+             f"`benchmarks/allocators.py`: FLOAT/plain training step, {alloc['arch']}, batch {alloc['batch']}, "
+             f"{alloc['attack']}, 32 px, in a fresh process holding only the two models, median of {alloc['rounds']} "
+             f"interleaved rounds (first and third quartile). `floatify.fit` leaves the allocator alone unless "
+             f"`keep_freed_heap=True`; preloading an allocator that keeps freed memory does as well without it.", "",
+             "| allocator | FLOAT / plain | quartiles | page faults per FLOAT step |", "|---|---|---|---|"]
+    for name, row in alloc["rows"].items():
+        if "ratio" not in row:
+            lines.append(f"| {name} | not measured: {row.get('error', '')} | | |")
+            continue
+        q = row["quartiles"]
+        lines.append(f"| {name} | {row['ratio']:.3f} | {q[0]:.3f}–{q[1]:.3f} | "
+                     f"{row['faults_per_step']['float']:,.0f} |")
+    return lines + [""]
+
+
 def data_pipeline_section(data) -> list[str]:
     """Image files through the loader, augmentation's effect and torchrun (benchmarks/data_pipeline.py)."""
     if not data:
@@ -672,6 +692,7 @@ def main() -> None:
     lines += overhead_section(overhead, overhead_cuda) + compiled_section(_load(r, "overhead_compiled.json"))
     lines += finetune_section(_load(r, "finetune.json")) + coverage_section(cov)
     lines += artifact_section(_load(r, "artifact.json")) + data_pipeline_section(_load(r, "data_pipeline.json"))
+    lines += allocators_section(_load(r, "allocators.json"))
     lines += demo_section(r)
     lines += ["## CIFAR-10 on a GPU", "",
               "The same scripts take `--dataset cifar10 --download --device cuda` (trade-off) and `--device cuda` "
