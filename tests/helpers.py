@@ -73,3 +73,19 @@ def use_libc(monkeypatch, fake, malloc_is_glibcs=True):
     monkeypatch.setattr(floatify.heap, "_malloc_is_glibcs", lambda libc: malloc_is_glibcs)
     for k in [k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]:
         monkeypatch.delenv(k)
+
+
+OLD_RUN = {"model.safetensors": b"old weights", "config.json": b"{}", "report.md": b"old report",
+           "report.json": b"{}", "adversarial.safetensors": b"old adversarial"}
+"""An earlier run folder (its files and bytes), for checks that a refused or failed command leaves it as it was."""
+
+
+def plant_old_run(out) -> None:
+    out.mkdir()
+    for name, data in OLD_RUN.items():
+        (out / name).write_bytes(data)
+
+
+def old_run_unchanged(out) -> bool:
+    return sorted(p.name for p in out.iterdir()) == sorted(OLD_RUN) and all(
+        (out / n).read_bytes() == d for n, d in OLD_RUN.items())

@@ -13,6 +13,9 @@ import floatify
 from floatify.cli import main
 from floatify.layers.noise import noise_source
 
+import helpers
+from helpers import old_run_unchanged, plant_old_run
+
 
 def test_the_run_folder_is_a_saved_dial(trained_run):
     names = {p.name for p in trained_run.iterdir()}
@@ -49,21 +52,6 @@ def test_refuses_an_output_dir_holding_a_run(trained_run, run_cli, tiny):
     assert code == 2 and "--overwrite" in err and "--resume" in err
 
 
-OLD_RUN = {"model.safetensors": b"old weights", "config.json": b"{}", "report.md": b"old report",
-           "report.json": b"{}", "adversarial.safetensors": b"old adversarial"}
-
-
-def _old_run(out):
-    out.mkdir()
-    for name, data in OLD_RUN.items():
-        (out / name).write_bytes(data)
-
-
-def _unchanged(out):
-    return sorted(p.name for p in out.iterdir()) == sorted(OLD_RUN) and all(
-        (out / n).read_bytes() == d for n, d in OLD_RUN.items())
-
-
 # extra options -> the one-line message; every row is refused before the previous run in --out is touched
 BAD_OPTIONS = [
     (["--model", "resnet81"], "unknown model 'resnet81'"),
@@ -96,18 +84,18 @@ BAD_OPTIONS = [
 @pytest.mark.parametrize("argv, message", BAD_OPTIONS, ids=[" ".join(r[0]) for r in BAD_OPTIONS])
 def test_bad_options_are_refused_before_the_previous_run_is_touched(tmp_path, run_cli, argv, message):
     out = tmp_path / "run1"
-    _old_run(out)
+    plant_old_run(out)
     code, err = run_cli(["train", "--out", out, "--overwrite", "--model", "resnet10t", "--no-progress"] + argv)
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1
-    assert _unchanged(out)
+    assert old_run_unchanged(out)
 
 
 # what --out is -> the one-line message (nothing is created)
 BAD_OUT = [
     ("a file", lambda p: p.write_text("x"), "exists and is not a folder"),
     ("a dangling symlink", lambda p: p.symlink_to(p.parent / "nowhere"), "dangling symlink"),
-    ("a run and foreign files, --overwrite", lambda p: (_old_run(p), (p / "notes.txt").write_text("mine")),
+    ("a run and foreign files, --overwrite", lambda p: (plant_old_run(p), (p / "notes.txt").write_text("mine")),
      "also holds notes.txt"),
     ("no state to --resume", lambda p: p.mkdir(), "no train_state.safetensors"),
     ("the pickle state of an older floatify", lambda p: (p.mkdir(), (p / "train_state.pt").write_bytes(b"x")),
@@ -150,7 +138,7 @@ def test_an_unwritable_out_is_found_before_training(tmp_path, run_cli, tiny):
 @pytest.mark.parametrize("stage", ["training", "writing the report"])
 def test_a_failed_overwrite_leaves_the_old_run_byte_identical(tmp_path, monkeypatch, tiny, stage):
     out = tmp_path / "run1"
-    _old_run(out)
+    plant_old_run(out)
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
@@ -161,20 +149,20 @@ def test_a_failed_overwrite_leaves_the_old_run_byte_identical(tmp_path, monkeypa
         monkeypatch.setattr("floatify.cli.evaluation.write_markdown", killed)
     with pytest.raises(KeyboardInterrupt):
         main(["train", "--out", str(out), "--overwrite"] + tiny)
-    assert _unchanged(out)
+    assert old_run_unchanged(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run1"], "the staging folder is gone"
 
 
 def test_overwrite_never_follows_planted_symlinks(tmp_path, tiny):
     out = tmp_path / "run1"
-    _old_run(out)
+    plant_old_run(out)
     victim = tmp_path / "victim"
     victim.write_text("precious")
     for planted in ("train_state.safetensors", "history.json"):
         (out / planted).symlink_to(victim)
     assert main(["train", "--out", str(out), "--overwrite"] + tiny) == 0
     assert victim.read_text() == "precious"
-    assert (out / "model.safetensors").read_bytes() != OLD_RUN["model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() != helpers.OLD_RUN["model.safetensors"]
     assert not (out / "adversarial.safetensors").exists()  # a file of the replaced run is not left behind
     assert not (out / "history.json").is_symlink()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]

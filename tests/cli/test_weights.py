@@ -10,19 +10,7 @@ import torch
 
 from floatify.cli import main
 
-OLD_RUN = {"model.safetensors": b"old weights", "report.md": b"old report", "report.json": b"{}"}
-
-
-def _old_run(out):
-    out.mkdir()
-    for name, data in OLD_RUN.items():
-        (out / name).write_bytes(data)
-
-
-def _unchanged(out):
-    return sorted(p.name for p in out.iterdir()) == sorted(OLD_RUN) and all(
-        (out / n).read_bytes() == d for n, d in OLD_RUN.items())
-
+from helpers import old_run_unchanged, plant_old_run
 
 # ------------------------------------------------------------- initial weights: --initial-checkpoint / --pretrained
 FAST = ["--model", "resnet10t", "--image-size", "8", "--train-limit", "256", "--epochs", "1", "--batch-size", "128",
@@ -141,10 +129,10 @@ def test_weights_that_do_not_fit_are_refused_before_out_is_touched(tmp_path, run
     make(path)
     out = tmp_path / "run1"
     if old_run:
-        _old_run(out)
+        plant_old_run(out)
     argv = [option, str(path)] if option in ("--initial-checkpoint", "--pretrained-file") else \
         ["--pretrained"] if option == "--pretrained" else ["--initial-checkpoint", str(path), "--pretrained"]
     code, err = run_cli(["train", "--out", str(out)] + (["--overwrite"] if old_run else []) + argv + FAST)
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1, err
-    assert _unchanged(out) if old_run else not out.exists()
+    assert old_run_unchanged(out) if old_run else not out.exists()
