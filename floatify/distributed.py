@@ -13,7 +13,7 @@ torchrun starts one process per device and tells each who it is through the envi
   raises its own error, the others :class:`RankFailed` with its message, so no rank waits forever for another;
 * :func:`is_main_process`, :func:`barrier`, :func:`broadcast_text`.
 
-Every rank draws the same λ per step (:class:`floatify.train.LamSampler` depends only on seed and step), so
+Every rank draws the same λ per step (:class:`floatify.losses.LamSampler` depends only on seed and step), so
 ``floatify.fit`` trains a wrapped model unchanged. The library path of ``floatify train``::
 
     launch = floatify.distributed.launch_from_environment()

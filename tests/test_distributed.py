@@ -35,7 +35,7 @@ import json, os, signal, sys
 from pathlib import Path
 import torch, floatify, floatify.cli
 from safetensors.torch import save_file
-from floatify.train import LamSampler
+from floatify.losses import LamSampler
 
 dump, stop, argv = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 drawn, draw, fit = [], LamSampler.__call__, floatify.fit
