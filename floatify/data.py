@@ -1,8 +1,9 @@
 """Datasets and loaders for training and evaluation, all as images in [0, 1] (normalisation lives in the model).
 
-The embedded default, ``digits``, is scikit-learn's bundled copy of the UCI handwritten digits: 1,797
-real 8×8 grey-scale images of 10 classes, shipped inside the scikit-learn wheel (no download). It is
-split 80/20 (stratified, fixed seed), resized to the model's input size and repeated to 3 channels.
+The embedded default, ``digits``, is the UCI handwritten digits (the copy scikit-learn bundles): 1,797 real 8×8
+grey-scale images of 10 classes, shipped inside floatify as ``floatify/assets/digits.safetensors`` (CC BY 4.0, see
+``DIGITS-LICENSE.md`` beside it; no download). It is split 80/20 (stratified, seeded: :mod:`floatify.split`, the
+split scikit-learn made), resized to the model's input size and repeated to 3 channels.
 torchvision's CIFAR-10/100, SVHN, MNIST and FashionMNIST need ``download=True`` the first time;
 ``imagefolder:<path>`` reads your own data: ``<path>/train/<class>/*`` and ``<path>/val/<class>/*``, or one
 folder ``<path>/<class>/*`` split per class (stratified, seeded; ``val_split``, default 0.1 held out).
@@ -44,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
+from floatify.split import stratified_split
+
 __all__ = ["DatasetBundle", "load_dataset", "default_eps", "DATASETS", "AUGMENTS", "DEFAULT_VAL_SPLIT",
            "ImageDecodeError", "ImageFiles", "AugmentedTensors", "random_crop_batch", "check_images",
            "default_workers", "make_loader", "make_loaders"]
@@ -51,6 +54,7 @@ __all__ = ["DatasetBundle", "load_dataset", "default_eps", "DATASETS", "AUGMENTS
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mnist", "fashionmnist", "imagefolder:<path>")
 AUGMENTS = ("auto", "none", "crop", "crop-flip", "timm")
 DEFAULT_VAL_SPLIT = 0.1  # share of each class held out when imagefolder:<dir> is one folder of class folders
+DIGITS_FILE = Path(__file__).parent / "assets" / "digits.safetensors"  # the embedded dataset (licence beside it)
 _TORCHVISION_SETS = ("cifar10", "cifar100", "svhn", "mnist", "fashionmnist")
 _FLIPPED = ("cifar10", "cifar100")  # reason: the other sets are digits (changed by mirroring) or left/right items
 # reason: at 8/255 the 8×8 digits are barely perturbed (a standard model keeps ~85% under attack, so there is
@@ -256,15 +260,12 @@ def _check_augment(augment: str) -> str:
 
 
 def _digits(image_size: int, seed: int, augment: str) -> DatasetBundle:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from safetensors.torch import load_file
 
-    bunch = load_digits()
-    images = torch.tensor(bunch.images, dtype=torch.float32) / 16.0  # raw values are 0..16
-    labels = torch.tensor(bunch.target, dtype=torch.long)
-    train_idx, test_idx = train_test_split(
-        range(len(labels)), test_size=0.2, stratify=bunch.target, random_state=seed
-    )
+    arrays = load_file(str(DIGITS_FILE))  # tensors only: reading it runs no code
+    images = arrays["images"].to(torch.float32) / 16.0  # raw values are 0..16
+    labels = arrays["labels"].to(torch.long)
+    train_idx, test_idx = stratified_split(labels.tolist(), test_fraction=0.2, seed=seed)
     images = F.interpolate(images[:, None], size=(image_size, image_size), mode="bilinear", align_corners=False)
     images = images.clamp(0, 1).repeat(1, 3, 1, 1).contiguous()
     rule = _rule("digits", augment)
@@ -368,12 +369,8 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
 
 def _stratified_split(samples: list[tuple[str, int]], val_split: float, seed: int,
                       root: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    from sklearn.model_selection import train_test_split
-
-    labels = [label for _, label in samples]
     try:
-        train_idx, test_idx = train_test_split(range(len(samples)), test_size=val_split, stratify=labels,
-                                               random_state=seed)
+        train_idx, test_idx = stratified_split([label for _, label in samples], val_split, seed)
     except ValueError as err:
         raise ValueError(f"imagefolder: cannot hold out {val_split:g} of each class of {root} ({_one_line(err)}); "
                          f"add images (at least 2 per class), change --val-split, or give train/ and val/ "
