@@ -10,7 +10,7 @@ Example:
     >>> floatify.load("hf-hub:not-an-id")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    floatify.artifact.ArtifactError: 'hf-hub:not-an-id' is not a Hub id; write it as hf-hub:owner/name[@revision]
+    floatify.artifact_config.ArtifactError: 'hf-hub:not-an-id' is not a Hub id; write it as hf-hub:owner/name[@revision]
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from floatify.artifact import (
     REPORT_FILE,
     WEIGHTS_FILE,
     ArtifactError,
-    _first_line,
     save,
 )
+from floatify.artifact_config import first_line
 
 __all__ = ["push_to_hub", "download"]
 
@@ -49,7 +49,7 @@ def download(repo: str) -> Path:
         return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns))
     except Exception as err:  # reason: huggingface_hub raises many types (offline, missing repo, auth, network)
         raise ArtifactError(f"cannot fetch {repo_id} from the Hugging Face Hub ({type(err).__name__}: "
-                            f"{_first_line(err)}); check the id and your connection, or log in for a private "
+                            f"{first_line(err)}); check the id and your connection, or log in for a private "
                             f"repo (offline, only models already in the local cache load)") from None
 
 

@@ -79,30 +79,6 @@ def test_round_trip_is_exact(tmp_path, name, build, save_kw, load_kw):
         assert read_config(folder)["frozen"] == {"lam": 0.3, "seed": 0}
 
 
-def _vit(**kwargs) -> nn.Module:
-    import timm
-
-    return timm.create_model("vit_tiny_patch16_224", num_classes=5, img_size=32, depth=1, **kwargs)
-
-
-# name, the model, the architecture config.json must record
-RECORDED = [
-    ("floatify.create_model keeps kwargs", lambda: create_model("vit_tiny_patch16_224", 5, img_size=32, depth=1),
-     {"source": "timm", "name": "vit_tiny_patch16_224", "num_classes": 5, "kwargs": {"img_size": 32, "depth": 1}}),
-    ("a guess that does not fit records none", _vit, None),
-    ("a guess with the same shapes but another function records none",
-     lambda: __import__("timm").create_model("resnet10t", num_classes=4, global_pool="max"), None),
-    ("torchvision found by its builder", lambda: __import__("torchvision").models.get_model("resnet18", num_classes=3),
-     {"source": "torchvision", "name": "resnet18", "num_classes": 3, "kwargs": {}}),
-]
-
-
-@pytest.mark.parametrize("name,build,want", RECORDED, ids=[r[0] for r in RECORDED])
-def test_recorded_architecture(tmp_path, name, build, want):
-    folder = floatify.save(floatify.convert(build()), tmp_path / "m")
-    assert read_config(folder)["architecture"] == want
-
-
 def test_model_argument_is_left_unconverted(tmp_path):
     skeleton = _small_net()
     floatify.save(floatify.convert(_small_net()), tmp_path / "m")
