@@ -26,9 +26,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import floatify
-from floatify.attacks import AttackSpec, attack_and_score, quick, strong
+from floatify.attack_presets import quick, strong
+from floatify.attacks import AttackSpec, attack_and_score
 from floatify.data import load_dataset
-from floatify.evaluate import worst_case
+from floatify.headline import worst_case
 from floatify.models import create_model
 
 

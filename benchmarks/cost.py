@@ -21,6 +21,9 @@ growth of the peak resident set size during the steps (Linux ``VmHWM``, reset be
 mmap threshold fixed at 64 KiB so that freed tensors leave the resident set).
 
     python benchmarks/cost.py [--rounds 10] [--batch 64] [--device cuda] [--out benchmarks/results/cost.json]
+
+``--compiled`` times compiled training instead (``benchmarks/cost_compiled.py``: compiled FLOAT vs compiled PGD-AT
+steps, compile times, eager beside them; writes cost_compiled[_cuda].json).
 """
 
 from __future__ import annotations
@@ -319,11 +322,17 @@ def main() -> None:
     p.add_argument("--pair", metavar="ARCH", help=argparse.SUPPRESS)
     p.add_argument("--rss", nargs=2, metavar=("ARCH", "VARIANT"), help=argparse.SUPPRESS)
     p.add_argument("--heap", choices=HEAPS, default="default", help=argparse.SUPPRESS)
+    p.add_argument("--compiled", action="store_true", help="compiled FLOAT vs compiled PGD-AT (cost_compiled.py)")
+    p.add_argument("--compile-mode", default=None, help="--compiled: torch.compile's mode (default: default)")
+    p.add_argument("--size", type=int, default=32, help="--compiled: image size in px")
     p.add_argument("--out", type=Path, default=None,
-                   help="default: benchmarks/results/cost.json on CPU, cost_cuda.json on CUDA")
+                   help="default: benchmarks/results/cost[_compiled].json on CPU, cost[_compiled]_cuda.json on CUDA")
     args = p.parse_args()
     if args.out is None:
-        args.out = Path(f"benchmarks/results/cost{'_cuda' if args.device.startswith('cuda') else ''}.json")
+        args.out = Path(f"benchmarks/results/cost{'_compiled' if args.compiled else ''}"
+                        f"{'_cuda' if args.device.startswith('cuda') else ''}.json")
+    if args.compiled:
+        return _compiled(args)
     if args.peak:
         return _peak_child(*args.peak, args.batch, args.steps, args.device, args.zero_grad)
     if args.pair:
@@ -360,6 +369,21 @@ def main() -> None:
               + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_train_mb_zero_grad_late"].items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
+
+
+def _compiled(args) -> None:
+    from cost_compiled import refuse, run
+
+    from floatify.compile import check_compile_options
+
+    try:
+        check_compile_options(True, args.compile_mode)
+    except ValueError as err:
+        refuse(str(err))
+    torch.set_num_threads(2)
+    rows = run(args.archs, args.batch, args.rounds, args.steps, args.size, args.compile_mode, args.device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 import floatify
-from floatify.attacks import PRESETS
+from floatify.attack_presets import PRESETS
 from floatify.data import load_dataset
 from floatify.models import create_model
 from floatify.summary import param_groups

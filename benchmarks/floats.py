@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import floatify
-from floatify.attacks import PRESETS
+from floatify.attack_presets import PRESETS
 from floatify.data import load_dataset
 from floatify.models import create_model
 from floatify.sparsity import save_sparse, sparsity_report

@@ -10,7 +10,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 SCRIPTS = ("coverage.py", "overhead.py", "overhead.py --compiled", "cost.py", "threat_model.py", "attack_strength.py",
-           "tradeoff.py", "noise_source.py", "floats.py", "finetune.py", "demo.py", "write_results.py")
+           "tradeoff.py", "noise_source.py", "floats.py", "finetune.py", "demo.py",
+           "audit.py", "write_results.py")  # reason: audit.py audits the model demo.py trains
 for script in SCRIPTS:
     print(f"== {script}", flush=True)
     name, *args = script.split()

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import floatify
-from floatify.attacks import strong
+from floatify.attack_presets import strong
 from floatify.data import load_dataset
 from floatify.models import create_model
 

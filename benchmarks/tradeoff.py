@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 import floatify
-from floatify.attacks import PRESETS, make_attack
+from floatify.attack_presets import PRESETS
+from floatify.attacks import make_attack
 from floatify.data import load_dataset
 from floatify.losses import LamSampler
 from floatify.models import create_model

@@ -350,6 +350,37 @@ def compiled_section(rows) -> list[str]:
                     ""]
 
 
+def compiled_cost_section(rows, rows_cuda=None) -> list[str]:
+    """``cost.py --compiled``: compiled FLOAT vs compiled PGD-AT training steps, compile times, eager beside them."""
+    lines = ["## Compiled training (`benchmarks/cost.py --compiled`)", ""]
+    if not rows:
+        return lines + _missing("cost.py --compiled")
+    r0 = rows[0]
+    lines += [f"torch.compile ({r0['backend']}, mode {r0['compile_mode']}) of the model trained at λ = 1 with "
+              f"PGD-{r0['pgd_steps']}, batch {r0['batch']}, {r0['size']} px, {r0['rounds']} interleaved rounds "
+              "(medians; per-round ratio quartiles in brackets). Compile time: first step minus the median steady "
+              "step, each model compiled with empty inductor caches. Targets: compiled FLOAT step ≤ 1.05× the "
+              "compiled PGD-AT step, FLOAT's compile time ≤ 1.5× plain's.", "",
+              "| device | arch | compiled FLOAT/PGD-AT step | eager FLOAT/PGD-AT step | compile s plain / FLOAT "
+              "(ratio) | speed-up of compiling, plain / FLOAT | graphs plain / FLOAT |",
+              "|---|---|---|---|---|---|---|"]
+    for label, group in (("CPU", rows), ("CUDA", rows_cuda)):
+        if not group:
+            lines.append(f"| {label} | — | not measured | | | | |")
+            continue
+        for r in group:
+            c, e, s = r["step_ratio_compiled_float_plain"], r["step_ratio_eager_float_plain"], r["speedup_compiled"]
+            lines.append(f"| {r['device_name']} | {r['arch']} | {c['median']:.3f} ({c['quartiles'][0]:.3f}–"
+                         f"{c['quartiles'][1]:.3f}) {_verdict(c['median'] <= 1.05)} | {e['median']:.3f} | "
+                         f"{r['compile_s']['plain-compiled']:.0f} / {r['compile_s']['float-compiled']:.0f} "
+                         f"({r['compile_ratio_float_plain']:.2f}× {_verdict(r['compile_ratio_float_plain'] <= 1.5)})"
+                         f" | {s['plain']['median']:.2f}× / "
+                         f"{s['float']['median']:.2f}× | {r['graphs']['plain-compiled']} / "
+                         f"{r['graphs']['float-compiled']} |")
+    return lines + ["", "Inference at λ > 0 compiled (batch 1, over the compiled original) is "
+                        "`benchmarks/overhead.py --compiled`'s table below.", ""]
+
+
 def cost_targets_section(cost, overhead, noise, overhead_cuda=None, cost_cuda=None) -> list[str]:
     """The cost targets at λ > 0 (CPU), each with its verdict, and whether the noise bank weakened the defence."""
     lines = ["## Cost at λ > 0: the targets", ""]
@@ -653,6 +684,61 @@ def data_pipeline_section(data) -> list[str]:
     return lines + [""]
 
 
+def _audit_rows(checks: list[dict]) -> list[str]:
+    outcome = {True: "pass", False: "**FLAG**", None: "stated"}
+    return [f"| {c['name']} | {outcome[c['passed']]} | {c['note']} |" for c in checks]
+
+
+def _audit_by_lam(checks: list[dict]) -> list[str]:
+    """Per audited λ: the budget sweep, the unbounded attack, Square/transfer vs white-box, the noise, stalls."""
+    by = {c["name"]: c["numbers"] for c in checks}
+    sweep = by["budget sweep"]
+    lams = [k for k in sweep if k.startswith("lam=")]
+    mults = list(sweep[lams[0]]) if lams else []
+    heads = [f"eps {m}" for m in mults] + ["unbounded fooled", "white-box", "Square", "transfer", "noise-off",
+                                           "stalled"]
+    lines = ["| λ | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for lam in lams:
+        box = by["black-box vs white-box"].get(lam, {})
+        noise = by["randomness"].get(lam, {})
+        cells = [sweep[lam][m] for m in mults] + [by["unbounded attack"][lam]["success_pct"],
+                                                   box.get("white_box_pct"), box.get("square_pct"),
+                                                   box.get("transfer_pct", "n/a"), noise.get("noise_off_pct", "n/a"),
+                                                   by["loss landscape"][lam]["stalled_pct"]]
+        lines.append(f"| {lam[4:]} | " + " | ".join(str(v) for v in cells) + " |")
+    return lines + ["", "Robust accuracy in % (unbounded: % of points fooled at eps = 1; stalled: % of points whose "
+                        "loss no white-box attack increased)."]
+
+
+def audit_section(audit) -> list[str]:
+    lines = ["## Evaluation audit (`benchmarks/audit.py`)", ""]
+    if not audit:
+        return lines + _missing("audit.py")
+    a, m, cost = audit["args"], audit["model"], audit["cost"]
+    trained = (f"trained by the script ({m['epochs']} epochs)" if m["trained_here"] else
+               f"loaded from {m['folder']} ({m['epochs']} epochs)")
+    every = audit["every_lam"]
+    lines += [f"`floatify.audit` on the default digits model (`make demo`'s resnet18, {trained}, eps {m['eps']}), "
+              f"the strong preset ({a['eval_steps'] or 'default'} iterations × {a['eot_draws'] or 'default'} draws) "
+              f"on the first {a['limit']} test points; the audit's white-box attacks at ≤ {a['audit_steps']} "
+              f"iterations × {a['audit_draws']} draws, Square {a['square_queries']} queries.", "",
+              f"**Every λ** ({', '.join(f'{v:g}' for v in a['lams'])}): {every['verdict']}", "",
+              "| check | outcome | note |", "|---|---|---|"] + _audit_rows(every["checks"]) + [""]
+    lines += _audit_by_lam(every["checks"]) + [""]
+    lines += ["**Masked models** (the same model behind a masking wrapper, λ = 0 and 1): each must be flagged, "
+              "except the temperature model under the strong preset, whose APGD-DLR is scale-invariant.", "",
+              "| model | attacks | headline % (λ=0, 1) | flagged by | verdict |", "|---|---|---|---|---|"]
+    for row in audit["masked"]:
+        head = ", ".join(f"{v}" for v in row["headline_pct"].values())
+        lines.append(f"| {row['model']} | {row['attacks']} | {head} | {', '.join(row['flagged']) or 'nothing'} | "
+                     f"{row['verdict']} |")
+    ratio = cost["audit_over_eval"]
+    lines += ["", f"**Cost** (default audit: the dial's ends and middle; medians of {len(cost['eval_s'])} interleaved "
+              f"rounds): evaluation {cost['eval_median_s']:.1f} s, audit {cost['audit_median_s']:.1f} s, "
+              f"{ratio:.2f}× the evaluation — target ≤ 1×: {_verdict(ratio <= 1.0)}.", ""]
+    return lines
+
+
 def demo_section(results: Path) -> list[str]:
     report = results / "demo_report.md"
     if not report.exists():
@@ -687,8 +773,10 @@ def main() -> None:
              f"timm {timm.__version__}. Every verdict below is computed from the JSON in `benchmarks/results/`.", ""]
     lines += claims_section(cost, facts, overhead)
     lines += threat_model_section(r) + attack_strength_section(_load(r, "attack_strength.json"))
+    lines += audit_section(_load(r, "audit.json"))
     lines += cost_targets_section(cost, overhead, _load(r, "noise_source.json"), overhead_cuda, cost_cuda)
     lines += trade_lines + screen_lines + cost_section(cost, cost_cuda) + floats_section(floats)
+    lines += compiled_cost_section(_load(r, "cost_compiled.json"), _load(r, "cost_compiled_cuda.json"))
     lines += overhead_section(overhead, overhead_cuda) + compiled_section(_load(r, "overhead_compiled.json"))
     lines += finetune_section(_load(r, "finetune.json")) + coverage_section(cov)
     lines += artifact_section(_load(r, "artifact.json")) + data_pipeline_section(_load(r, "data_pipeline.json"))

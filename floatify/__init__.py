@@ -19,6 +19,7 @@ from importlib.metadata import version as _installed_version
 
 from floatify.artifact import load, save
 from floatify.attacks import AttackSpec
+from floatify.audit import AuditConfig
 from floatify.context import lam
 from floatify.convert import FloatConfig, convert
 from floatify.evaluate import EvalConfig, evaluate
@@ -34,6 +35,7 @@ __version__ = _installed_version("floatify")  # reason: one source, pyproject.to
 
 __all__ = [
     "AttackSpec",
+    "AuditConfig",
     "EvalConfig",
     "FloatConfig",
     "TrainConfig",

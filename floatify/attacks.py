@@ -1,62 +1,46 @@
-"""Attacks on λ-conditioned models, with honest scoring of randomised models, and the two presets.
+"""Attacks on λ-conditioned models: what an attack is (:class:`AttackSpec`), the registry of attack kinds
+(:data:`HANDLERS`), and running one with honest scoring of a randomised model (:func:`attack_and_score`).
 
-A model at λ > 0 is randomised (fresh weight noise per forward), so single-draw attacks and
-single-draw verdicts overstate robustness. Here:
+A model at λ > 0 is randomised (fresh weight noise per forward), so single-draw attacks and verdicts overstate
+robustness. Here every iterate is judged by its accuracy over the attack's own noise draws and, per point, the
+strongest iterate is kept; the kept points are re-scored with ``score_draws`` fresh, independent draws for the
+reported number (choosing the minimum of noisy estimates would otherwise bias it; :mod:`floatify.scoring`). A NaN or
+infinite logit counts as wrong. AutoAttack (torchattacks') runs only where the model is deterministic (λ = 0 or noise
+off): it returns the clean input for points it did not fool and reseeds the global RNG, so re-scoring it on a
+randomised model would be meaningless.
 
-* ``strong`` (the preset researchers judge by, after AutoAttack's 'rand' version): APGD (:mod:`floatify.apgd`,
-  Croce & Hein 2020: step-size schedule with checkpoints, momentum) with the cross-entropy and the DLR loss, the
-  gradient averaged over ``eot_draws`` noise draws per iteration (EOT), a transfer attack from the
-  noise-off model, and APGD-CE on the noise-off model as a separate, deterministic column;
-* ``quick`` (fast looks): FGSM, PGD, EOT-PGD (torchattacks' ``EOTPGD`` one step at a time) and PGD with
-  the noise off;
-* every iterate is judged by its accuracy over the attack's own noise draws and, per point, the
-  strongest iterate is kept; the kept points are re-scored with ``score_draws`` fresh, independent
-  draws for the reported number (choosing the minimum of noisy estimates would otherwise bias it);
-* a logit that is NaN or infinite counts as a wrong answer;
-* AutoAttack (torchattacks' re-implementation) runs only where the model is deterministic (λ = 0 or
-  noise off): its outputs are the clean input for points it did not fool and it reseeds the global
-  RNG, so re-scoring it on a randomised model would be meaningless.
-
-:func:`floatify.evaluate` adds the headline: per point, the worst case over every attack run on the
-noisy model (as AutoAttack counts an ensemble).
+The kinds: ``clean``, ``fgsm``, ``pgd``, ``eot-pgd`` (torchattacks' ``EOTPGD`` one step at a time), ``apgd-ce``,
+``apgd-dlr`` (:mod:`floatify.apgd`, EOT over ``eot_draws``), ``transfer`` (from the noise-off model) and
+``autoattack``; a new kind is one :class:`AttackHandler` and one :func:`register_attack`. The presets and the CLI's
+attack lists are :mod:`floatify.attack_presets`; :func:`floatify.evaluate` adds the headline
+(:mod:`floatify.headline`).
 
 Example:
     >>> import torch, floatify
-    >>> from floatify.attacks import AttackSpec, attack_and_score
     >>> model = floatify.convert(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)))
     >>> x, y = torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
-    >>> x_adv, correct = attack_and_score(model, AttackSpec("apgd-ce", eps=8 / 255, steps=5, eot_draws=2), x, y,
-    ...                                   lam=0.5)
-    >>> [s.label for s in floatify.attacks.strong(0.1)]
-    ['clean', 'apgd-ce-50x10', 'apgd-dlr-50x10', 'transfer-50', 'apgd-ce-50 (noise off)']
+    >>> x_adv, correct = attack_and_score(model, AttackSpec("apgd-ce", steps=5, eot_draws=2), x, y, lam=0.5)
+    >>> correct.shape, bool((x_adv - x).abs().max() <= 8 / 255 + 1e-6)
+    (torch.Size([4]), True)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 
-from floatify.apgd import apgd, correct_predictions
+from floatify.apgd import apgd
 from floatify.config import check_int, check_real
 from floatify.context import lam as at_lam
 from floatify.context import validate_lam
+from floatify.scoring import SCORE_DRAWS, expected_correct, strongest
 
-__all__ = ["AttackSpec", "AttackHandler", "AttackRun", "HANDLERS", "PRESETS", "attack_and_score", "attack_handler",
-           "expected_correct", "make_attack", "parse_attacks", "register_attack", "strongest", "quick", "strong"]
-
-# Chosen by benchmarks/attack_strength.py (benchmarks/RESULTS.md): on the digits FLOAT model at λ = 1 the APGD
-# ensemble at 50 iterations × 10 draws is within 1 point of twice that (100 × 20, AutoAttack-'rand''s setting:
-# 64.3% vs 63.5%), at a quarter of the cost.
-STRONG_STEPS = 50
-STRONG_DRAWS = 10
-QUICK_STEPS = 10  # the quick preset's PGD iterations
-QUICK_DRAWS = 8  # the quick preset's EOT-PGD noise draws per step
-SCORE_DRAWS = 8  # fresh noise draws per point when scoring a randomised model
-
+__all__ = ["AttackSpec", "AttackHandler", "AttackRun", "HANDLERS", "attack_and_score", "attack_handler", "make_attack",
+           "register_attack"]
 
 @dataclass(frozen=True)
 class AttackSpec:
@@ -167,8 +151,8 @@ class AttackHandler:
     """How one kind of attack runs and what its column means; one instance per kind in :data:`HANDLERS`.
 
     A new attack is one subclass (set ``kind``, override :meth:`attack` and :meth:`describe`) and one
-    :func:`register_attack`. The class attributes are what :func:`floatify.evaluate` and :func:`parse_attacks`
-    ask of an attack, so no module compares kind names.
+    :func:`register_attack`. The class attributes are what :func:`floatify.evaluate` and
+    :func:`~floatify.attack_presets.parse_attacks` ask of an attack, so no module compares kind names.
     """
 
     kind: ClassVar[str] = ""
@@ -215,7 +199,8 @@ HANDLERS: dict[str, AttackHandler] = {}
 
 
 def register_attack(handler: AttackHandler) -> AttackHandler:
-    """Make ``handler.kind`` an attack :class:`AttackSpec`, :func:`parse_attacks` and evaluation accept.
+    """Make ``handler.kind`` an attack :class:`AttackSpec`, :func:`~floatify.attack_presets.parse_attacks` and
+    evaluation accept.
 
     Example:
         >>> from floatify.attacks import HANDLERS, AttackHandler, AttackSpec, register_attack
@@ -430,111 +415,6 @@ for _handler in (_Clean(), _FGSM(), _PGD(), _EOTPGD(), _APGD("ce"), _APGD("dlr")
     register_attack(_handler)
 
 
-def quick(eps: float = 8 / 255, steps: int = QUICK_STEPS, eot_draws: int = QUICK_DRAWS) -> list[AttackSpec]:
-    """Fast looks: clean, FGSM, PGD, EOT-PGD and PGD with the noise off (cross-entropy only).
-
-    Understates a randomised model's weakness (benchmarks/RESULTS.md, attack strength): use :func:`strong`
-    for numbers you report.
-
-    Example:
-        >>> from floatify.attacks import quick
-        >>> [s.label for s in quick(0.1, steps=3, eot_draws=4)]
-        ['clean', 'fgsm', 'pgd-3', 'eot-pgd-3x4', 'pgd-3 (noise off)']
-    """
-    return [
-        AttackSpec("clean", eps),
-        AttackSpec("fgsm", eps),
-        AttackSpec("pgd", eps, steps),
-        AttackSpec("eot-pgd", eps, steps, eot_draws=max(eot_draws, 2)),
-        AttackSpec("pgd", eps, steps, noise=False),
-    ]
-
-
-def strong(eps: float = 8 / 255, steps: int = STRONG_STEPS, eot_draws: int = STRONG_DRAWS,
-           restarts: int = 1) -> list[AttackSpec]:
-    """The evaluation of AutoAttack's 'rand' version for randomised defences, plus the checks experts ask for.
-
-    APGD-CE and APGD-DLR with ``eot_draws`` noise draws averaged per iteration, a transfer attack from the
-    noise-off model, and APGD-CE against the noise-off model (a different, deterministic model: reported
-    beside the headline, not in it).
-
-    Example:
-        >>> from floatify.attacks import strong
-        >>> [s.label for s in strong(0.1, steps=20, eot_draws=5, restarts=2)][1:3]
-        ['apgd-ce-20x5r2', 'apgd-dlr-20x5r2']
-    """
-    return [
-        AttackSpec("clean", eps),
-        AttackSpec("apgd-ce", eps, steps, eot_draws=eot_draws, restarts=restarts),
-        AttackSpec("apgd-dlr", eps, steps, eot_draws=eot_draws, restarts=restarts),
-        AttackSpec("transfer", eps, steps, restarts=restarts),
-        AttackSpec("apgd-ce", eps, steps, restarts=restarts, noise=False),
-    ]
-
-
-PRESETS: dict[str, Callable[..., list[AttackSpec]]] = {"quick": quick, "strong": strong}
-
-
-def parse_attacks(text: str, eps: float, steps: int | None = None, eot_draws: int | None = None) -> list[AttackSpec]:
-    """CLI form: a preset (``strong``, ``quick``) or a comma list of attack kinds (:data:`HANDLERS`: ``clean``,
-    ``fgsm``, ``pgd``, ``eot-pgd``, ``apgd-ce``, ``apgd-dlr``, ``transfer``, ``autoattack``), each with an optional
-    ``:nonoise`` suffix.
-
-    ``steps``/``eot_draws`` of None take the preset's defaults (in a list: the strong preset's for APGD and
-    transfer, the quick preset's for the others).
-
-    Example:
-        >>> from floatify.attacks import parse_attacks
-        >>> [s.label for s in parse_attacks("clean, eot-pgd, apgd-dlr:nonoise", 0.1, steps=5)]
-        ['clean', 'eot-pgd-5x8', 'apgd-dlr-5 (noise off)']
-    """
-    text = text.strip()
-    if text in PRESETS:
-        kwargs = {k: v for k, v in (("steps", steps), ("eot_draws", eot_draws)) if v is not None}
-        return PRESETS[text](eps, **kwargs)
-    specs = [_parse_one(item, eps, steps, eot_draws) for item in (t.strip() for t in text.split(",")) if item]
-    if not specs:
-        raise ValueError(f"no attack named in '{text}'; name a preset ({', '.join(PRESETS)}) or attacks")
-    return specs
-
-
-def _parse_one(item: str, eps: float, steps: int | None, eot_draws: int | None) -> AttackSpec:
-    """One ``kind[:nonoise]`` item of :func:`parse_attacks`."""
-    kind, _, flag = item.partition(":")
-    if flag not in ("", "nonoise"):
-        raise ValueError(f"unknown attack modifier ':{flag}' in '{item}' (only ':nonoise')")
-    handler = attack_handler(kind)
-    n = steps if steps is not None else (STRONG_STEPS if handler.strong_defaults else QUICK_STEPS)
-    d = eot_draws if eot_draws is not None else (STRONG_DRAWS if handler.strong_defaults else QUICK_DRAWS)
-    draws = d if handler.eot and flag != "nonoise" else 1
-    if handler.min_eot_draws > 1:  # reason: an attack that needs several draws gets them, also with the noise off
-        draws = max(draws, handler.min_eot_draws)
-    return AttackSpec(kind, eps, n, eot_draws=draws, noise=flag != "nonoise")
-
-
-@torch.no_grad()
-def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int,
-                     per_draw: list | None = None) -> torch.Tensor:
-    """Per point, the fraction of ``draws`` forward passes (fresh noise each) that classify it right.
-
-    One noise draw is shared by the whole batch in a forward pass, so points are correlated within a
-    draw; ``per_draw`` (if given) receives each draw's batch accuracy for an honest confidence interval.
-
-    Example:
-        >>> import torch
-        >>> from floatify.attacks import expected_correct
-        >>> expected_correct(lambda x: x, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 1]), 2)
-        tensor([1., 0.])
-    """
-    hits = torch.zeros(len(y), device=y.device)
-    for _ in range(draws):
-        correct = correct_predictions(model(x), y)
-        hits += correct
-        if per_draw is not None:
-            per_draw.append(correct.mean().item())
-    return hits / draws
-
-
 def make_attack(model: nn.Module, kind: str, eps: float, steps: int = 7, step_size: float | None = None,
                 eot_draws: int = 1, random_start: bool = True) -> Any:
     """A plain torchattacks attack object (used for training examples): ``fgsm``, ``pgd`` or ``eot-pgd``.
@@ -574,21 +454,3 @@ def attack_and_score(
     run = AttackRun(model, spec, x, y, lam, score_draws, num_classes, per_draw, select_draws)
     with at_lam(lam, noise=spec.noise):
         return spec.handler.attack(run)
-
-
-def strongest(candidates: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per point, the candidate input with the lowest score (the first on ties).
-
-    Example:
-        >>> import torch
-        >>> from floatify.attacks import strongest
-        >>> strongest([(torch.zeros(2, 1), torch.tensor([1.0, 0.0])), (torch.ones(2, 1), torch.tensor([0.5, 0.5]))])
-        (tensor([[1.],
-                [0.]]), tensor([0.5000, 0.0000]))
-    """
-    best, best_score = candidates[0][0].clone(), candidates[0][1].clone()
-    for x_c, score in candidates[1:]:
-        stronger = score < best_score
-        best[stronger] = x_c[stronger]
-        best_score = torch.minimum(best_score, score)
-    return best, best_score

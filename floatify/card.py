@@ -34,7 +34,9 @@ def model_card(config: dict, report=None) -> str:
              f"# {name} with a FLOAT dial" + (f" ({dataset})" if dataset else ""), ""]
     lines += [_what_it_is(config, name), ""]
     if report is not None:
-        lines += ["## The dial", "", report.to_markdown().strip(), "", f"![trade-off]({PLOT_FILE})", ""]
+        lines += ["## The dial", "", report.to_markdown(audit=False).strip(), "", f"![trade-off]({PLOT_FILE})", ""]
+        if getattr(report, "audit", None) is not None:
+            lines += ["## Evaluation audit", "", report.audit_markdown().strip(), ""]
     lines += ["## Use it", "", "```python", "import floatify", "", 'model = floatify.load("<this folder or '
               'hf-hub:owner/name>")', "with floatify.lam(0.5):          # 0: clean accuracy ... 1: robustness",
               "    logits = model(images)        # images in [0, 1]; normalisation is inside the model", "```", ""]

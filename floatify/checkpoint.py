@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from floatify.io import atomic_write, read_safetensors
+from floatify.io import atomic_write, first_non_finite, read_safetensors
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_into", "save_state", "load_state",
            "load_initial_checkpoint"]
@@ -83,6 +83,9 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "c
                 f"{source} does not fit this model (different architecture or settings?): '{key}' has shape "
                 f"{tuple(value.shape)} in the checkpoint but {tuple(own[key].shape)} in the model"
             )
+        if key in own and own[key].is_floating_point() != value.is_floating_point():  # reason: else cast silently
+            raise CheckpointError(f"{source} does not fit this model: '{key}' is {value.dtype} in the checkpoint but "
+                                  f"{own[key].dtype} in the model; save the model's own weights again")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
@@ -155,6 +158,10 @@ def load_initial_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     _check_readable(path, "initial checkpoint")
     _refuse_converted(model, path)
     state = _unwrap_state_dict(_read_weights(path), path)
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise CheckpointError(f"initial checkpoint {path} holds non-finite values (NaN or inf) in tensor '{bad}'; "
+                              f"training cannot start from it: pass the weights of a model that did not diverge")
     target = _initial_target(model, state)
     _check_initial_fit(target, state, path)
     target.load_state_dict(state, strict=True)
@@ -207,6 +214,13 @@ def _check_initial_fit(target: nn.Module, state: dict[str, torch.Tensor], path: 
     unexpected = [k for k in state if k not in own]
     shapes = [f"'{k}' {tuple(v.shape)} in the file vs {tuple(own[k].shape)} in the model"
               for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    # reason: load_state_dict would cast integer values into float weights (or floats into integer buffers) silently
+    kinds = [f"'{k}' {v.dtype} in the file vs {own[k].dtype} in the model" for k, v in state.items()
+             if k in own and v.is_floating_point() != own[k].is_floating_point()]
+    if kinds:
+        raise CheckpointError(f"initial checkpoint {path} holds {len(kinds)} tensor(s) of another kind than the "
+                              f"model's, e.g. {'; '.join(kinds[:3])}; pass the model's floating-point weights (a "
+                              f"quantized or integer export cannot be trained from); nothing was loaded")
     if not (missing or unexpected or shapes):
         return
     parts = []
@@ -274,12 +288,17 @@ def load_state(path: str | Path, what: str = "state file") -> Any:
 
     path = Path(path)
     _check_readable(path, what)
-    tensors, header = read_safetensors(path, what, CheckpointError, "; delete it to start afresh")
+    tensors, header = read_safetensors(path, what, CheckpointError, "; delete it to start afresh", finite=False)
     if header.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{what} {path} is not a floatify state file (no '{STATE_FORMAT}' header); delete it "
                               f"to start afresh")
     try:
-        return _decode(json.loads(header["state"]), tensors)
+        state = _decode(json.loads(header["state"]), tensors)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{what} {path} is corrupted ({type(err).__name__}: {err}); delete it to start "
                               f"afresh") from None
+    bad = first_non_finite(state)  # reason: checked on the decoded nest, so the message names 'model.fc.weight'
+    if bad is not None:
+        raise CheckpointError(f"{what} {path} holds non-finite values (NaN or inf) in '{bad}'; delete it to start "
+                              f"afresh")
+    return state

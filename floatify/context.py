@@ -33,8 +33,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["lam", "get_lam", "validate_lam", "LamState", "lam_state", "hold_noise", "held_draws",
-           "lam_from_tensor", "constant_weights", "weights_are_constant", "register_recomputable", "recompute_saved"]
+__all__ = ["lam", "get_lam", "validate_lam", "LamState", "lam_state", "hold_noise", "held_draws", "held_offsets",
+           "lam_from_tensor", "constant_weights", "weights_are_constant", "register_recomputable", "recompute_saved",
+           "compiling_training"]
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,16 @@ class LamState:
     active: bool  # value > 0; with ``noise`` the only things compiled graphs specialise on
     noise: bool = True  # False: adversarial BatchNorm but no weight noise (a deterministic model)
     runtime: bool = False  # True inside lam_from_tensor: λ is a program input, the noise is drawn in the graph
+    full: bool = False  # value == 1.0: compiled training specialises on it (the adversarial BatchNorm set as is)
 
 
 _ZERO = LamState(0.0, torch.zeros((), dtype=torch.float32), False)
 _LAM: contextvars.ContextVar[LamState] = contextvars.ContextVar("floatify_lam", default=_ZERO)
 _HELD: contextvars.ContextVar[dict | None] = contextvars.ContextVar("floatify_held_noise", default=None)
 _CONSTANT: contextvars.ContextVar[bool] = contextvars.ContextVar("floatify_constant_weights", default=False)
+_OFFSETS: contextvars.ContextVar[tuple[torch.Tensor, torch.Tensor] | None] = contextvars.ContextVar(
+    "floatify_held_offsets", default=None)
+_COMPILED: contextvars.ContextVar[bool] = contextvars.ContextVar("floatify_compiled_training", default=False)
 
 # The accessors the conditioned layers read on every weight access: the ContextVars' own bound ``get``
 # methods, so the hot path costs exactly one ContextVar lookup.
@@ -61,6 +66,11 @@ held_draws: Callable[[], dict | None] = _HELD.get
 """The noise draws of the innermost :func:`hold_noise` block (None outside one)."""
 weights_are_constant: Callable[[], bool] = _CONSTANT.get
 """True inside :func:`constant_weights`."""
+held_offsets: Callable[[], tuple[torch.Tensor, torch.Tensor] | None] = _OFFSETS.get
+"""Inside a compiled training step's :func:`hold_noise` block: the held draw as (one bank offset, one std(W)) per
+noise slot (graph inputs, :mod:`floatify.compile`); None elsewhere."""
+compiling_training: Callable[[], bool] = _COMPILED.get
+"""True while :func:`floatify.fit` trains a compiled model (:mod:`floatify.compile`)."""
 
 
 def validate_lam(value: object, name: str = "lam") -> float:
@@ -120,7 +130,7 @@ def lam(value: float, *, noise: bool = True) -> Iterator[float]:
     v = validate_lam(value)
     if not isinstance(noise, bool):
         raise TypeError(f"noise must be True or False, got {noise!r}")
-    token = _LAM.set(LamState(v, torch.tensor(v, dtype=torch.float32), v > 0.0, noise))
+    token = _LAM.set(LamState(v, torch.tensor(v, dtype=torch.float32), v > 0.0, noise, full=v == 1.0))
     try:
         yield v
     finally:
@@ -139,7 +149,8 @@ def hold_noise(recompute: bool = True) -> Iterator[None]:
     what :func:`floatify.float_loss` uses by default for a training step (``noise_draw="step"``): the PGD
     iterations (inside :func:`constant_weights`) and the loss all see one draw, which keeps the step cost of
     FLOAT close to plain PGD adversarial training. Evaluation never holds the noise: EOT attacks and scoring
-    need a fresh draw per forward. Under ``torch.compile`` the block has no effect (a new draw per forward).
+    need a fresh draw per forward. Under ``torch.compile`` the block holds the draw only in compiled training
+    (:mod:`floatify.compile` hands it to the graphs as bank offsets); elsewhere a compiled forward draws anew.
     The block keeps std(W) and the scale ``λ·std·α`` per version of W and α: like tensors autograd saves, it sees
     in-place changes (an optimizer step inside the block) but not writes through ``.data``.
 
@@ -180,7 +191,9 @@ def recompute_saved() -> Iterator[None]:
         ...     model(x).sum().backward()
     """
     held = _HELD.get()
-    if held is None:
+    if held is None or _COMPILED.get():
+        # reason: compiled training: the compiler's partitioner already recomputes the noisy weights in backward,
+        # and a hook would cost a Python call per saved tensor of every compiled graph
         yield
         return
     with torch.autograd.graph.saved_tensors_hooks(functools.partial(_pack, held), _unpack):

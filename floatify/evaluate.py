@@ -2,8 +2,10 @@
 
 Per λ the report's headline is the robust accuracy under the **worst case per point over every attack
 run on the noisy model** (clean input included), as AutoAttack counts an ensemble: a point counts as
-robust only as far as it survives all of them. Single-attack columns stay as detail; attacks on the
-noise-off model measure a different, deterministic model and stay out of the headline.
+robust only as far as it survives all of them. The worst inputs are re-scored with fresh draws; where a
+member column is lower, the headline is that column (:func:`~floatify.headline.headline_score`), so it is never
+above clean or any attack it is the worst of (:mod:`floatify.headline`). Single-attack columns stay as detail;
+attacks on the noise-off model measure a different, deterministic model and stay out of the headline.
 
 Example:
     >>> import torch, floatify
@@ -20,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence, Sized
+import warnings
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,23 +32,21 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from floatify.attacks import (
-    PRESETS,
-    SCORE_DRAWS,
-    AttackSpec,
-    attack_and_score,
-    expected_correct,
-    parse_attacks,
-    strongest,
-)
+from floatify.attack_presets import PRESETS, parse_attacks
+from floatify.attacks import AttackSpec, attack_and_score
+from floatify.audit import AuditConfig, verdict
+from floatify.audit_checks import SubsetTap
 from floatify.config import check_choice, check_int, check_real, resolve
-from floatify.context import lam as at_lam
 from floatify.context import validate_lam
+from floatify.convert import FloatifyWarning
+from floatify.eval_inputs import check_batch, check_classes, label_bound, notes_on, output_classes
+from floatify.headline import Headline, headline_score, worst_case
 from floatify.layers.noise import NOISE_SOURCES, get_noise_source
 from floatify.layers.noise import noise_source as use_noise_source
 from floatify.report import Report, Score
+from floatify.scoring import SCORE_DRAWS
 
-__all__ = ["evaluate", "EvalConfig", "DEFAULT_EPS", "worst_case"]
+__all__ = ["evaluate", "EvalConfig", "DEFAULT_EPS"]
 
 DEFAULT_EPS = 8 / 255
 """The library's attack budget when :attr:`EvalConfig.eps` is None (the CLI uses the training eps instead)."""
@@ -61,7 +62,7 @@ class EvalConfig:
         lams: operating points to evaluate (each in [0, 1]).
         attacks: a preset (``"strong"``: APGD-CE/DLR with EOT, transfer, noise-off APGD — what to report;
             ``"quick"``: FGSM/PGD/EOT-PGD, fast looks), a comma list of attack kinds (``"clean,apgd-ce"``,
-            :func:`floatify.attacks.parse_attacks`) or a sequence of :class:`~floatify.attacks.AttackSpec`.
+            :func:`floatify.attack_presets.parse_attacks`) or a sequence of :class:`~floatify.attacks.AttackSpec`.
         eps: L∞ budget of a preset or list, in pixel units. None: 8/255 (:data:`DEFAULT_EPS`) in the library;
             the training eps on the command line. AttackSpecs carry their own eps.
         steps: attack iterations of a preset or list (None: the preset's).
@@ -120,6 +121,10 @@ def _checked_lams(lams: object) -> tuple[float, ...]:
     values = tuple(validate_lam(v) for v in lams)
     if not values:
         raise ValueError("lams must name at least one operating point, e.g. lams=[0, 0.5, 1]")
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:  # reason: a λ evaluated twice would count its points twice (n and the CI)
+        raise ValueError(f"lams names λ={', '.join(f'{v:g}' for v in twice)} more than once "
+                         f"({', '.join(f'{v:g}' for v in values)}); give each operating point once")
     return values
 
 
@@ -136,72 +141,9 @@ def _check_labels(attacks: list[AttackSpec]) -> None:
     labels = [a.label for a in attacks]
     if len(set(labels)) != len(labels):
         raise ValueError(f"attack labels must be unique, got {labels}; give repeated attacks a label=")
-    headline = _Headline.of(attacks)
+    headline = Headline.of(attacks)
     if headline is not None and headline.label in labels:
         raise ValueError(f"'{headline.label}' is reserved for the headline column; rename that attack")
-
-
-@dataclass(frozen=True)
-class _Headline:
-    """The headline column: per point, the worst case over every attack on the noisy model, clean input included.
-
-    Which attacks it takes, its label and its description; :func:`worst_case` measures it.
-    """
-
-    members: tuple[AttackSpec, ...]  # the columns in the worst case (the clean column too, where there is one)
-
-    @classmethod
-    def of(cls, attacks: Sequence[AttackSpec]) -> _Headline | None:
-        members = tuple(a for a in attacks if a.handler.in_headline(a))
-        return cls(members) if any(a.handler.is_attack for a in members) else None
-
-    @property
-    def attack_labels(self) -> list[str]:
-        return [a.label for a in self.members if a.handler.is_attack]
-
-    @property
-    def label(self) -> str:
-        return f"worst case ({len(self.attack_labels)} attacks)"
-
-    def describe(self) -> str:
-        return (f"per point, the worst case over {', '.join(self.attack_labels)} (and the clean input), re-scored "
-                f"with fresh noise draws: the headline robust accuracy")
-
-
-def worst_case(model: nn.Module, candidates: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor,
-               y: torch.Tensor, lam: float, score_draws: int = SCORE_DRAWS
-               ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """The headline's measurement: per point the candidate with the lowest score, the clean input included.
-
-    ``candidates`` are ``(points, per-point score)`` pairs from :func:`~floatify.attacks.attack_and_score` at
-    ``lam``. A randomised model (λ > 0) re-scores the worst points with ``score_draws`` fresh draws. Returns the
-    worst points, their score and the per-draw batch accuracies of that score.
-
-    reason: the minimum over several noisy estimates is biased low (and picking by it is a selection);
-    scoring the selected points afresh gives the expected accuracy of a fixed set of adversarial inputs.
-
-    Example:
-        >>> import torch, floatify
-        >>> from floatify.attacks import AttackSpec, attack_and_score
-        >>> from floatify.evaluate import worst_case
-        >>> model = floatify.convert(torch.nn.Linear(4, 3)).eval()
-        >>> x, y = torch.rand(6, 4), torch.randint(0, 3, (6,))
-        >>> found = [attack_and_score(model, AttackSpec(kind, steps=2), x, y, 0.0) for kind in ("fgsm", "pgd")]
-        >>> points, score, _ = worst_case(model, found, x, y, 0.0)
-        >>> bool((score <= torch.minimum(found[0][1], found[1][1])).all())
-        True
-    """
-    if not any(torch.equal(c[0], x) for c in candidates):
-        with at_lam(lam):
-            candidates = [(x, expected_correct(model, x, y, score_draws if lam > 0 else 1)), *candidates]
-    worst, worst_score = strongest(candidates)
-    batch_draws: list[float] = []
-    if lam > 0:
-        with at_lam(lam):
-            worst_score = expected_correct(model, worst, y, score_draws, batch_draws)
-    else:
-        batch_draws.append(worst_score.mean().item())
-    return worst, worst_score, batch_draws
 
 
 @dataclass
@@ -227,17 +169,19 @@ class _Evaluation:
     model: nn.Module
     lams: tuple[float, ...]
     attacks: list[AttackSpec]
-    headline: _Headline | None
+    headline: Headline | None
     score_draws: int
     num_classes: int | None
     cells: dict[float, dict[str, _Cell]]  # λ -> column label -> cell
     kept: dict[str, list[torch.Tensor]] | None  # "lam=v/label" -> adversarial inputs, when they are saved
     points: int = 0
+    classes: tuple[int, str] | None = None  # the labels' bound and where it comes from (set on the first batch)
+    labels: set[int] = field(default_factory=set)  # labels seen (two are enough to know it is not one class)
 
     @classmethod
     def start(cls, model: nn.Module, config: EvalConfig, num_classes: int | None, keep: bool) -> _Evaluation:
         attacks = config.attack_specs()[1]
-        headline = _Headline.of(attacks)
+        headline = Headline.of(attacks)
         cells = {v: {a.label: _Cell(a.handler.applies(a, v)) for a in attacks} for v in config.lams}
         if headline is not None:
             for row in cells.values():
@@ -260,20 +204,26 @@ def evaluate(
     max_batches: int | None = None,
     progress: bool = True,
     meta: dict | None = None,
+    audit: bool | AuditConfig = False,
     **overrides: Any,
 ) -> Report:
     """Clean and robust accuracy of ``model`` at every λ of the config under every attack of it.
 
     Args:
-        model: a converted model taking inputs in [0, 1].
-        loader: yields ``(x, y)`` batches, ``x`` in [0, 1]; or a map-style Dataset of ``(x, y)`` points,
-            batched here by ``batch_size``.
+        model: a converted model taking inputs in [0, 1] (a plain model is evaluated as a baseline: the
+            report notes that λ has no effect, as a FloatifyWarning does).
+        loader: yields ``(x, y)`` batches, ``x`` finite in [0, 1] (batch first), ``y`` integer class indices;
+            or a map-style Dataset of ``(x, y)`` points, batched here by ``batch_size``. A batch that breaks
+            this is a ValueError of one line before it is attacked.
         config: an :class:`EvalConfig` (default: every λ of ``EvalConfig.lams``, the strong preset at 8/255).
         num_classes: checks the labels (and saves AutoAttack a forward to read it off the model).
         save_adversarial: if given, a safetensors file receiving the kept adversarial inputs per (λ, attack).
         max_batches: evaluate only the first batches (quick looks; the report says so).
         progress: show a progress bar.
         meta: entries added to the report's settings.
+        audit: True or a :class:`floatify.AuditConfig`: also audit the evaluation on its first test points
+            (:mod:`floatify.audit`: budget sweep, unbounded and black-box attacks, convergence, ...) into
+            ``report.audit``, and print its one-line verdict when ``progress``.
         **overrides: :class:`EvalConfig` fields replacing the config's (``lams=[0, 1]``, ``attacks="quick"``),
             validated as the config's; an unknown name is a TypeError listing the valid ones.
     """
@@ -281,12 +231,22 @@ def evaluate(
     check_int("max_batches", max_batches, optional=True)
     batches, n_batches = _batches(loader, config, max_batches)
     run = _Evaluation.start(model, config, num_classes, keep=save_adversarial is not None)
+    tap = SubsetTap.of(audit, model, config, loader, num_classes)
     with contextlib.nullcontext() if config.noise_source is None else use_noise_source(config.noise_source):
-        _measure(run, batches, n_batches, progress)
+        _measure(run, batches if tap is None else tap.wrap(batches), n_batches, progress)
         info = _settings(run, config, max_batches, meta)  # reason: names the noise source the attacker faced
+        checks = None if tap is None else tap.audit(run, config)  # reason: the same noise source as the attacks
     if save_adversarial is not None:
         _save_adversarial(save_adversarial, run.kept or {})
-    return _report(run, info)
+    notes = notes_on(run.model, run.lams, run.labels)
+    for note in notes:
+        warnings.warn(note, FloatifyWarning, stacklevel=2)
+    report = _report(run, info, notes)
+    if checks is not None:
+        report.audit = checks
+        if progress:
+            print(verdict(checks))
+    return report
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -340,10 +300,14 @@ def _measure(run: _Evaluation, batches: Iterable, n_batches: int | None, progres
                disable=not progress, leave=False)
     try:
         for x, y in batches:
+            check_batch(x, y)
             if len(y) == 0:
                 continue
-            x, y = x.to(device), y.to(device)
-            _check_batch(x, y, run.num_classes)
+            x, y = x.to(device), y.to(device).long()
+            if run.classes is None:
+                run.classes = label_bound(run.num_classes, output_classes(run.model, x))
+            check_classes(y, *run.classes)
+            run.labels.update(y.unique()[:2].tolist())
             run.points += len(y)
             for v in run.lams:
                 _measure_at(run, x, y, v, bar)
@@ -376,17 +340,6 @@ def _measure_at(run: _Evaluation, x: torch.Tensor, y: torch.Tensor, lam: float, 
         run.keep(lam, "worst-case", worst)
 
 
-def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int | None) -> None:
-    if not torch.is_floating_point(x):
-        raise ValueError(f"inputs must be float images in [0, 1], got dtype {x.dtype}")
-    lo, hi = x.min().item(), x.max().item()
-    if lo < 0 or hi > 1:
-        raise ValueError(f"inputs must be images in [0, 1] (eps is in pixel units), got values in [{lo:.3g}, {hi:.3g}]"
-                         "; put normalisation inside the model (floatify.models.Normalized)")
-    if num_classes is not None and (y.min().item() < 0 or y.max().item() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}], got [{y.min().item()}, {y.max().item()}]")
-
-
 def _settings(run: _Evaluation, config: EvalConfig, max_batches: int | None, meta: dict | None) -> dict:
     """The report's settings: preset, draws, eps, points, the noise source, the limits and ``meta``."""
     info: dict[str, Any] = {"preset": config.attack_specs()[0], "score_draws": config.score_draws,
@@ -408,14 +361,19 @@ def _save_adversarial(path: str | Path, kept: dict[str, list[torch.Tensor]]) -> 
     atomic_write(path, save({k: torch.cat(v).contiguous() for k, v in kept.items()}))
 
 
-def _report(run: _Evaluation, info: dict) -> Report:
+def _report(run: _Evaluation, info: dict, notes: list[str]) -> Report:
     scores = {str(float(v)): {label: cell.score() for label, cell in run.cells[v].items()} for v in run.lams}
+    if run.headline is not None:
+        for row in scores.values():
+            members = [row[a.label] for a in run.headline.members]
+            row[run.headline.label] = headline_score(row[run.headline.label], members)
     descriptions = {a.label: a.describe() for a in run.attacks}
     if run.headline is not None:
         descriptions = {run.headline.label: run.headline.describe(), **descriptions}
     clean = next((a.label for a in run.attacks if not a.handler.is_attack), None)
     return Report(list(run.lams), descriptions, scores, info, headline=None if run.headline is None
-                  else run.headline.label, clean_label=clean, noise_off=[a.label for a in run.attacks if not a.noise])
+                  else run.headline.label, clean_label=clean, noise_off=[a.label for a in run.attacks if not a.noise],
+                  notes=notes)
 
 
 def _score(per_point: torch.Tensor, batches: list[tuple[int, list[float]]]) -> Score:

@@ -166,7 +166,29 @@ def _example(example_inputs) -> torch.Tensor:
                         f"got {type(example_inputs).__name__}")
     if example_inputs.ndim == 0:
         raise ValueError("example_inputs must be a batch of images (N, C, H, W), got a 0-d tensor")
+    if not example_inputs.is_floating_point():
+        raise TypeError(f"example_inputs must be floating-point images (e.g. torch.rand(2, 3, 224, 224)), got "
+                        f"{example_inputs.dtype}; pass x.float() / 255")
     return example_inputs
+
+
+def _check_runs_on(model: nn.Module, x: torch.Tensor, what: str) -> None:
+    """One clean (λ = 0), evaluation-mode forward of ``x`` (model mode and global RNGs kept): a ValueError naming
+    the shape instead of an error from deep inside the tracer."""
+    from floatify.context import lam
+    from floatify.run_state import preserved_rng
+
+    was_training = model.training
+    try:
+        with preserved_rng(), torch.no_grad(), lam(0.0):
+            model.eval()
+            model(x)
+    except (RuntimeError, ValueError, IndexError, AssertionError) as err:  # reason: what torch/timm raise for shapes
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{what}: the model cannot run on example_inputs of shape {tuple(x.shape)} ({first}); pass "
+                         f"a batch shaped as its inputs (N, C, H, W)") from None
+    finally:
+        model.train(was_training)
 
 
 def export(model: nn.Module, example_inputs, *, dynamic_batch: bool = True) -> torch.export.ExportedProgram:
@@ -195,6 +217,7 @@ def export(model: nn.Module, example_inputs, *, dynamic_batch: bool = True) -> t
     """
     _refuse_unexportable(model, "floatify.export")
     x = _example(example_inputs).detach()
+    _check_runs_on(model, x, "floatify.export")
     dynamic_shapes = None
     if dynamic_batch:
         if x.shape[0] == 1:  # reason: torch.export specialises a size-1 dimension; trace with 2

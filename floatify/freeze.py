@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from floatify.config import check_int
 from floatify.context import validate_lam
 from floatify.convert import SKIPPED_ATTR
 from floatify.layers.conditioned import ALPHA_SUFFIX, is_conditioned, is_floatify_layer, original_class
@@ -45,6 +46,9 @@ def freeze(model: nn.Module, lam: float, seed: int | None = None, *, inplace: bo
         inplace: modify ``model`` itself instead of a deep copy.
     """
     lam = validate_lam(lam)
+    check_int("seed", seed, minimum=0, optional=True, meaning="of the noise draw")
+    if seed is not None and seed >= 2**64:  # reason: the largest seed a torch.Generator takes
+        raise ValueError(f"seed (of the noise draw) must be an int below 2**64, got {seed!r}")
     if not any(is_conditioned(m) for _, m in iter_modules(model)):
         raise ValueError(f"{type(model).__name__} has no floatify layers: freeze() expects a converted model")
     if not inplace:

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["atomic_write", "atomic_path", "remove_stale_temporaries", "TMP_SUFFIX", "replace_folder",
-           "remove_stale_staging", "read_safetensors", "STAGING_SUFFIX"]
+           "remove_stale_staging", "read_safetensors", "first_non_finite", "STAGING_SUFFIX"]
 
 TMP_SUFFIX = ".floatify-tmp"
 _TMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{16}" + re.escape(TMP_SUFFIX) + "$")
@@ -142,17 +142,50 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 
 def read_safetensors(path: str | os.PathLike, what: str, error: type[Exception] = ValueError,
-                     hint: str = "") -> tuple[dict, dict]:
+                     hint: str = "", *, finite: bool = True) -> tuple[dict, dict]:
     """``(tensors, header metadata)`` of a safetensors file; any damage raises ``error`` with one line naming
     ``what`` and ``path`` ("truncated or corrupted or not a safetensors file") plus ``hint``. Reading it runs no
-    code (safetensors holds tensors and a JSON header only)."""
+    code (safetensors holds tensors and a JSON header only). With ``finite`` a floating-point tensor holding NaN or
+    ±inf is damage too (:func:`first_non_finite`); the caller that names its tensors itself passes False."""
     from safetensors import safe_open
 
     try:
         with safe_open(os.fspath(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            tensors, header = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as err:  # reason: safetensors raises several types for damaged files
         raise error(f"{what} {path} is truncated or corrupted or not a safetensors file ({err}){hint}") from None
+    bad = first_non_finite(tensors) if finite else None
+    if bad is not None:
+        raise error(f"{what} {path} holds non-finite values (NaN or inf) in tensor '{bad}'; it cannot be used"
+                    f"{hint}")
+    return tensors, header
+
+
+def first_non_finite(tensors) -> str | None:
+    """The name of the first floating-point tensor in ``tensors`` (a mapping, or a nest of dicts, lists and tuples:
+    names joined by dots) holding NaN or ±inf; None when every value is finite.
+
+    Example:
+        >>> import torch
+        >>> from floatify.io import first_non_finite
+        >>> first_non_finite({"model": {"w": torch.ones(2), "b": torch.tensor([1.0, float("nan")])}})
+        'model.b'
+        >>> first_non_finite({"steps": torch.tensor([3])}) is None
+        True
+    """
+    import torch
+
+    stack: list[tuple[str, object]] = [("", tensors)]
+    while stack:
+        name, value = stack.pop(0)
+        if isinstance(value, torch.Tensor):
+            if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+                return name
+        elif isinstance(value, dict):
+            stack[:0] = [(f"{name}.{k}" if name else str(k), v) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            stack[:0] = [(f"{name}.{i}" if name else str(i), v) for i, v in enumerate(value)]
+    return None
 
 
 # ------------------------------------------------------------------------------ folders replaced in one step

@@ -39,7 +39,7 @@ QUICK_LOOK_KEYS = ("eval_clean_lam0", "eval_clean_lam1", "eval_robust_lam1")
 def quick_look(model: nn.Module, loader: Iterable, eps: float) -> dict[str, float]:
     """Clean accuracy at λ = 0 and 1 and robust accuracy at λ = 1 (PGD at ``eps``) on the first batches of
     ``loader``; the global RNGs are left where they were."""
-    from floatify.attacks import quick
+    from floatify.attack_presets import quick
     from floatify.evaluate import evaluate
 
     specs = [s for s in quick(eps, steps=QUICK_LOOK_STEPS) if s.kind in ("clean", "pgd") and s.noise]

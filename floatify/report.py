@@ -20,6 +20,8 @@ from floatify.config import check_real
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from floatify.audit import AuditCheck
+
 __all__ = ["Report", "Score", "LamChoice"]
 
 
@@ -32,9 +34,49 @@ class Score:
     n: int
     note: str = ""  # e.g. why a cell is not applicable
 
+    @property
+    def low(self) -> float:
+        """The interval's lower end, clipped to 0 (an accuracy is never below it)."""
+        return max(0.0, self.mean - self.ci95)
+
+    @property
+    def high(self) -> float:
+        """The interval's upper end, clipped to 1 (an accuracy is never above it)."""
+        return min(1.0, self.mean + self.ci95)
+
+    def text(self) -> str:
+        """The cell as the report prints it, in %: ``mean ± ci``, or ``mean +up/-down`` where [0, 100] clips it.
+
+        Example:
+            >>> from floatify.report import Score
+            >>> Score(0.5, 0.1, 10).text(), Score(0.98, 0.05, 10).text()
+            ('50.0 ± 10.0', '98.0 +2.0/-5.0')
+        """
+        mean, ci = round(100 * self.mean, 1), round(100 * self.ci95, 1)
+        if mean - ci >= 0.0 and mean + ci <= 100.0 + 1e-9:  # reason: judged on the printed (rounded) numbers
+            return f"{mean:.1f} ± {ci:.1f}"
+        low, high = round(100 * self.low, 1), round(100 * self.high, 1)
+        return f"{mean:.1f} +{high - mean:.1f}/-{mean - low:.1f}"
+
+
+_SCORE_FIELDS = ("mean", "ci95", "n", "note")
+
 
 def _as_dict(score: Score | None) -> dict | None:
-    return None if score is None else asdict(score)
+    return None if score is None else {**asdict(score), "low": score.low, "high": score.high}
+
+
+def _audit_from(items: list | None) -> list[AuditCheck] | None:
+    """The audit of a report.json (None for reports written without one, or before audits existed)."""
+    if items is None:
+        return None
+    from floatify.audit import from_dicts
+
+    return from_dicts(items)
+
+
+def _from_dict(data: dict | None) -> Score | None:
+    return None if data is None else Score(**{k: v for k, v in data.items() if k in _SCORE_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -135,6 +177,8 @@ class Report:
     headline: str | None = None  # the label of the headline robust column (per-point worst case over attacks)
     clean_label: str | None = "clean"  # the column without an attack (None: there is none)
     noise_off: list[str] = field(default_factory=list)  # columns measured on the noise-off model
+    notes: list[str] = field(default_factory=list)  # what a reader must know about the whole evaluation
+    audit: list[AuditCheck] | None = None  # floatify.audit's checks, when the evaluation was audited
 
     def score(self, lam: float, label: str) -> Score | None:
         return self.scores[str(float(lam))][label]
@@ -204,7 +248,8 @@ class Report:
             lam = max(found, key=lambda v: (dial.at(v)[1], dial.at(v)[0], -v))
         return _choice(dial, lam, max_clean_drop, min_robust)
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, audit: bool = True) -> str:
+        """The table, its attacks, settings and notes; then the audit section (where there is one) if ``audit``."""
         labels = self.columns()
         heads = [f"**{k}**" if k == self.headline else k for k in labels]
         summary = self.dial_summary()
@@ -214,10 +259,11 @@ class Report:
             cells = []
             for label in labels:
                 s = self.scores[str(float(v))].get(label)
-                cells.append("n/a" if s is None else f"{100 * s.mean:.1f} ± {100 * s.ci95:.1f}")
+                cells.append("n/a" if s is None else s.text())
             lines.append(f"| {v:g} | " + " | ".join(cells) + " |")
         lines.append("")
-        lines.append("Accuracy in % (mean over test points of the expected accuracy over fresh noise draws, ± 95% CI).")
+        lines.append("Accuracy in % (mean over test points of the expected accuracy over fresh noise draws, ± 95% CI; "
+                     "+up/-down where [0, 100] clips it).")
         lines.append("")
         if self.headline:
             off = f" Columns {', '.join(self.noise_off)} attack and score a different, deterministic model (the " \
@@ -230,17 +276,29 @@ class Report:
             lines.append("")
             lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in self.meta.items()))
         notes = {s.note for row in self.scores.values() for s in row.values() if s is not None and s.note}
+        notes.update(self.notes)
         if any(s is None for row in self.scores.values() for s in row.values()):
             notes.add("n/a: AutoAttack runs only where the model is deterministic (λ = 0 or noise off); a transfer "
                       "attack from the noise-off model needs a randomised model (λ > 0)")
         lines.extend(f"\nNote: {n}" for n in sorted(notes))
+        if audit and self.audit is not None:
+            lines += ["", self.audit_markdown().rstrip()]
         return "\n".join(lines) + "\n"
+
+    def audit_markdown(self) -> str:
+        """The audit section (:mod:`floatify.audit`): the verdict and a table of the checks; empty without one."""
+        if self.audit is None:
+            return ""
+        from floatify.audit import audit_markdown
+
+        return "Audit of this evaluation (floatify.audit):\n\n" + audit_markdown(self.audit)
 
     def to_json(self, path: str | Path | None = None) -> str:
         """The report as JSON (also written to ``path``, atomically, when given)."""
         text = json.dumps(
             {"lams": self.lams, "headline": self.headline, "clean_label": self.clean_label,
-             "noise_off": self.noise_off,
+             "noise_off": self.noise_off, "notes": self.notes,
+             "audit": None if self.audit is None else [asdict(c) for c in self.audit],
              "headline_scores": {k: _as_dict(row.get(self.headline)) for k, row in self.scores.items()}
              if self.headline else None,
              "attacks": {k: self.attacks[k] for k in self.columns()}, "meta": self.meta,
@@ -260,8 +318,7 @@ class Report:
         if not text.lstrip().startswith("{"):
             text = Path(text_or_path).read_text()
         data = json.loads(text)
-        scores = {k: {a: (None if s is None else Score(**s)) for a, s in row.items()}
-                  for k, row in data["scores"].items()}
+        scores = {k: {a: _from_dict(s) for a, s in row.items()} for k, row in data["scores"].items()}
         attacks = dict(data["attacks"])
         if "noise_off" in data:
             clean, noise_off = data.get("clean_label"), list(data["noise_off"])
@@ -269,7 +326,8 @@ class Report:
             clean = "clean" if "clean" in attacks else None
             noise_off = [label for label in attacks if label.endswith("(noise off)")]
         return cls([float(v) for v in data["lams"]], attacks, scores, dict(data.get("meta", {})),
-                   headline=data.get("headline"), clean_label=clean, noise_off=noise_off)
+                   headline=data.get("headline"), clean_label=clean, noise_off=noise_off,
+                   notes=list(data.get("notes", [])), audit=_audit_from(data.get("audit")))
 
     def plot(self, path: str | Path) -> Path:
         """Write :meth:`figure` to ``path`` (any format matplotlib writes, chosen by the suffix), atomically."""
@@ -296,18 +354,19 @@ class Report:
         fig, (ax_lam, ax_trade) = plt.subplots(1, 2, figsize=(11.5, 4.6))
         robust, clean = self.robust_label(), self.clean_label
         for label in self.columns():
-            xs, ys, es = [], [], []
+            xs, ys, down, up = [], [], [], []
             for v in self.lams:
                 s = self.scores[str(float(v))].get(label)
                 if s is not None:
                     xs.append(v)
                     ys.append(100 * s.mean)
-                    es.append(100 * s.ci95)
+                    down.append(100 * (s.mean - s.low))  # reason: the bars end at 0% and 100%
+                    up.append(100 * (s.high - s.mean))
             if not xs:
                 continue
             main = label in (clean, robust)
             name = "clean accuracy" if label == clean else f"robust accuracy: {label}" if label == robust else label
-            ax_lam.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name, linewidth=2.4 if main else 0.9,
+            ax_lam.errorbar(xs, ys, yerr=[down, up], marker="o", capsize=3, label=name, linewidth=2.4 if main else 0.9,
                             linestyle="-" if main else "--", alpha=1.0 if main else 0.55,
                             markersize=6 if main else 3)
         ax_lam.set_xlabel("λ   (0 = most accurate  →  1 = most robust)")

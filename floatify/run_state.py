@@ -31,6 +31,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import random
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -60,7 +61,7 @@ STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "epoch", "hist
               "conversion", "tag")
 """What a run state holds (``ema`` and ``tag`` may be None)."""
 _LEADING_COLUMNS = ("epoch", "loss", "lr", "seconds")  # summary.csv's first columns, as timm's
-_START_AFRESH = "delete it (or choose another checkpoint_dir) to start afresh"
+_START_AFRESH = "start afresh: delete it, or use another checkpoint_dir (floatify train: --overwrite, not --resume)"
 
 
 # ------------------------------------------------------------------------------------------------- RNG states
@@ -193,6 +194,11 @@ def check_same_run(state: dict, path: Path, model: nn.Module, *, settings: dict,
         raise ValueError("cannot resume: the training data changed since the checkpoint ("
                          + ", ".join(f"{k} {state['data'].get(k)} -> {signature.get(k)}" for k in data)
                          + "); use the original batch size and data (e.g. --train-limit)")
+    absent = sorted(k for k, v in (tag or {}).items() if v is not None and state["tag"] is not None
+                    and k not in state["tag"])
+    if absent:  # reason: a setting the stored run does not record is not a change the user made
+        raise CheckpointError(f"training state {path} records no {', '.join(absent)} (written by an older floatify, "
+                              f"or with another tag); {_START_AFRESH}")
     run = _differences(state["tag"] or {}, tag or {})
     if run:
         raise ValueError(f"cannot resume: the run's settings changed since the checkpoint ({', '.join(run)}); "
@@ -224,6 +230,9 @@ def read_run_state(checkpoint_dir: Path) -> tuple[dict, Path]:
             raise CheckpointError(f"training state {old} was written by an older floatify (a pickle file, which "
                                   f"floatify no longer reads); {_START_AFRESH}")
         raise FileNotFoundError(f"resume=True but there is no {path}")
+    if path.is_dir():  # reason: checkpoint's own message would suggest a file inside it
+        raise CheckpointError(f"training state {path} is a directory, not the file floatify writes; move it away "
+                              f"to start afresh")
     state = load_state(path, "training state")
     if not isinstance(state, dict):
         raise CheckpointError(f"training state {path} is incomplete (not a run state); {_START_AFRESH}")
@@ -235,7 +244,57 @@ def read_run_state(checkpoint_dir: Path) -> tuple[dict, Path]:
     if malformed or not isinstance(state["tag"], (dict, type(None))):
         raise CheckpointError(f"training state {path} is corrupted ({', '.join(malformed) or 'tag'} is not an "
                               f"object); {_START_AFRESH}")
+    _check_progress(state, path)
     return state, path
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any, low: float = 0.0) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= low
+
+
+def _record_problem(record: Any, number: int) -> str | None:
+    """What is wrong with history record ``number`` (from 1), None if nothing: the shape :func:`floatify.fit`
+    writes."""
+    if not isinstance(record, dict):
+        return f"is a {type(record).__name__}, not an object"
+    if record.get("epoch") != number or not _is_int(record.get("epoch")):
+        return f"has epoch {record.get('epoch')!r}, expected {number}"
+    for key in ("loss", "lr", "seconds"):
+        if not _is_number(record.get(key)):
+            return f"has {key} {record.get(key)!r}, expected a finite number >= 0"
+    counts = record.get("lam_counts")
+    if not isinstance(counts, dict) or not all(isinstance(k, str) and _is_int(v) and v >= 0
+                                               for k, v in counts.items()):
+        return "has no lam_counts object of counts"
+    odd = [k for k, v in record.items() if k not in ("epoch", "lam_counts") and not _is_number(v, -math.inf)]
+    return f"has a non-number {odd[0]}" if odd else None
+
+
+def _check_progress(state: dict, path: Path) -> None:
+    """Refuse (one line naming the field) a state whose epoch or history is not what fit writes: read as untrusted
+    input, since a resume trains from ``epoch`` on and returns ``history``."""
+    epochs = state["config"].get("epochs")
+    if not _is_int(epochs) or epochs < 1:
+        raise CheckpointError(f"training state {path} is corrupted (config 'epochs' is {epochs!r}, not an int >= 1); "
+                              f"{_START_AFRESH}")
+    epoch = state["epoch"]
+    if not _is_int(epoch) or not 0 <= epoch < epochs:
+        raise CheckpointError(f"training state {path} is corrupted ('epoch' is {epoch!r}, not an int in [0, "
+                              f"{epochs - 1}]: the last epoch trained, from 0); {_START_AFRESH}")
+    history = state["history"]
+    if not isinstance(history, list) or len(history) != epoch + 1:
+        size = len(history) if isinstance(history, list) else type(history).__name__
+        raise CheckpointError(f"training state {path} is corrupted ('history' holds {size} records, not one per "
+                              f"epoch trained ({epoch + 1})); {_START_AFRESH}")
+    for number, record in enumerate(history, start=1):
+        problem = _record_problem(record, number)
+        if problem:
+            raise CheckpointError(f"training state {path} is corrupted ('history' record {number} {problem}); "
+                                  f"{_START_AFRESH}")
 
 
 def read_state_tag(checkpoint_dir: str | Path) -> dict | None:

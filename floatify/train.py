@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from floatify.compile import CUDA_GRAPH_MODES, check_compile_device, check_compile_options, compiled_training
 from floatify.config import check_bool, check_choice, check_int, check_real, resolve
 from floatify.context import validate_lam
 from floatify.distributed import together
@@ -59,6 +60,7 @@ from floatify.run_state import (
     write_history,
 )
 from floatify.summary import param_groups
+from floatify.train_guards import check_batch, check_loss, check_weights, count_classes
 from floatify.walk import iter_modules
 
 __all__ = ["TrainConfig", "fit", "train_one_epoch", "make_scheduler", "training_settings", "STATE_FILE",
@@ -85,11 +87,14 @@ class TrainConfig:
         attack, eps, steps, step_size, noise_draw: the training attack (:func:`floatify.losses.float_loss`);
             ``step_size`` None is 2.5·eps/steps (Madry et al.), the rule the evaluation attacks use too.
         grad_clip: the maximum gradient norm (None: no clipping). amp: bf16/fp16 autocast, on CUDA only.
-        seed: initialisation, data order and λ sampling.
+        seed: initialisation, data order and λ sampling (an int in [0, 2**32)).
         keep_freed_heap: on CPU (glibc), keep freed heap for reuse while training (:mod:`floatify.heap`); speed only.
         model_ema, model_ema_decay: keep an exponential moving average of the weights (timm's ``ModelEmaV3``, with
             warm-up) and return it; see :func:`fit`.
         eval_every: every K epochs a quick look at held-out data (:func:`fit`'s ``eval_loader``); 0: never.
+        compile, compile_mode: train compiled (:mod:`floatify.compile`): every forward and backward of a step runs
+            in graphs compiled once (``compile_mode``: ``torch.compile``'s mode, None for ``"default"``;
+            ``"reduce-overhead"`` captures CUDA graphs, on CUDA only).
     """
 
     epochs: int = 6
@@ -114,6 +119,8 @@ class TrainConfig:
     model_ema: bool = False
     model_ema_decay: float = 0.999
     eval_every: int = field(default=0, metadata={WEIGHTS_UNAFFECTED: True})
+    compile: bool = False  # compiled training (floatify.compile); compared on resume: compiled rounding differs
+    compile_mode: str | None = None  # torch.compile's mode (None: "default"); with compile only
 
     def __post_init__(self) -> None:
         for check in (self._check_schedule, self._check_optimizer, self._check_sampling, self._check_attack,
@@ -158,6 +165,10 @@ class TrainConfig:
         _require(self.model_ema_decay < 1, f"model_ema_decay must be in [0, 1) (e.g. 0.999; the EMA keeps this "
                                            f"share per step), got {self.model_ema_decay!r}")
         check_int("eval_every", self.eval_every, minimum=0, meaning="a quick look every K epochs; 0: never")
+        check_int("seed", self.seed, minimum=0)
+        # reason: the data split (numpy) and DataLoader generators take seeds below 2**32
+        _require(self.seed < 2**32, f"seed must be an int in [0, {2**32 - 1}], got {self.seed!r}")
+        check_compile_options(self.compile, self.compile_mode)
 
 
 def training_settings(cfg: TrainConfig) -> dict:
@@ -205,6 +216,9 @@ def fit(
     ``checkpoint_dir``: after every epoch the run state, ``history.json`` and ``summary.csv`` (rank 0,
     :mod:`floatify.run_state`); ``resume=True`` continues from it and ends with the weights of an uninterrupted run.
     Resuming with other settings, data, conversion, model or ``tag`` (any JSON dict of yours) is an error.
+    Each batch must be float inputs and integer labels within the model's classes (one clear error otherwise,
+    :mod:`floatify.train_guards`); a non-finite loss, or weights holding NaN or inf after an epoch, stop the run
+    at once with a :class:`floatify.train_guards.DivergedError` (a ValueError) and nothing non-finite is saved.
 
     With ``model_ema`` the returned model holds the EMA weights (α, both BatchNorm sets and every buffer averaged,
     updated after each optimizer step). ``eval_every=K`` with ``eval_loader``: every K epochs a quick look (clean
@@ -235,7 +249,9 @@ def fit(
         if resume:
             _resume_run(run)
     tune = cfg.keep_freed_heap and run.device.type == "cpu" and run.start_epoch < cfg.epochs
-    with keep_freed_heap() if tune else contextlib.nullcontext():
+    compiled = compiled_training(run.inner, cfg.compile_mode) if cfg.compile and run.start_epoch < cfg.epochs \
+        else contextlib.nullcontext(False)
+    with keep_freed_heap() if tune else contextlib.nullcontext(), compiled:
         for epoch in range(run.start_epoch, cfg.epochs):
             _run_epoch(run, epoch, progress, on_epoch_end)
     if run.ema is not None:
@@ -266,6 +282,7 @@ class _Run:
     eval_loader: Iterable | None = None
     history: list[dict] = field(default_factory=list)
     start_epoch: int = 0
+    num_classes: int | None = None  # what the labels are checked against (train_guards.count_classes)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -331,6 +348,8 @@ def _set_up(model: nn.Module, train_loader, cfg: TrainConfig, checkpoint_dir: st
     optimizer = _make_optimizer(model, cfg)
     device = next(inner.parameters()).device
     use_amp = cfg.amp and device.type == "cuda"
+    if cfg.compile:
+        check_compile_device(cfg.compile_mode, device)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None and _is_main_process():
         from floatify.io import remove_stale_temporaries
@@ -341,7 +360,8 @@ def _set_up(model: nn.Module, train_loader, cfg: TrainConfig, checkpoint_dir: st
                 scaler=torch.amp.GradScaler("cuda", enabled=use_amp), device=device, use_amp=use_amp,
                 steps_per_epoch=steps_per_epoch, checkpoint_dir=ckpt_dir,
                 signature=data_signature(train_loader, steps_per_epoch), conversion=conversion_settings(inner),
-                tag=tag, ema=_make_ema(inner, cfg), eval_loader=eval_loader)
+                tag=tag, ema=_make_ema(inner, cfg), eval_loader=eval_loader,
+                num_classes=count_classes(inner, train_loader))
 
 
 def _resume_run(run: _Run) -> None:
@@ -362,6 +382,8 @@ def _resume_run(run: _Run) -> None:
             load_ema_state(run.ema, state["ema"], path)
         set_rng_state(state["rng"], run.loader)
         run.history, run.start_epoch = list(state["history"]), int(state["epoch"]) + 1
+        if _is_main_process():  # reason: history.json is rewritten from the checked state, never kept as found
+            write_history(run.checkpoint_dir, run.history)
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
@@ -374,6 +396,8 @@ def _run_epoch(run: _Run, epoch: int, progress: bool, on_epoch_end: Callable[[in
     record = train_one_epoch(run, epoch, progress=progress)
     if run.eval_loader is not None and (epoch + 1) % run.cfg.eval_every == 0 and _is_main_process():
         record.update(quick_look(run.ema.module if run.ema is not None else run.inner, run.eval_loader, run.cfg.eps))
+    check_weights(run.inner, epoch + 1, checkpoint_dir=run.checkpoint_dir,  # reason: never save a diverged model
+                  epochs_saved=len(run.history) if run.checkpoint_dir is not None else 0)
     run.history.append(record)
     if run.checkpoint_dir is not None and _is_main_process():
         _save_checkpoint(run, epoch)
@@ -391,12 +415,17 @@ def train_one_epoch(run: _Run, epoch: int, *, progress: bool = True) -> dict:
     t0, total_loss, n = time.perf_counter(), 0.0, 0
     lam_counts: dict[str, int] = {}
     bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{run.cfg.epochs}", disable=not progress, leave=False)
+    saved = len(run.history) if run.checkpoint_dir is not None else 0  # reason: what a divergence leaves behind
     for i, (x, y) in enumerate(bar):
         global_step = epoch * run.steps_per_epoch + i
+        check_batch(x, y, run.num_classes)  # reason: a raw torch error (or a CUDA assert) becomes one line
         lams = run.sampler(global_step)
         for v in lams:
             lam_counts[f"{v:.2f}"] = lam_counts.get(f"{v:.2f}", 0) + 1
-        total_loss += _train_step(run, x, y, lams, global_step) * len(y)
+        loss = _train_step(run, x, y, lams, global_step)
+        check_loss(loss, epoch + 1, i + 1, run.cfg.lr, checkpoint_dir=run.checkpoint_dir,
+                   epochs_saved=saved)
+        total_loss += loss * len(y)
         n += len(y)
         bar.set_postfix(loss=f"{total_loss / n:.3f}", lam=",".join(f"{v:.2f}" for v in lams))
     if n == 0:
@@ -413,6 +442,8 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, lams: list[float], 
     # reason: gradients freed before the step's forwards, not after: the previous step's gradients (one
     # weight-sized set) would otherwise stay alive through the attack iterations
     run.optimizer.zero_grad(set_to_none=True)
+    if cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES:
+        torch.compiler.cudagraph_mark_step_begin()  # reason: a new step: the previous step's graph outputs are dead
     with torch.autocast(device.type, enabled=run.use_amp):
         if cfg.strategy == "paired":
             loss = float_paired_loss(run.model, x, y, cfg.adv_weight, **attack)

@@ -8,7 +8,8 @@ import torch.nn as nn
 
 import floatify
 from floatify.apgd import apgd, correct_predictions, dlr_loss
-from floatify.attacks import AttackSpec, attack_and_score, expected_correct
+from floatify.attacks import AttackSpec, attack_and_score
+from floatify.scoring import expected_correct
 
 from attack_models import exact_robust_accuracy, linear_task
 

@@ -1,5 +1,6 @@
 """Attack budgets, strongest-iterate bookkeeping, honest EOT scoring and the registry of attack kinds
-(APGD's own strength is tests/test_apgd.py's)."""
+(APGD's own strength is tests/test_apgd.py's; the presets' tests/test_attack_presets.py's; the scores'
+tests/test_scoring.py's)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,9 @@ import torch
 import torch.nn as nn
 
 import floatify
-from floatify.attacks import (
-    HANDLERS,
-    AttackHandler,
-    AttackSpec,
-    attack_and_score,
-    expected_correct,
-    make_attack,
-    parse_attacks,
-    quick,
-    register_attack,
-    strong,
-)
+from floatify.attack_presets import parse_attacks
+from floatify.attacks import HANDLERS, AttackHandler, AttackSpec, attack_and_score, make_attack, register_attack
+from floatify.scoring import expected_correct
 
 from attack_models import small_model
 
@@ -79,32 +71,6 @@ def test_descriptions_name_attack_steps_and_draws():
 def test_pgd_step():
     assert AttackSpec("pgd", 0.1, 10).pgd_step == pytest.approx(2.5 * 0.1 / 10)
     assert AttackSpec("pgd", 0.1, 10, step_size=0.02).pgd_step == 0.02
-
-
-def test_nan_outputs_count_as_wrong():
-    class Broken(nn.Module):
-        def forward(self, x):
-            return torch.full((len(x), 3), float("nan"))
-
-    y = torch.zeros(5, dtype=torch.long)  # argmax of a NaN row is 0: a naive scorer says 100%
-    assert expected_correct(Broken(), torch.rand(5, 3), y, 2).sum() == 0
-
-
-@pytest.mark.parametrize("text,labels", [
-    ("quick", [s.label for s in quick(0.1)]),
-    ("strong", ["clean", "apgd-ce-50x10", "apgd-dlr-50x10", "transfer-50", "apgd-ce-50 (noise off)"]),
-    ("clean,apgd-dlr:nonoise", ["clean", "apgd-dlr-50 (noise off)"]),
-    ("eot-pgd, transfer, fgsm:nonoise", ["eot-pgd-10x8", "transfer-50", "fgsm (noise off)"]),
-    ("eot-pgd:nonoise", ["eot-pgd-10 (noise off)"]),
-])
-def test_presets_and_lists_parse(text, labels):
-    assert [s.label for s in parse_attacks(text, 0.1)] == labels
-
-
-def test_strong_descriptions_name_loss_iterations_draws_restarts_and_eps():
-    d = {s.label: s.describe() for s in strong(0.1, steps=100, eot_draws=20)}
-    assert all(w in d["apgd-dlr-100x20"] for w in ("DLR", "100 iterations", "20 noise draws", "1 restart", "25.5/255"))
-    assert "noise-off model" in d["transfer-100"]
 
 
 # ------------------------------------------------------------------------------ the registry of attack kinds

@@ -172,3 +172,60 @@ def test_load_initial_checkpoint_refuses_what_it_cannot_use(tmp_path):
         load_initial_checkpoint(floatify.convert(_plain()), tmp_path / "ok.pth")
     with pytest.raises(TypeError, match="expects a torch.nn.Module"):
         load_initial_checkpoint({"a": 1}, tmp_path / "ok.pth")
+
+
+def _poisoned(value: float):
+    """The plain model's state_dict with ``value`` in its classifier's weight (the file another run diverged into)."""
+    def make(path):
+        sd = _plain().state_dict()
+        sd["3.weight"][0, 0] = value
+        torch.save(sd, path)
+    return make
+
+
+def _integer_weights(path):
+    torch.save({k: (v * 100).long() if v.is_floating_point() else v for k, v in _plain().state_dict().items()}, path)
+
+
+def _checkpoint_with_nan(path):
+    model = floatify.convert(_plain())
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = float("nan")
+    save_checkpoint(path, model, {})
+
+
+# a hostile weights file -> the message naming it (and its first bad tensor); nothing is loaded
+HOSTILE_INITIAL = [
+    ("nan", _poisoned(float("nan")), "holds non-finite values (NaN or inf) in tensor '3.weight'"),
+    ("inf", _poisoned(float("-inf")), "holds non-finite values (NaN or inf) in tensor '3.weight'"),
+    ("int64", _integer_weights, "'0.weight' torch.int64 in the file vs torch.float32 in the model"),
+]
+
+
+@pytest.mark.parametrize("name, make, message", HOSTILE_INITIAL, ids=[r[0] for r in HOSTILE_INITIAL])
+def test_a_hostile_initial_checkpoint_is_refused_and_loads_nothing(tmp_path, name, make, message):
+    from floatify.checkpoint import load_initial_checkpoint
+
+    make(tmp_path / "w.pth")
+    model = _plain()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as err:
+        load_initial_checkpoint(model, tmp_path / "w.pth")
+    assert message in str(err.value) and str(tmp_path / "w.pth") in str(err.value), err.value
+    assert "\n" not in str(err.value)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_checkpoint_holding_nan_is_refused_when_read(tmp_path):
+    _checkpoint_with_nan(tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match=r"m.safetensors holds non-finite values \(NaN or inf\) in tensor "
+                                              r"'0.weight'"):
+        load_checkpoint(tmp_path / "m.safetensors")
+
+
+def test_load_into_refuses_integer_values_for_float_weights():
+    model = floatify.convert(_plain())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["0.weight"] = (state["0.weight"] * 100).long()
+    with pytest.raises(CheckpointError, match="'0.weight' is torch.int64 in the checkpoint but torch.float32"):
+        load_into(model, state, "m.safetensors")

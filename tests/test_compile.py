@@ -1,4 +1,5 @@
-"""torch.compile: right outputs when λ changes, and no recompilation per λ value."""
+"""torch.compile: right outputs when λ changes, and no recompilation per λ value; compiled training
+(:mod:`floatify.compile`): the eager trajectory, each graph compiled once, the settings it serves and refuses."""
 
 from __future__ import annotations
 
@@ -140,3 +141,205 @@ def test_an_fx_trace_between_compiled_calls_needs_no_recompile():
     thread.join()
     assert not errors, errors
     assert counter.frame_count == 1
+
+
+# ------------------------------------------------------------------------------------------- compiled training
+# reason: aot_eager traces forward and backward as inductor does, without compiling C++ (fast on 2 shared cores)
+LIGHT = "aot_eager"
+
+
+def _light_counter(monkeypatch) -> torch._dynamo.testing.CompileCounterWithBackend:
+    """Compiled training with a graph counter over aot_eager; its answer to the compiler probe is kept apart."""
+    import floatify.compile as compile_module
+
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend(LIGHT)
+    monkeypatch.setattr(compile_module, "BACKEND", counter)
+    assert compile_module.compiler_problem("cpu") is None  # reason: the probe's graph, counted before training
+    counter.frame_count = 0
+    return counter
+
+
+def _fit(model=None, **kw):
+    from tiny_training import loader, tiny_model
+
+    model = tiny_model() if model is None else model
+    history = floatify.fit(model, loader(), **{"epochs": 2, "steps": 2, "progress": False, **kw})
+    return model, [r["loss"] for r in history]
+
+
+# every setting compiled training must serve: the same losses and weights as eager, within float rounding
+TRAJECTORIES = [
+    ("paired (the default)", {}),
+    ("binary", dict(strategy="binary")),
+    ("uniform λ", dict(strategy="uniform", zero_share=0.3)),
+    # reason: 4 epochs: its first λ = 1 step (the 12th) comes after clean steps, whose momentum a zero gradient keeps
+    ("oat: λ = 1 alone trains the adversarial BatchNorm only", dict(strategy="oat", epochs=4)),
+    ("fixed λ = 0.5", dict(strategy="fixed", fixed_lam=0.5)),
+    ("a fresh draw per forward", dict(noise_draw="forward")),  # in-graph offsets: the same generator stream
+    # reason: not AdamW here: its first updates are about lr·sign(gradient), which turns rounding into lr-sized steps
+    ("fgsm, grad clip", dict(attack="fgsm", grad_clip=1.0)),
+    ("amp (a no-op on CPU)", dict(amp=True)),
+    ("model EMA", dict(model_ema=True)),
+]
+
+
+@pytest.mark.parametrize("name, kw", TRAJECTORIES, ids=[r[0] for r in TRAJECTORIES])
+def test_compiled_training_follows_the_eager_loss_trajectory(monkeypatch, name, kw):
+    from tiny_training import tiny_model
+
+    _light_counter(monkeypatch)
+    eager, eager_losses = _fit(**kw)
+    compiled, compiled_losses = _fit(compile=True, **kw)
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-5), name
+    for (key, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), key
+    assert not torch.equal(compiled[0].weight_alpha, tiny_model()[0].weight_alpha)  # it trained
+
+
+# strategy -> the most graphs it may compile: λ = 0 in train mode; per kind of λ > 0 trained (λ = 1, 0 < λ < 1) the
+# attack in eval mode (input gradient) and the loss in train mode; one no-grad forward before training. Never one
+# more per λ value, attack iteration or epoch.
+GRAPH_BOUNDS = [("paired", 4), ("binary", 4), ("uniform", 4), ("oat", 6)]
+
+
+@pytest.mark.parametrize("strategy, bound", GRAPH_BOUNDS)
+def test_compiled_training_compiles_each_graph_once(monkeypatch, strategy, bound):
+    counter = _light_counter(monkeypatch)
+    graphs: list[int] = []
+    _fit(compile=True, epochs=4, strategy=strategy, on_epoch_end=lambda e, r: graphs.append(counter.frame_count))
+    assert graphs[-1] <= bound, graphs  # oat's first λ = 1 step is the 12th (of 4 per epoch): its graphs come then
+    assert graphs[-1] == graphs[-2], f"the last epoch recompiled: {graphs}"
+
+
+def test_compiled_training_holds_one_noise_draw_per_step_and_leaves_the_model_eager():
+    from floatify.compile import NOISE_SLOTS_ATTR, compiled_training
+    from floatify.context import hold_noise
+
+    from tiny_training import tiny_model
+
+    torch._dynamo.reset()
+    model, eager = tiny_model().eval(), tiny_model().eval()
+    x = torch.rand(4, 3, 6, 6)
+    with compiled_training(model, backend=LIGHT) as compiled, floatify.lam(1.0):
+        with hold_noise():
+            torch.manual_seed(0)
+            a, b = model(x), model(x)  # one held draw: the same noise
+        with hold_noise():
+            torch.manual_seed(0)
+            reference = eager(x)  # the eager held draw from the same generator state
+        c = model(x)  # outside a block: a fresh draw per forward
+    assert compiled and torch.equal(a, b) and torch.allclose(a, reference, atol=1e-6) and not torch.equal(a, c)
+    assert model._compiled_call_impl is None and not any(NOISE_SLOTS_ATTR in vars(m) for m in model.modules())
+
+
+def test_fit_leaves_the_model_it_trained_compiled_eager(monkeypatch):
+    _light_counter(monkeypatch)
+    model, _ = _fit(compile=True, epochs=1)
+    assert model._compiled_call_impl is None
+
+
+def test_compiled_training_trains_a_floats_sparse_model_and_keeps_its_mask(monkeypatch):
+    from tiny_training import tiny_model
+
+    _light_counter(monkeypatch)
+
+    def sparse():
+        return floatify.sparsify(tiny_model(), 0.5, criterion="magnitude")
+
+    eager, eager_losses = _fit(sparse())
+    compiled, compiled_losses = _fit(sparse(), compile=True)
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-5)
+    kept = compiled[0].floatify_mask("weight")
+    assert kept is not None and bool((compiled[0].weight[~kept] == 0).all())
+
+
+def test_compiled_training_without_dual_batchnorm(monkeypatch):
+    from tiny_training import tiny_model
+
+    _light_counter(monkeypatch)
+    config = floatify.FloatConfig(dual_bn=False)
+    _, eager_losses = _fit(tiny_model(config))
+    _, compiled_losses = _fit(tiny_model(config), compile=True)
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-5)
+
+
+def test_a_compiled_run_resumes_to_the_weights_of_an_uninterrupted_one(monkeypatch, tmp_path):
+    from tiny_training import Stop, stop_after, tiny_model, weights_equal
+
+    _light_counter(monkeypatch)
+    straight, _ = _fit(compile=True, epochs=3)
+    with pytest.raises(Stop):
+        _fit(compile=True, epochs=3, checkpoint_dir=tmp_path, on_epoch_end=stop_after(1))
+    resumed, _ = _fit(tiny_model(), compile=True, epochs=3, checkpoint_dir=tmp_path, resume=True)
+    assert weights_equal(straight, resumed)
+
+
+def test_compiled_training_under_ddp_matches_eager(monkeypatch, tmp_path):
+    import torch.distributed as dist
+
+    from tiny_training import tiny_model
+
+    _light_counter(monkeypatch)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        _, eager_losses = _fit(torch.nn.parallel.DistributedDataParallel(tiny_model()))
+        inner = tiny_model()
+        _, compiled_losses = _fit(torch.nn.parallel.DistributedDataParallel(inner), compile=True)
+    finally:
+        dist.destroy_process_group()
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-5) and inner._compiled_call_impl is None
+
+
+def _raising_backend(gm, example_inputs):
+    raise RuntimeError("no C++ compiler found\nsecond line")
+
+
+def test_fit_warns_once_and_trains_eagerly_where_torch_cannot_compile(monkeypatch):
+    import warnings
+
+    import floatify.compile as compile_module
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(compile_module, "BACKEND", _raising_backend)
+    monkeypatch.setattr(compile_module, "_PROBLEMS", {})
+    _, eager_losses = _fit()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, losses = _fit(compile=True)
+    ours = [w for w in caught if "cannot compile" in str(w.message)]
+    assert len(ours) == 1 and "no C++ compiler found" in str(ours[0].message) and "eagerly" in str(ours[0].message)
+    assert "\n" not in str(ours[0].message)
+    assert losses == eager_losses and model._compiled_call_impl is None
+
+
+BAD_COMPILE = [
+    (dict(compile_mode="turbo", compile=True), ValueError, "compile_mode must be one of default, reduce-overhead"),
+    (dict(compile_mode="default"), ValueError, "compile_mode='default' needs compile=True"),
+    (dict(compile="yes"), TypeError, "compile must be True or False"),
+    (dict(compile=True, compile_mode=3), ValueError, "compile_mode must be one of"),
+]
+
+
+@pytest.mark.parametrize("setting, error, message", BAD_COMPILE)
+def test_bad_compile_settings_are_one_line(setting, error, message):
+    with pytest.raises(error, match=message):
+        floatify.TrainConfig(**setting)
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_a_cuda_graph_mode_on_cpu_is_refused_before_any_step(mode):
+    from tiny_training import tiny_model, weights_equal
+
+    model = tiny_model()
+    with pytest.raises(ValueError, match=f"compile_mode='{mode}' captures CUDA graphs, which need a CUDA device"):
+        _fit(model, compile=True, compile_mode=mode)
+    assert weights_equal(model, tiny_model())
+
+
+def test_the_compile_modes_are_torchs():
+    from torch._inductor import list_mode_options
+
+    from floatify.compile import COMPILE_MODES
+
+    assert set(COMPILE_MODES) <= set(list_mode_options())

@@ -1,22 +1,20 @@
-"""floatify.data: the embedded digits, your own image folders, augmentation per dataset, loaders, clear errors."""
+"""floatify.data: the embedded digits, image folders' transforms, augmentation per dataset, loaders, clear errors.
+
+Reading image folders (layouts, formats, damaged files, the split) is tested in tests/test_imagefolder.py."""
 
 from __future__ import annotations
 
-import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from image_folders import classes, split_folder
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from floatify.cli import main
 from floatify.data import (
     AugmentedTensors,
-    ImageDecodeError,
     _torchvision_transforms,
-    check_images,
     default_eps,
     default_workers,
     load_dataset,
@@ -50,143 +48,6 @@ def test_default_eps_and_errors(tmp_path):
         load_dataset(f"imagefolder:{tmp_path}")
 
 
-# ------------------------------------------------------------------------------------------ building folders
-
-
-def _colour(value: int) -> tuple[int, int, int]:
-    return value, value // 2, 255 - value
-
-
-def _png(path: Path, value: int = 128, size: int = 8, mode: str = "RGB", bar: bool = True) -> Path:
-    """An image file of one colour, with a white bar on its left unless ``bar`` is False, written with PIL."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.new("RGB", (size, size), _colour(value))
-    if bar:
-        img.paste((255, 255, 255), (0, 0, size // 4, size))
-    (img.quantize(colors=4) if mode == "P" else img.convert(mode)).save(path)
-    return path
-
-
-def _classes(root: Path, counts: dict[str, int], ext: str = "png") -> Path:
-    for name, count in counts.items():
-        for i in range(count):
-            _png(root / name / f"{i}.{ext}", value=20 * (i + 1) % 256)
-    return root
-
-
-def _split_folder(root: Path, train: int = 4, val: int = 2) -> Path:
-    _classes(root / "train", {"cat": train, "dog": train})
-    _classes(root / "val", {"cat": val, "dog": val})
-    return root
-
-
-def _garbage(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG not really an image" * 3)
-
-
-def _truncated_jpeg(path: Path) -> None:
-    buf = io.BytesIO()
-    Image.effect_noise((32, 32), 60).convert("RGB").save(buf, "JPEG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-
-
-# ------------------------------------------------------------------------------------------------ hostile rows
-
-
-def _corrupt_in_train(root: Path) -> str:
-    _split_folder(root)
-    _garbage(root / "train" / "cat" / "broken.png")
-    return "broken.png"
-
-
-def _truncated_in_val(root: Path) -> str:
-    _split_folder(root)
-    _truncated_jpeg(root / "val" / "dog" / "cut.jpg")
-    return "cut.jpg"
-
-
-def _empty_class(root: Path) -> str:
-    _classes(root, {"cat": 5, "dog": 5})
-    (root / "empty").mkdir()
-    return "holds no images"
-
-
-def _single_class(root: Path) -> str:
-    _classes(root, {"cat": 5})
-    return "single class folder"
-
-
-def _no_images(root: Path) -> str:
-    root.mkdir()
-    return "has no class folders"
-
-
-def _not_an_image(root: Path) -> str:
-    _classes(root, {"cat": 5, "dog": 5})
-    (root / "dog" / "notes.txt").write_text("hello")
-    return "notes.txt is not an image file"
-
-
-def _too_few_to_split(root: Path) -> str:
-    _classes(root, {"cat": 1, "dog": 5})
-    return "at least 2 per class"
-
-
-def _good(root: Path) -> str:
-    _classes(root, {"cat": 10, "dog": 10})
-    return ""
-
-
-def _train_and_val(root: Path) -> str:
-    _split_folder(root)
-    return ""
-
-
-HOSTILE = [  # (build the folder -> expected fragment, extra CLI arguments, fragment when the builder gives none)
-    pytest.param(_corrupt_in_train, [], None, id="corrupt-file-in-train"),
-    pytest.param(_truncated_in_val, [], None, id="truncated-jpeg-in-val"),
-    pytest.param(_empty_class, [], None, id="empty-class-folder"),
-    pytest.param(_single_class, [], None, id="single-class"),
-    pytest.param(_no_images, [], None, id="no-images"),
-    pytest.param(_not_an_image, [], None, id="not-an-image"),
-    pytest.param(_too_few_to_split, ["--val-split", "0.2"], None, id="too-few-to-split"),
-    pytest.param(_good, ["--val-split", "0"], "--val-split must be in (0, 1)", id="val-split-0"),
-    pytest.param(_good, ["--val-split", "1"], "--val-split must be in (0, 1)", id="val-split-1"),
-    pytest.param(_good, ["--val-split", "-0.1"], "--val-split must be in (0, 1)", id="val-split-negative"),
-    pytest.param(_train_and_val, ["--val-split", "0.2"], "has train/ and val/ already", id="val-split-with-val"),
-    pytest.param(_good, ["--workers", "-1"], "--workers must be 0 or more", id="workers-negative"),
-]
-
-
-@pytest.mark.parametrize("build, extra, fragment", HOSTILE)
-def test_bad_data_stops_the_cli_with_one_line_before_out_is_written(tmp_path, capsys, build, extra, fragment):
-    root, out = tmp_path / "data", tmp_path / "run"
-    fragment = build(root) or fragment
-    code = main(["train", "--out", str(out), "--dataset", f"imagefolder:{root}", "--model", "resnet10t",
-                 "--image-size", "16", "--batch-size", "2", "--epochs", "1", "--no-progress", "--workers", "0"]
-                + extra)
-    err = capsys.readouterr().err
-    assert code == 2 and fragment in err, err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("floatify train: error: ")
-    assert not out.exists()
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_damaged_file_is_named_by_check_images_and_by_the_loader_in_worker_processes(tmp_path, workers):
-    _truncated_in_val(tmp_path)
-    data = load_dataset(f"imagefolder:{tmp_path}", image_size=8)
-    assert check_images(data.train, workers=workers) == 8
-    for run in (lambda: check_images(data.test, workers=workers),
-                lambda: list(make_loader(data.test, 5, shuffle=False, drop_last=False, workers=workers))):
-        with pytest.raises(ImageDecodeError) as err:
-            run()
-        message = str(err.value)
-        assert message.startswith(f"cannot decode image {tmp_path / 'val' / 'dog' / 'cut.jpg'}: ")
-        assert message.endswith("; remove or replace the file") and "\n" not in message
-
-
 @pytest.mark.parametrize("kwargs, message", [
     (dict(val_split=0.1), "has its own test split"),
     (dict(val_split=1.0, name="FOLDER"), "val_split must be a number in (0, 1)"),
@@ -197,55 +58,15 @@ def test_a_damaged_file_is_named_by_check_images_and_by_the_loader_in_worker_pro
     (dict(name="FOLDER", data_config=[1]), "data_config must be a dict"),
 ])
 def test_load_dataset_refuses_bad_arguments_with_one_line(tmp_path, kwargs, message):
-    _good(tmp_path)
+    classes(tmp_path, {"cat": 10, "dog": 10})
     name = kwargs.pop("name", "digits").replace("FOLDER", f"imagefolder:{tmp_path}")
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_dataset(name, **kwargs)
 
 
-# --------------------------------------------------------------------------------------------- image formats
-
-FORMATS = [  # (PIL mode, file extension)
-    ("L", "png"), ("LA", "png"), ("RGBA", "png"), ("P", "png"), ("RGB", "png"), ("RGB", "jpg"), ("CMYK", "tiff"),
-    ("RGB", "bmp"), ("RGB", "webp"), ("P", "gif"),
-]
-
-
-@pytest.mark.parametrize("mode, ext", FORMATS)
-def test_every_image_mode_loads_as_three_channels_in_unit_range(tmp_path, mode, ext):
-    _split_folder(tmp_path)
-    for split in ("train", "val"):
-        path = _png(tmp_path / split / "cat" / f"x.{ext}", value=128, size=12, mode=mode, bar=False)
-    data = load_dataset(f"imagefolder:{tmp_path}", image_size=8, augment="none")
-    x, label = data.test[[p for p, _ in data.test.samples].index(str(path))]
-    assert x.shape == (3, 8, 8) and x.dtype == torch.float32 and label == 0
-    assert 0 <= x.min() and x.max() <= 1
-    with Image.open(path) as img:  # the colour PIL itself reads from the file, as RGB
-        want = torch.tensor(img.convert("RGB").getpixel((6, 6)), dtype=torch.float32).view(3, 1, 1) / 255
-    assert (x - want).abs().max() <= 3 / 255  # the colour survives resizing and conversion (lossy files: ±3)
-    assert (want - torch.tensor(_colour(128)).view(3, 1, 1) / 255).abs().max() < 0.4  # and is about the one drawn
-
-
-# ---------------------------------------------------------------------------------------- splitting a folder
-
-
-def test_a_single_folder_is_split_per_class_and_by_seed(tmp_path):
-    _classes(tmp_path, {"a": 10, "b": 10, "c": 10})
-    data = load_dataset(f"imagefolder:{tmp_path}", image_size=8, val_split=0.2)
-    train, test = data.train.samples, data.test.samples
-    assert data.num_classes == 3 and data.val_split == 0.2 and data.image_size == 8
-    assert set(train).isdisjoint(test)
-    assert len(set(train) | set(test)) == 30
-    assert [sum(label == k for _, label in test) for k in range(3)] == [2, 2, 2]  # stratified
-    assert load_dataset(f"imagefolder:{tmp_path}", image_size=8, val_split=0.2).test.samples == test  # seeded
-    assert set(load_dataset(f"imagefolder:{tmp_path}", image_size=8, val_split=0.2, seed=1).test.samples) != set(test)
-    default = load_dataset(f"imagefolder:{tmp_path}", image_size=8)
-    assert default.val_split == 0.1 and len(default.test) == 3  # the default holds out 10% of each class
-    assert load_dataset(f"imagefolder:{_split_folder(tmp_path / 'tv')}", image_size=8).val_split is None
-
 
 def test_imagefolder_uses_the_model_input_size_by_default(tmp_path):
-    _split_folder(tmp_path)
+    split_folder(tmp_path)
     config = {"input_size": [3, 24, 24], "interpolation": "bicubic", "crop_pct": 0.9, "mean": [0.5] * 3}
     data = load_dataset(f"imagefolder:{tmp_path}", data_config=config)
     assert data.image_size == 24 and data.train[0][0].shape == (3, 24, 24) and data.test[0][0].shape == (3, 24, 24)
@@ -303,7 +124,7 @@ RULES = [
 
 @pytest.mark.parametrize("augment, name, mirrors, described", RULES, ids=[f"{r[0]}-{r[1]}" for r in RULES])
 def test_a_rule_asked_for_by_name_is_the_one_applied(tmp_path, augment, name, mirrors, described):
-    _split_folder(tmp_path)
+    split_folder(tmp_path)
     data = load_dataset(name.replace("FOLDER", f"imagefolder:{tmp_path}"), image_size=8, augment=augment)
     assert described in data.augmentation
     if name == "digits":
@@ -325,7 +146,7 @@ def test_random_crop_batch_draws_each_image_its_own_offset():
 
 
 def test_imagefolder_trains_on_timm_crops_and_evaluates_on_a_centre_crop_unnormalised(tmp_path):
-    _split_folder(tmp_path)
+    split_folder(tmp_path)
     data = load_dataset(f"imagefolder:{tmp_path}", image_size=8)
     train_steps = [type(t).__name__ for t in data.train.transform.transforms[0].transforms]
     test_steps = [type(t).__name__ for t in data.test.transform.transforms[0].transforms]
@@ -336,8 +157,8 @@ def test_imagefolder_trains_on_timm_crops_and_evaluates_on_a_centre_crop_unnorma
 
 @pytest.mark.parametrize("name", ["digits", "FOLDER"])
 def test_augment_none_trains_on_test_style_images(tmp_path, name):
-    _classes(tmp_path / "train", {"a": 3, "b": 3})
-    _classes(tmp_path / "val", {"a": 3, "b": 3})  # the same files in both splits
+    classes(tmp_path / "train", {"a": 3, "b": 3})
+    classes(tmp_path / "val", {"a": 3, "b": 3})  # the same files in both splits
     name = name.replace("FOLDER", f"imagefolder:{tmp_path}")
     plain = load_dataset(name, image_size=16, augment="none")
     assert plain.augmentation == "none"
@@ -355,7 +176,7 @@ def test_augment_none_trains_on_test_style_images(tmp_path, name):
 
 
 def test_loader_settings_follow_the_data_and_the_device(tmp_path):
-    _good(tmp_path)
+    classes(tmp_path, {"cat": 10, "dog": 10})
     digits, folder = load_dataset("digits", image_size=8), load_dataset(f"imagefolder:{tmp_path}", image_size=8)
     assert default_workers(digits.train) == 0 and default_workers(Subset(digits.train, [0])) == 0
     assert default_workers(folder.train) == max(0, min(8, (__import__("os").cpu_count() or 1) - 1))
@@ -399,7 +220,7 @@ def test_distributed_loaders_shard_the_data_without_a_process_group():
 
 
 def test_cli_trains_on_an_image_folder_and_records_the_pipeline(tmp_path):
-    _classes(tmp_path / "data", {"a": 10, "b": 10})
+    classes(tmp_path / "data", {"a": 10, "b": 10})
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--dataset", f"imagefolder:{tmp_path / 'data'}", "--model", "resnet10t",
                  "--image-size", "16", "--batch-size", "6", "--epochs", "1", "--steps", "1", "--workers", "2",

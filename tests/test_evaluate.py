@@ -1,18 +1,26 @@
-"""floatify.evaluate: the config and its overrides, the attack loop, the headline's worst case, the report."""
+"""floatify.evaluate: the config and its overrides, the attack loop, the headline column, the report.
+
+The headline's own measurement (worst_case, headline_score) is tested in tests/test_headline.py."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import warnings
 
+import hypothesis.strategies as st
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import HealthCheck, given, settings
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import floatify
-from floatify.attacks import AttackSpec, attack_and_score, strong
-from floatify.evaluate import DEFAULT_EPS, EvalConfig, worst_case
+from floatify.attack_presets import strong
+from floatify.attacks import AttackSpec, attack_and_score
+from floatify.convert import FloatifyWarning
+from floatify.evaluate import DEFAULT_EPS, EvalConfig
 from floatify.layers.noise import get_noise_source, noise_source
 from floatify.report import Report
 
@@ -61,6 +69,8 @@ def test_eps_none_is_8_255_in_the_library():
     (dict(lams=[]), ValueError, "lams must name at least one operating point"),
     (dict(lams=[1.5]), ValueError, "must be in \\[0, 1\\]"),
     (dict(lams=0.5), TypeError, "lams must be a sequence of operating points"),
+    (dict(lams=[0, 0]), ValueError, "lams names λ=0 more than once \\(0, 0\\); give each operating point once"),
+    (dict(lams=[1, 0.5, 1.0, 0.5]), ValueError, "lams names λ=0.5, 1 more than once"),
     (dict(attacks="strongest"), ValueError, "unknown attack 'strongest'; choose one of clean"),
     (dict(attacks=[]), ValueError, "a non-empty list of floatify.attacks.AttackSpec"),
     (dict(attacks=[AttackSpec("pgd"), "fgsm"]), ValueError, "a non-empty list of floatify.attacks.AttackSpec"),
@@ -112,26 +122,6 @@ def test_an_attack_that_does_not_apply_at_a_lam_is_n_a_there(kind, not_applicabl
     label = AttackSpec(kind, steps=1).label
     assert [v for v in (0.0, 1.0) if report.score(v, label) is None] == [not_applicable_at]
     assert model.training  # evaluated in eval mode, handed back as it was
-
-
-def identity_model():
-    model = floatify.convert(nn.Linear(2, 2, bias=False))
-    with torch.no_grad():
-        model.weight.copy_(torch.eye(2))
-    return model.eval()  # logits = x: a point of class 0 is right iff x[0] > x[1]
-
-
-def test_worst_case_takes_per_point_the_lowest_scoring_candidate_clean_input_included():
-    model = identity_model()
-    x, y = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]]), torch.zeros(3, dtype=torch.long)  # point 2 is wrong
-    a = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.6, 0.4]])  # breaks point 0 (and moves point 2 to a right answer)
-    b = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])  # breaks point 1
-    found = [(a, torch.tensor([0.0, 1.0, 1.0])), (b, torch.tensor([1.0, 0.0, 1.0]))]  # each one's own score
-    points, score, draws = worst_case(model, found, x, y, 0.0)
-    assert torch.equal(score, torch.zeros(3)) and draws == [0.0]
-    assert torch.equal(points, torch.stack([a[0], b[1], x[2]]))  # point 2: the clean input beats both attacks
-    points, score, draws = worst_case(model, found, x, y, 1.0, score_draws=5)  # randomised: re-scored afresh
-    assert len(draws) == 5 and torch.equal(points, torch.stack([a[0], b[1], x[2]]))
 
 
 def test_empty_data_is_an_error():
@@ -215,6 +205,7 @@ class Coin(nn.Module):
         return self.fc(x.reshape(len(x), -1)[:, :1] * 0 + 1)  # input-independent: a coin with known bias
 
 
+@pytest.mark.filterwarnings("ignore:every test point has label")  # reason: one class by construction
 def test_eot_scoring_matches_known_accuracy():
     torch.manual_seed(0)
     margin, a = 0.5, 1.0
@@ -236,6 +227,7 @@ def test_eot_scoring_matches_known_accuracy():
     assert ((per_point > 0) & (per_point < 1)).float().mean() > 0.5
 
 
+@pytest.mark.filterwarnings("ignore:every test point has label")  # reason: one class by construction
 def test_strong_headline_reaches_the_exact_worst_case():
     eps = 0.05
     model, x, y = linear_task()
@@ -258,3 +250,154 @@ def test_headline_is_the_per_point_worst_case_and_never_above_any_attack():
     assert report.columns()[:2] == ["clean", report.headline]
 
 
+
+
+# ------------------------------------------------------------------------------ hostile data, one clear line each
+def _batch(n=8, x=None, y=None):
+    g = torch.Generator().manual_seed(2)
+    return (torch.rand(n, 3, 2, 2, generator=g) if x is None else x,
+            torch.randint(0, 3, (n,), generator=g) if y is None else y)
+
+
+def _with_nan():
+    x, y = _batch()
+    x[0, 0, 0, 0] = float("nan")
+    return x, y
+
+
+@pytest.mark.parametrize("batch, num_classes, error, message", [
+    (_with_nan(), None, ValueError, "inputs hold 1 NaN or infinite values; they must be finite"),
+    (_batch(x=torch.full((8, 3, 2, 2), float("inf"))), None, ValueError, "inputs hold 96 NaN or infinite values"),
+    (_batch(x=torch.rand(8)), None, ValueError, "inputs must be a batch of points, batch first .* got shape \\(8,\\)"),
+    (_batch(x=torch.randint(0, 2, (8, 3, 2, 2))), None, ValueError, "inputs must be float images in \\[0, 1\\]"),
+    (_batch(x=2 * torch.rand(8, 3, 2, 2)), None, ValueError, "inputs must be images in \\[0, 1\\]"),
+    (_batch(y=torch.full((8,), 3)), None, ValueError,
+     "labels must lie in \\[0, 2\\] \\(the model outputs 3 classes\\), got \\[3, 3\\]; evaluate on data of"),
+    (_batch(y=torch.full((8,), 5)), 10, ValueError, "\\[0, 2\\] \\(the model outputs 3 classes, num_classes=10\\)"),
+    (_batch(y=torch.full((8,), 2)), 2, ValueError, "labels must lie in \\[0, 1\\] \\(num_classes=2\\)"),
+    (_batch(y=-torch.ones(8, dtype=torch.long)), None, ValueError, "labels must lie in \\[0, 2\\].* got \\[-1, -1\\]"),
+    (_batch(y=torch.zeros(8)), None, ValueError, "labels must be integer class indices, got dtype torch.float32"),
+    (_batch(y=torch.zeros(8, dtype=torch.bool)), None, ValueError, "labels must be integer class indices"),
+    (_batch(y=torch.zeros(8, 1, dtype=torch.long)), None, ValueError, "labels must be one class index per input, "
+                                                                       "shape \\(8,\\), got shape \\(8, 1\\)"),
+    (_batch(y=torch.zeros(5, dtype=torch.long)), None, ValueError, "one class index per input.* got shape \\(5,\\)"),
+    ((torch.rand(8, 3, 2, 2).tolist(), torch.zeros(8, dtype=torch.long)), None, TypeError,
+     "the loader must yield \\(inputs, labels\\) tensor pairs, got \\(list, Tensor\\)"),
+])
+def test_hostile_data_is_one_clear_line_before_any_attack(batch, num_classes, error, message, monkeypatch):
+    evaluation = importlib.import_module("floatify.evaluate")  # reason: floatify.evaluate is also the function
+    monkeypatch.setattr(evaluation, "attack_and_score", lambda *a, **k: pytest.fail("attacked a bad batch"))
+    with pytest.raises(error, match=message) as raised:
+        floatify.evaluate(tiny_model(), [batch], lams=[0, 1], attacks="quick", steps=1, num_classes=num_classes,
+                          progress=False)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("head, shape", [(nn.Flatten(0), "\\(3,\\)"), (nn.Unflatten(1, (3, 1)), "\\(1, 3, 1\\)")])
+def test_a_model_whose_output_is_not_logits_is_one_clear_line(head, shape):
+    model = floatify.convert(nn.Sequential(nn.Flatten(), nn.Linear(12, 3), head))
+    with pytest.raises(ValueError, match=f"the model must return \\(batch, classes\\) logits, got {shape}"):
+        floatify.evaluate(model, [_batch()], lams=[0], attacks="clean", progress=False)
+
+
+def test_labels_of_other_integer_types_are_class_indices():
+    x, y = _batch()
+    as_long = run(data=[(x, y)], lams=[0, 1], attacks="clean,fgsm", score_draws=2)
+    assert run(data=[(x, y.int())], lams=[0, 1], attacks="clean,fgsm", score_draws=2).scores == as_long.scores
+
+
+class Constant(nn.Module):
+    """A converted-looking classifier that always answers class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(12, 3)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("make_model, labels, lams, note", [
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), None, [0, 1],
+     "the model has no conditioned layers: λ has no effect, every λ row measures the same plain model; convert it "
+     "with floatify.convert"),
+    (lambda: floatify.convert(Constant()), torch.zeros(8, dtype=torch.long), [0, 1],
+     "every test point has label 0: the accuracies measure one class only"),
+])
+def test_an_evaluation_that_measures_little_says_so_in_a_warning_and_the_report(make_model, labels, lams, note):
+    with pytest.warns(FloatifyWarning, match=note):
+        report = floatify.evaluate(make_model(), [_batch(y=labels)], lams=lams, attacks="clean,fgsm", score_draws=2,
+                                   progress=False)
+    assert [n for n in report.notes if n.startswith(note)] and f"Note: {note}" in report.to_markdown()
+    assert Report.from_json(report.to_json()).notes == report.notes
+
+
+@pytest.mark.parametrize("make_model, labels, lams", [
+    (tiny_model, None, [0, 1]),  # converted, several classes
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), None, [0]),  # a plain model at λ = 0: a baseline
+])
+def test_a_meaningful_evaluation_has_no_such_note(make_model, labels, lams):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FloatifyWarning)
+        report = floatify.evaluate(make_model(), [_batch(y=labels)], lams=lams, attacks="clean,fgsm", score_draws=2,
+                                   progress=False)
+    assert report.notes == []
+
+
+# ------------------------------------------------------------------------------ invariants of every reported number
+def _noisy_tiny_model(seed: int, alpha: float) -> nn.Module:
+    torch.manual_seed(seed)
+    model = floatify.convert(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
+    with torch.no_grad():
+        model[1].weight_alpha.fill_(alpha)  # reason: a large α makes λ > 0 visibly random
+    return model
+
+
+def _printed_interval(cell: str) -> tuple[float, float]:
+    """(low, high) in % of a printed cell: ``m ± c`` or ``m +u/-d``."""
+    mean, rest = cell.split(" ", 1)
+    if rest.startswith("± "):
+        return float(mean) - float(rest[2:]), float(mean) + float(rest[2:])
+    up, down = rest.split("/")
+    return float(mean) - float(down.lstrip("-")), float(mean) + float(up.lstrip("+"))
+
+
+def check_invariants(report: Report, points: int, lams: list[float]) -> None:
+    """Every number of ``report`` keeps its invariants: the headline is at most clean and every column it is
+    the worst case of, n is the number of points, each λ appears once, every interval lies in [0, 100]."""
+    assert report.lams == [float(v) for v in lams] and len(set(report.lams)) == len(report.lams)
+    assert report.meta["points"] == points
+    members = [label for label in report.attacks if label != report.headline and label not in report.noise_off]
+    for v in report.lams:
+        head = report.score(v, report.headline)
+        for label in members:
+            score = report.score(v, label)
+            if score is not None:
+                assert head.mean <= score.mean, (v, label, head, score)
+        for score in report.scores[str(float(v))].values():
+            if score is not None:
+                assert score.n == points and 0.0 <= score.low <= score.mean <= score.high <= 1.0
+    for line in report.to_markdown().splitlines():
+        if line.startswith("| ") and not line.startswith("| λ"):
+            for cell in line.strip("| ").split(" | ")[1:]:
+                if cell != "n/a":
+                    low, high = _printed_interval(cell)
+                    assert -1e-9 <= low and high <= 100 + 1e-9, line
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16), alpha=st.sampled_from([0.05, 1.0, 3.0]), eps=st.sampled_from([0.0, 0.02, 0.3]),
+       lams=st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=1, max_size=3, unique=True),
+       points=st.integers(1, 12), draws=st.integers(1, 3))
+def test_property_every_reported_number_keeps_its_invariants(seed, alpha, eps, lams, points, draws):
+    model = _noisy_tiny_model(seed, alpha)
+    g = torch.Generator().manual_seed(seed)
+    data = [(torch.rand(points, 3, 2, 2, generator=g), torch.randint(0, 3, (points,), generator=g))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FloatifyWarning)  # reason: a tiny draw may hold one class
+        report = floatify.evaluate(model, data, lams=lams, attacks="quick", eps=eps, steps=1, eot_draws=2,
+                                   score_draws=draws, progress=False)
+    check_invariants(report, points, lams)

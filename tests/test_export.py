@@ -189,9 +189,23 @@ def test_plain_export_at_positive_lam_points_to_floatify_export(exporter, lam):
     assert torch.equal(program.module()(x), model(x))
 
 
-def test_export_example_inputs_must_be_one_batch():
-    with pytest.raises(TypeError, match="one image batch"):
-        floatify.export(_tiny(), (torch.rand(2, 3, 10, 10), torch.rand(2)))
+# example inputs the model cannot take -> one line naming them (not a tracer error from inside torch.export)
+HOSTILE_EXAMPLES = [
+    ("two tensors", (torch.rand(2, 3, 10, 10), torch.rand(2)), TypeError, "one image batch"),
+    ("wrong channels", torch.rand(2, 1, 8, 8), ValueError,
+     "the model cannot run on example_inputs of shape \\(2, 1, 8, 8\\) \\(.*channels"),
+    ("integer images", torch.randint(0, 255, (2, 3, 8, 8)), TypeError,
+     "example_inputs must be floating-point images .* got torch.int64"),
+    ("no batch dimension", torch.rand(3, 8, 8), ValueError, "cannot run on example_inputs of shape \\(3, 8, 8\\)"),
+]
+
+
+@pytest.mark.parametrize("name, example, error, message", HOSTILE_EXAMPLES, ids=[r[0] for r in HOSTILE_EXAMPLES])
+def test_export_refuses_example_inputs_the_model_cannot_take(name, example, error, message):
+    model = _tiny().train()
+    with pytest.raises(error, match=message) as err:
+        floatify.export(model, example)
+    assert "\n" not in str(err.value) and model.training  # the model's mode is left as it was
 
 
 # ---------------------------------------------------------------------------------------- model table

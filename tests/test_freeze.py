@@ -134,3 +134,16 @@ def test_freeze_draws_a_tied_weight_once_and_keeps_it_tied(inplace):
     torch.testing.assert_close(plain[2].weight.detach(), w + 0.8 * alpha * w.std() * eta, rtol=0, atol=1e-6)
     delta = plain[0].weight.detach() - w
     assert delta.std().item() == pytest.approx(0.8 * alpha.item() * w.std().item(), rel=0.02)  # not √2 × that
+
+
+# a seed freeze cannot use -> one line naming it (not torch's "manual_seed expected a long")
+BAD_SEEDS = [("x", TypeError, "seed \\(of the noise draw\\) must be an int >= 0 or None, got 'x'"),
+             (1.5, TypeError, "seed"), (True, TypeError, "seed"),
+             (-1, ValueError, "seed \\(of the noise draw\\) must be an int >= 0, got -1"),
+             (2**64, ValueError, "must be an int below 2\\*\\*64")]
+
+
+@pytest.mark.parametrize("seed, error, message", BAD_SEEDS, ids=[repr(r[0]) for r in BAD_SEEDS])
+def test_freeze_refuses_a_seed_it_cannot_use(seed, error, message):
+    with pytest.raises(error, match=message):
+        floatify.freeze(build(NAMES[0]), 0.5, seed=seed)

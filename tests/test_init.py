@@ -11,7 +11,7 @@ import floatify
 
 def test_top_level_is_the_verbs_and_their_configs():
     verbs = {"convert", "lam", "freeze", "sparsify", "fit", "float_loss", "evaluate", "summary"}
-    configs = {"FloatConfig", "TrainConfig", "EvalConfig", "AttackSpec"}
+    configs = {"FloatConfig", "TrainConfig", "EvalConfig", "AttackSpec", "AuditConfig"}
     assert verbs | configs <= set(floatify.__all__)
     assert set(floatify.__all__) - verbs - configs <= {"export", "export_onnx", "save", "load", "push_to_hub"}
     assert all(callable(getattr(floatify, name)) for name in floatify.__all__)

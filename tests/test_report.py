@@ -38,6 +38,45 @@ def test_reports_written_before_column_meanings_were_stored_still_load():
     assert loaded.clean_label == "clean" and loaded.noise_off == ["pgd (noise off)"]
 
 
+# ------------------------------------------------------------------------------ intervals within [0, 100], notes
+@pytest.mark.parametrize("score, text, low, high", [
+    (Score(0.5, 0.1, 10), "50.0 ± 10.0", 0.4, 0.6),
+    (Score(0.98, 0.05, 10), "98.0 +2.0/-5.0", 0.93, 1.0),
+    (Score(0.01, 0.03, 10), "1.0 +3.0/-1.0", 0.0, 0.04),
+    (Score(1.0, 0.0, 10), "100.0 ± 0.0", 1.0, 1.0),
+    (Score(0.0, 0.2, 3), "0.0 +20.0/-0.0", 0.0, 0.2),
+])
+def test_an_interval_is_printed_stored_and_drawn_within_0_and_100(score, text, low, high):
+    assert score.text() == text and (score.low, score.high) == pytest.approx((low, high))
+    report = Report([0.0], {"clean": "no attack"}, {"0.0": {"clean": score}})
+    assert f"| 0 | {text} |" in report.to_markdown()
+    stored = json.loads(report.to_json())["scores"]["0.0"]["clean"]
+    assert (stored["low"], stored["high"]) == pytest.approx((low, high))
+    assert Report.from_json(report.to_json()) == report
+    (bar,) = report.figure().axes[0].containers
+    (segment,) = bar.lines[2][0].get_segments()  # the error bar: (x, low) to (x, high), in %
+    assert [y for _, y in segment] == pytest.approx([100 * low, 100 * high])
+
+
+@settings(max_examples=200, deadline=None)
+@given(mean=st.floats(0, 1), ci95=st.floats(0, 2))
+def test_property_a_printed_interval_never_leaves_0_to_100(mean, ci95):
+    score = Score(mean, ci95, 10)
+    assert 0.0 <= score.low <= score.mean <= score.high <= 1.0
+    value, rest = score.text().split(" ", 1)
+    up, down = (rest[2:], rest[2:]) if rest.startswith("± ") else rest[1:].split("/-")
+    assert float(value) - float(down) >= -1e-9 and float(value) + float(up) <= 100 + 1e-9
+
+
+def test_notes_are_printed_and_kept():
+    report = _report(notes=["every test point has label 0: one class only"])
+    assert "\nNote: every test point has label 0: one class only" in report.to_markdown()
+    assert Report.from_json(report.to_json()).notes == report.notes
+    old = json.loads(report.to_json())
+    del old["notes"]  # a report written before notes were stored
+    assert Report.from_json(json.dumps(old)).notes == []
+
+
 # ------------------------------------------------------------------------------ choose_lam: λ from a constraint
 def _dial(lams, clean, robust, clean_label="clean"):
     """A report whose clean and headline columns are ``clean``/``robust`` (%) at ``lams``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -67,6 +68,24 @@ def _edit(change):
     (_edit(lambda s: s.update(config="sgd")), "corrupted \\(config is not an object\\)"),
     (_edit(lambda s: s.update(model={"0.weight": "not a tensor"})), "does not fit this model"),
     (_edit(lambda s: s.update(optimizer={})), "corrupted or from another run"),
+    # a state edited by hand is untrusted input: every field a resume trains from or returns is checked
+    (_edit(lambda s: s.update(epoch=-5)), "'epoch' is -5, not an int in \\[0, 1\\]"),
+    (_edit(lambda s: s.update(epoch=1e30)), "'epoch' is 1e\\+30, not an int"),
+    (_edit(lambda s: s.update(epoch=2)), "'epoch' is 2, not an int in \\[0, 1\\]"),
+    (_edit(lambda s: s.update(epoch=True)), "'epoch' is True"),
+    (_edit(lambda s: s.update(epoch="1")), "'epoch' is '1'"),
+    (_edit(lambda s: s["config"].update(epochs="2")), "config 'epochs' is '2'"),
+    (_edit(lambda s: s.update(history=[1, 2, "x"])), "'history' holds 3 records, not one per epoch trained \\(2\\)"),
+    (_edit(lambda s: s.update(history="garbage")), "'history' holds str records"),
+    (_edit(lambda s: s["history"].__setitem__(1, "x")), "'history' record 2 is a str"),
+    (_edit(lambda s: s["history"][0].update(epoch=7)), "'history' record 1 has epoch 7, expected 1"),
+    (_edit(lambda s: s["history"][1].update(loss=float("nan"))), "'history' record 2 has loss nan"),
+    (_edit(lambda s: s["history"][0].update(lam_counts=[1])), "'history' record 1 has no lam_counts"),
+    (_edit(lambda s: s["history"][0].update(note="hi")), "'history' record 1 has a non-number note"),
+    (_edit(lambda s: s["model"]["1.weight"].fill_(float("nan"))),
+     "non-finite values \\(NaN or inf\\) in 'model.1.weight'"),
+    (_edit(lambda s: next(iter(s["optimizer"]["state"].values()))["momentum_buffer"].fill_(float("inf"))),
+     "non-finite values \\(NaN or inf\\) in 'optimizer.state.0.momentum_buffer'"),
 ])
 def test_a_damaged_or_old_train_state_is_one_clear_error(tmp_path, damage, message):
     floatify.fit(tiny_model(), loader(), checkpoint_dir=tmp_path, **KW)
@@ -93,6 +112,24 @@ def test_an_old_pickle_state_is_refused_unread(tmp_path, content):
     with pytest.raises(CheckpointError, match="train_state.pt was written by an older floatify.*start afresh"):
         floatify.fit(tiny_model(), loader(), checkpoint_dir=tmp_path, resume=True, **KW)
     assert not marker.exists()
+
+
+def test_a_train_state_that_is_a_directory_is_one_clear_error(tmp_path):
+    floatify.fit(tiny_model(), loader(), checkpoint_dir=tmp_path, **KW)
+    (tmp_path / STATE_FILE).unlink()
+    (tmp_path / STATE_FILE).mkdir()
+    with pytest.raises(CheckpointError, match="is a directory, not the file floatify writes; move it away") as err:
+        floatify.fit(tiny_model(), loader(), checkpoint_dir=tmp_path, resume=True, **KW)
+    assert "model.safetensors" not in str(err.value)  # the hint for a checkpoint folder does not apply here
+
+
+def test_a_resume_rewrites_history_json_from_the_checked_state(tmp_path):
+    history = floatify.fit(tiny_model(), loader(), checkpoint_dir=tmp_path, **KW)
+    (tmp_path / "history.json").write_text("garbage{")
+    (tmp_path / "summary.csv").write_text("garbage")
+    assert floatify.fit(tiny_model(), loader(), checkpoint_dir=tmp_path, resume=True, **KW) == history
+    assert json.loads((tmp_path / "history.json").read_text()) == history
+    assert (tmp_path / "summary.csv").read_text() == summary_csv(history)
 
 
 def test_resume_without_a_state_names_the_missing_file(tmp_path):
@@ -134,6 +171,17 @@ def test_the_tag_is_stored_and_compared(tmp_path):
         floatify.fit(tiny_model(), loader(), checkpoint_dir=tmp_path, resume=True, tag=None, **KW)
     history = floatify.fit(tiny_model(), loader(), checkpoint_dir=tmp_path, resume=True,
                            tag={"model": "tiny", "density": None}, **KW)
+    assert [r["epoch"] for r in history] == [1, 2]
+
+
+def test_a_tag_setting_the_stored_run_lacks_is_named_as_an_older_state(tmp_path):
+    _interrupted_run(tmp_path, tag={"model": "tiny"})
+    new = {"model": "tiny", "mean": (0.5, 0.5, 0.5), "std": None}  # None: the default, as if never recorded
+    with pytest.raises(CheckpointError, match="records no mean \\(written by an older floatify, or with another "
+                                              "tag\\); start afresh"):
+        floatify.fit(tiny_model(), loader(), checkpoint_dir=tmp_path, resume=True, tag=new, **KW)
+    history = floatify.fit(tiny_model(), loader(), checkpoint_dir=tmp_path, resume=True,
+                           tag={"model": "tiny", "std": None}, **KW)
     assert [r["epoch"] for r in history] == [1, 2]
 
 

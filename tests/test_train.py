@@ -114,6 +114,12 @@ def test_training_on_no_batches_is_an_error():
     (dict(model_ema_decay=1.0), ValueError, "model_ema_decay must be in \\[0, 1\\)"),
     (dict(eval_every=-1), ValueError, "eval_every \\(a quick look every K epochs; 0: never\\) must be an int >= 0"),
     (dict(eval_every=0.5), TypeError, "eval_every"),
+    (dict(seed=-1), ValueError, "seed must be an int >= 0, got -1"),
+    (dict(seed=2**70), ValueError, "seed must be an int in \\[0, 4294967295\\]"),
+    (dict(seed="x"), TypeError, "seed must be an int"),
+    (dict(compile="yes"), TypeError, "compile must be True or False"),
+    (dict(compile=True, compile_mode="turbo"), ValueError, "compile_mode must be one of default, reduce-overhead, "),
+    (dict(compile_mode="default"), ValueError, "compile_mode='default' needs compile=True"),
 ])
 def test_train_config_rejects_settings_that_cannot_train(setting, error, message):
     with pytest.raises(error, match=message):
@@ -144,7 +150,8 @@ OTHER_VALUE = {"epochs": 3, "lr": 0.05, "optimizer": "adamw", "weight_decay": 0.
                "strategy": "oat", "zero_share": 0.5, "attack": "fgsm", "eps": 0.1, "steps": 2, "step_size": 0.01,
                "noise_draw": "forward", "grad_clip": 1.0, "amp": True, "seed": 1, "warmup_epochs": 1.0,
                "fixed_lam": 0.5, "adv_weight": 0.5, "keep_freed_heap": True, "model_ema": True,
-               "model_ema_decay": 0.9, "eval_every": 1}
+               "model_ema_decay": 0.9, "eval_every": 1, "compile": True, "compile_mode": "max-autotune-no-cudagraphs"}
+ALONG = {"compile_mode": {"compile": True}}  # reason: a setting valid only with another one changed too
 WEIGHTS_UNAFFECTED = {"keep_freed_heap", "eval_every"}
 
 
@@ -167,8 +174,10 @@ def interrupted(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(set(OTHER_VALUE) - WEIGHTS_UNAFFECTED))
 def test_resume_refuses_any_changed_training_setting(interrupted, name):
     before = (interrupted / STATE_FILE).read_bytes()
-    with pytest.raises(ValueError, match=f"training settings changed since the checkpoint \\(\\['{name}'\\]\\)"):
-        floatify.fit(tiny_model(), loader(), checkpoint_dir=interrupted, resume=True, **{**KW, name: OTHER_VALUE[name]})
+    changed = ", ".join(f"'{k}'" for k in sorted({name, *ALONG.get(name, {})}))
+    with pytest.raises(ValueError, match=f"training settings changed since the checkpoint \\(\\[{changed}\\]\\)"):
+        floatify.fit(tiny_model(), loader(), checkpoint_dir=interrupted, resume=True,
+                     **{**KW, **ALONG.get(name, {}), name: OTHER_VALUE[name]})
     assert (interrupted / STATE_FILE).read_bytes() == before
 
 
@@ -341,3 +350,78 @@ def test_fit_resets_the_heap_when_training_stops_with_an_error(monkeypatch):
     with pytest.raises(Stop):
         floatify.fit(tiny_model(), loader(), keep_freed_heap=True, on_epoch_end=stop_after(1), **KW)
     assert [c[0] for c in libc.calls] == ["mallopt", "mallopt", "malloc_trim", "mallopt", "mallopt"]
+
+
+# ----------------------------------------------------------------------------------- hostile data, divergence
+def _data(x: torch.Tensor, y: torch.Tensor) -> DataLoader:
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+# what the loader yields -> the one-line error fit raises before a raw torch error (or a CUDA assert) would
+HOSTILE_BATCHES = [
+    ("labels out of range", lambda: _data(torch.rand(16, 3, 6, 6), torch.randint(0, 3, (16,)) + 5), ValueError,
+     "a label 7 is outside the model's 3 classes \\[0, 2\\]"),
+    ("negative labels", lambda: _data(torch.rand(16, 3, 6, 6), -torch.ones(16, dtype=torch.long)), ValueError,
+     "a label -1 is outside"),
+    ("float labels", lambda: _data(torch.rand(16, 3, 6, 6), torch.rand(16)), TypeError,
+     "needs integer class labels \\(torch.long\\), got a batch of torch.float32 labels"),
+    ("one-hot labels", lambda: _data(torch.rand(16, 3, 6, 6), torch.eye(3)[torch.randint(0, 3, (16,))].long()),
+     ValueError, "labels \\(8, 3\\)"),
+    ("1-D inputs", lambda: _data(torch.rand(16), torch.randint(0, 3, (16,))), ValueError,
+     "needs a batch of N inputs \\(N, C, H, W\\) and N labels \\(N,\\), got inputs \\(8,\\)"),
+    ("integer images", lambda: _data(torch.randint(0, 255, (16, 3, 6, 6)), torch.randint(0, 3, (16,))), TypeError,
+     "needs floating-point inputs in \\[0, 1\\], got a batch of torch.int64"),
+]
+
+
+@pytest.mark.parametrize("name, data, error, message", HOSTILE_BATCHES, ids=[r[0] for r in HOSTILE_BATCHES])
+def test_hostile_batches_are_one_clear_error_before_a_step(tmp_path, name, data, error, message):
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=message) as err:
+        floatify.fit(model, data(), checkpoint_dir=tmp_path, **KW)
+    assert "\n" not in str(err.value) and not list(tmp_path.iterdir())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # not one step was taken
+
+
+def _nan_weights():
+    model = tiny_model()
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = float("nan")
+    return model
+
+
+# a run that cannot train -> where it stopped and the likely cause, in one line; nothing non-finite is saved
+DIVERGING = [
+    ("lr 1e30", tiny_model, dict(lr=1e30), "the loss is nan at epoch 1, step 2 \\(lr 1e\\+30\\); likely causes: a "
+                                           "learning rate too large"),
+    ("NaN weights", _nan_weights, {}, "the loss is nan at epoch 1, step 1 .*the inputs, labels or initial weights"),
+    ("alpha_init 1e30", lambda: tiny_model(floatify.FloatConfig(alpha_init=1e30)), {},
+     "holds NaN or inf after epoch 1; likely causes: .* a huge alpha_init"),
+]
+
+
+@pytest.mark.parametrize("name, model, kw, message", DIVERGING, ids=[r[0] for r in DIVERGING])
+def test_a_diverging_run_stops_at_once_and_saves_nothing(tmp_path, name, model, kw, message):
+    from floatify.train_guards import DivergedError
+
+    with pytest.raises(DivergedError, match=message) as err:
+        floatify.fit(model(), loader(), checkpoint_dir=tmp_path, **{**KW, **kw})
+    assert f"training stopped and nothing was saved to {tmp_path}" in str(err.value)
+    assert "\n" not in str(err.value) and not list(tmp_path.iterdir())
+
+
+def test_a_run_diverging_later_keeps_its_last_good_state(tmp_path):
+    from floatify.train_guards import DivergedError
+
+    model = tiny_model()
+
+    def poison(epoch, record):  # reason: the weights go bad after epoch 1, as a too large lr would make them
+        with torch.no_grad():
+            model[0].weight.fill_(float("inf"))
+
+    with pytest.raises(DivergedError, match=f"epoch 2, step 1 .*the last good state \\(epoch 1\\) is kept in "
+                                            f"{tmp_path}"):
+        floatify.fit(model, loader(), checkpoint_dir=tmp_path, on_epoch_end=poison, **KW)
+    state = load_state(tmp_path / STATE_FILE)  # finite, else reading it would refuse it
+    assert state["epoch"] == 0 and len(state["history"]) == 1

@@ -22,6 +22,8 @@ from floatify.cli.options import (
     CliError,
     add_eval_options,
     attack_specs,
+    audit_config,
+    check_audit_points,
     checked_out,
     device_of,
     parse_path,
@@ -99,7 +101,8 @@ def _check_out(out: Path, overwrite: bool, source: str) -> None:
 
 def _data_of(args, config: dict):
     """The test data of the evaluation: the model's training data (its split and size) unless overridden."""
-    from floatify.data import check_images, load_dataset
+    from floatify.data import load_dataset
+    from floatify.imagefolder import check_images
 
     training = config.get("training") or {}
     dataset = args.dataset or training.get("dataset")
@@ -138,7 +141,7 @@ def evaluate_model(model, test, num_classes: int, args, eps: float, meta: dict, 
     return evaluate(model, loader, lams=args.lams, attacks=specs, score_draws=args.score_draws,
                     num_classes=num_classes, progress=not args.no_progress,
                     save_adversarial=folder / "adversarial.safetensors" if args.save_adversarial else None,
-                    meta={"preset": preset, **meta}, noise_source=args.noise_source)
+                    meta={"preset": preset, **meta}, noise_source=args.noise_source, audit=audit_config(args) or False)
 
 
 def write_markdown(folder: Path, report, title: str) -> None:
@@ -199,6 +202,7 @@ def run_eval(args) -> None:
     attack_specs(args, eps)  # reason: every option checked before the data is read or --out touched
     device = device_of(args.device)
     data = _data_of(args, config)
+    check_audit_points(args, len(data.test))
     model = floatify.load(folder, device=device)
     title = f"{(config.get('architecture') or {}).get('name', 'model')} on {data.name}"
     with contextlib.ExitStack() as stack:  # reason: an earlier evaluation stays until the new one is complete

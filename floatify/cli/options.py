@@ -16,7 +16,8 @@ import dataclasses
 from pathlib import Path
 
 __all__ = ["CliError", "parse_eps", "parse_lams", "parse_numbers", "parse_path", "add_config_options",
-           "add_eval_options", "validate_eval_options", "positive", "device_of", "attack_specs", "WORKERS_HELP"]
+           "add_eval_options", "validate_eval_options", "audit_config", "check_audit_points", "positive", "device_of",
+           "attack_specs", "WORKERS_HELP"]
 
 
 class CliError(Exception):
@@ -92,6 +93,10 @@ TRAIN_HELP = {
     "model_ema": "keep an exponential moving average of the weights (timm ModelEmaV3, with warm-up); the saved and "
                  "evaluated model is the EMA",
     "model_ema_decay": "--model-ema: the share of the average kept per step",
+    "compile": "train compiled (torch.compile, inductor): the attack's and the loss's forwards and backwards run in "
+               "graphs compiled once, with no recompilation per λ, attack step or epoch (see docs/performance.md)",
+    "compile_mode": "--compile: torch.compile's mode: default, reduce-overhead (CUDA graphs, CUDA only), "
+                    "max-autotune (CUDA only) or max-autotune-no-cudagraphs",
     "eval_every": "every K epochs a quick look at the first 256 test points: clean accuracy at λ = 0 and 1, robust at "
                   "λ = 1 (3-step PGD); 0: never",
 }
@@ -116,6 +121,19 @@ EVAL_HELP = {
     "batch_size": "evaluation batch size; large batches amortise the per-forward noise draw",
     "noise_source": "where the weight noise comes from: bank (windows of a pre-drawn Gaussian bank) or fresh "
                     "(torch.randn per forward); the report names it",
+}
+AUDIT_HELP = {
+    "subset": "--audit: audit the first N test points",
+    "multipliers": "--audit: the budget sweep's eps multipliers, comma-separated (eps × each must stay in [0, 1])",
+    "lams": "--audit: the λ to audit, among --lams",
+    "steps": "--audit: iterations of the audit's white-box attacks (at most)",
+    "eot_draws": "--audit: noise draws per iteration of the audit's white-box attacks (at most)",
+    "unbounded_eps": "--audit: the unbounded attack's eps",
+    "square_queries": "--audit: queries of the Square (black-box) attack",
+    "square_draws": "--audit: noise draws averaged per Square query on a randomised model",
+    "min_success": "--audit: the share of points the unbounded attack must fool",
+    "tolerance": "--audit: the convergence check's allowance (a fraction; the CI when that is wider)",
+    "max_stalled": "--audit: the share of points whose loss the attack may fail to increase (else: saturated loss)",
 }
 EVAL_FLAGS = {"attacks": "--eval-attacks", "eps": "--eval-eps", "steps": "--eval-steps", "limit": "--eval-limit",
               "batch_size": "--eval-batch-size"}
@@ -147,7 +165,7 @@ def add_config_options(group, config_cls: type, helps: dict[str, str], *, flags:
 
 def add_eval_options(p: argparse.ArgumentParser) -> None:
     """The evaluation options of ``train`` and ``eval``, from :class:`floatify.EvalConfig`."""
-    from floatify.attacks import QUICK_DRAWS, QUICK_STEPS, STRONG_DRAWS, STRONG_STEPS
+    from floatify.attack_presets import QUICK_DRAWS, QUICK_STEPS, STRONG_DRAWS, STRONG_STEPS
     from floatify.evaluate import EvalConfig
     from floatify.layers.noise import DEFAULT_NOISE_SOURCE, NOISE_SOURCES
 
@@ -165,6 +183,47 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-adversarial", action="store_true",
                    help="also write adversarial.safetensors: the kept adversarial inputs per λ and attack")
     g.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
+    _add_audit_options(p)
+
+
+def _add_audit_options(p: argparse.ArgumentParser) -> None:
+    """``--audit`` and its settings, from :class:`floatify.AuditConfig`."""
+    from floatify.audit import AuditConfig
+
+    g = p.add_argument_group("audit (floatify.audit: the evaluation's sanity checks on a subset of the test points)")
+    g.add_argument("--audit", action="store_true", help="also audit the evaluation: budget sweep, unbounded attack, "
+                                                        "black-box vs white-box, convergence, randomness, loss "
+                                                        "landscape; one verdict line and a report section")
+    names = [f.name for f in dataclasses.fields(AuditConfig)]
+    add_config_options(g, AuditConfig, AUDIT_HELP, flags={n: "--audit-" + n.replace("_", "-") for n in names},
+                       special={"multipliers": {"type": parse_numbers, "default_text": ",".join(
+                                    f"{m:g}" for m in AuditConfig.multipliers)},
+                                "lams": {"type": parse_lams, "default_text": "the evaluated λ's ends and middle"}})
+
+
+def audit_config(args):
+    """The :class:`floatify.AuditConfig` of ``--audit``/``--audit-*`` (None without ``--audit``), checked."""
+    from floatify.audit import AuditConfig, audit_lams
+
+    if not args.audit:
+        return None
+    names = [f.name for f in dataclasses.fields(AuditConfig)]
+    try:
+        config = AuditConfig(**{n: getattr(args, "audit_" + n) for n in names})
+        audit_lams(args.lams, config)
+    except (TypeError, ValueError) as err:
+        raise CliError(f"--audit: {err}") from None
+    return config
+
+
+def check_audit_points(args, test_points: int) -> None:
+    """``--audit-subset`` against the test points evaluated (``--eval-limit`` or the whole test set)."""
+    config = audit_config(args)
+    if config is not None:
+        try:
+            config.check_points(min(test_points, args.eval_limit or test_points))
+        except ValueError as err:
+            raise CliError(f"--audit: {err}") from None
 
 
 def positive(args, *names: str) -> None:
@@ -181,6 +240,7 @@ def validate_eval_options(args) -> None:
     if len(set(args.lams)) != len(args.lams):
         raise CliError(f"--lams names a λ twice ({','.join(f'{v:g}' for v in args.lams)}); give each once")
     positive(args, "--score-draws", "--eval-limit", "--eval-batch-size", "--eval-steps", "--eot-draws")
+    audit_config(args)
     if args.workers is not None and args.workers < 0:
         raise CliError(f"--workers must be 0 or more (0: load data in the main process), got {args.workers}")
 
@@ -211,7 +271,7 @@ def device_of(name: str | None, launch=None):
 
 def attack_specs(args, eps: float):
     """``(specs, preset name or "custom")`` of ``--eval-attacks`` at ``--eval-eps`` (else ``eps``)."""
-    from floatify.attacks import PRESETS, parse_attacks
+    from floatify.attack_presets import PRESETS, parse_attacks
 
     eps = args.eval_eps if args.eval_eps is not None else eps
     try:
@@ -222,6 +282,12 @@ def attack_specs(args, eps: float):
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:
         raise CliError(f"--eval-attacks names {', '.join(twice)} more than once; list each attack once")
+    audit = audit_config(args)
+    if audit is not None:
+        try:
+            audit.check_sweep(eps)
+        except ValueError as err:
+            raise CliError(f"--audit: {err}") from None
     return specs, args.eval_attacks.strip() if args.eval_attacks.strip() in PRESETS else "custom"
 
 

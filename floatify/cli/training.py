@@ -26,6 +26,7 @@ from floatify.cli.options import (
     add_config_options,
     add_eval_options,
     attack_specs,
+    check_audit_points,
     checked_out,
     device_of,
     parse_eps,
@@ -131,6 +132,7 @@ def _add_training_options(g) -> None:
                                 "most of its accuracy; 8/255 otherwise"},
         "step_size": {"type": parse_eps, "default_text": "2.5·eps/steps"},
         "fixed_lam": {"type": float},
+        "compile_mode": {"default_text": "default"},
     })
     add_config_options(g, FloatConfig, CONVERT_HELP, special={"bn_mix": {"choices": BN_MIXES}})
     g.add_argument("--density", type=float, default=None,
@@ -141,8 +143,14 @@ def _add_training_options(g) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- checks
+MAX_IMAGE_SIZE = 4096  # reason: no classifier takes more; one 3×4096² float image is already 200 MB
+
+
 def _validate_train_options(args) -> None:
     positive(args, "--epochs", "--batch-size", "--train-limit", "--image-size", "--steps")
+    if args.image_size is not None and args.image_size > MAX_IMAGE_SIZE:
+        raise CliError(f"--image-size {args.image_size} is larger than {MAX_IMAGE_SIZE} pixels (the side of the square "
+                       f"input); pass the model's input size, e.g. 224")
     if args.density is not None and not 0 < args.density <= 1:
         raise CliError(f"--density must be in (0, 1] (fraction of weights kept, e.g. 0.1), got {args.density}")
     if args.pretrained_file is not None:
@@ -150,6 +158,9 @@ def _validate_train_options(args) -> None:
     if args.initial_checkpoint is not None and args.pretrained:
         raise CliError("--initial-checkpoint and --pretrained/--pretrained-file exclude each other: choose the "
                        "weights to start from")
+    if args.resume and (args.initial_checkpoint is not None or args.pretrained):
+        raise CliError("--resume continues from the weights saved in --out; --initial-checkpoint and --pretrained "
+                       "choose where a new run starts: drop them (the run keeps what it started from)")
     if args.train_limit is not None and args.train_limit < args.batch_size:
         raise CliError(f"--train-limit {args.train_limit} is smaller than --batch-size {args.batch_size}: no full "
                        f"batch to train on; raise --train-limit or lower --batch-size")
@@ -216,12 +227,51 @@ def _settings(args):
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
         convert_cfg = floatify.FloatConfig(**{f.name: getattr(args, f.name) for f in fields(floatify.FloatConfig)})
     except (TypeError, ValueError) as err:
-        raise CliError(str(err)) from None
+        raise CliError(_as_option(str(err), {f.name for cls in (TrainConfig, floatify.FloatConfig)
+                                             for f in fields(cls)})) from None
+    if cfg.amp and device.type != "cuda":  # reason: fit ignores amp off CUDA; the run must not record it as used
+        raise CliError(f"--amp (mixed precision) runs on CUDA only and the device is {device}; drop --amp")
+    if cfg.compile:
+        _check_compiler(cfg.compile_mode, device)
+    args.initial_weights = _initial_weights(args)
     return cfg, convert_cfg, launch, device
 
 
+def _check_compiler(mode: str | None, device) -> None:
+    """--compile: a mode the device cannot serve, or a torch that cannot compile here, is a bad option (no silent
+    eager run, as floatify.fit falls back to with a warning)."""
+    from floatify.compile import check_compile_device, compiler_problem
+
+    try:
+        check_compile_device(mode, device)
+    except ValueError as err:
+        raise CliError(f"--compile-mode: {err}") from None
+    problem = compiler_problem(device)
+    if problem is not None:
+        raise CliError(f"--compile: {problem}; drop --compile to train eagerly")
+
+
+def _as_option(message: str, names: set[str]) -> str:
+    """A config's message with the field it starts with named as the option (``seed must`` -> ``--seed must``)."""
+    head, sep, rest = message.partition(" ")
+    return f"--{head.replace('_', '-')}{sep}{rest}" if sep and head in names else message
+
+
+def _initial_weights(args) -> str:
+    """What the run starts from, as config.json records it; a resumed run's from its state (recorded at its start)."""
+    if args.resume:
+        from floatify.run_state import read_state_tag
+
+        stored = (read_state_tag(args.out) or {}).get("initial_weights")
+        return stored if isinstance(stored, str) else "not recorded (the run was started by an older floatify)"
+    if args.initial_checkpoint is not None:
+        return str(args.initial_checkpoint)
+    return f"timm pretrained ({args.pretrained_file or 'cache'})" if args.pretrained else "random"
+
+
 def _data(args):
-    from floatify.data import check_images, load_dataset
+    from floatify.data import load_dataset
+    from floatify.imagefolder import check_images
     from floatify.models import model_data_config
 
     folder = args.dataset.lower().startswith("imagefolder:")
@@ -250,10 +300,38 @@ def _model(args, data, convert_cfg, device):
     torch.manual_seed(args.seed)
     plain = set_normalization(plain_model(args, data.num_classes), args.mean, args.std)
     model = floatify.convert(plain, convert_cfg).to(device)
+    _check_runs_at_size(model, args.model, data, device)
     if args.density is not None:
         snip_data = DataLoader(data.train, batch_size=args.batch_size, shuffle=False)
         floatify.sparsify(model, args.density, criterion=args.sparsity_criterion, data=snip_data, seed=args.seed)
     return model
+
+
+def _check_runs_at_size(model, name: str, data, device) -> None:
+    """One evaluation-mode forward of one blank input shaped as the data's (global RNGs and the model's mode kept):
+    a model that cannot run at --image-size is refused before --out is made, not in the first training step."""
+    import torch
+
+    from floatify.cli.weights import one_line
+    from floatify.run_state import preserved_rng
+
+    shape = tuple(data.test[0][0].shape)
+    was_training = model.training
+    try:
+        with preserved_rng(), torch.no_grad():
+            model.eval()
+            model(torch.zeros((1, *shape), device=device))
+    except (RuntimeError, AssertionError, ValueError, IndexError) as err:  # reason: what timm/torch raise for sizes
+        raise CliError(f"--model {name} cannot run on inputs of shape {shape} ({one_line(err, 160)}); pass an "
+                       f"--image-size it takes (e.g. its input size, 224 for most ImageNet models)") from None
+    finally:
+        model.train(was_training)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """reason: a run that failed before writing anything leaves no empty --out behind"""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _limit_data(args, data, launch) -> None:
@@ -284,6 +362,8 @@ def _open_run_folder(args, stack: contextlib.ExitStack) -> Path:
     try:
         if replacing:
             return stack.enter_context(replace_folder(out))
+        if not out.exists():
+            stack.callback(_remove_if_empty, out)
         out.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()
         remove_stale_temporaries(out)
@@ -293,14 +373,37 @@ def _open_run_folder(args, stack: contextlib.ExitStack) -> Path:
                        f"permissions") from None
 
 
+# The options a resumed run may give other values than its start: every other option of `floatify train` is in the
+# resume tag (derived: a new option is compared unless it is named here), beside the TrainConfig fields fit compares.
+RESUMABLE_OPTIONS = frozenset({
+    "command", "out", "overwrite", "resume",  # what is run and where it is written
+    "no_progress", "device", "workers",  # how it is shown and on what hardware it runs (not the weights)
+    "data_root", "download",  # where the data is found (its name, size and split are compared)
+    # reason: refused with --resume; the tag holds the resolved "initial_weights" instead
+    "initial_checkpoint", "pretrained", "pretrained_file",
+    "augment", "eps",  # reason: compared resolved: "augmentation" below, eps as a TrainConfig field
+})
+
+
+def _eval_options() -> frozenset[str]:
+    """The evaluation options (run after training; they never change the weights), read off the parser."""
+    from floatify.cli.options import add_eval_options
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_eval_options(parser)
+    return frozenset(a.dest for a in parser._actions)
+
+
 def _tag(args, data, launch) -> dict:
-    """What must not change between a run and its resume, beyond the training settings fit compares itself."""
-    tag = {"model": args.model, "dataset": data.name, "image_size": data.image_size, "train_limit": args.train_limit,
-           "batch_size": args.batch_size, "alpha_init": args.alpha_init, "dual_bn": args.dual_bn,
-           "density": args.density, "sparsity_criterion": args.sparsity_criterion if args.density else None,
-           # reason: only where set, so runs from before these options resume with --augment none
-           **({"augmentation": data.augmentation} if data.augmentation != "none" else {}),
-           **({"val_split": data.val_split} if data.val_split is not None else {})}
+    """What must not change between a run and its resume, beyond the training settings fit compares itself: every
+    option but :data:`RESUMABLE_OPTIONS`, the evaluation options and the TrainConfig fields, with the data settings
+    as resolved (a default and its explicit value are the same run)."""
+    from floatify.train import TrainConfig
+
+    skip = RESUMABLE_OPTIONS | _eval_options() | {f.name for f in fields(TrainConfig)}
+    tag = {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items()) if k not in skip}
+    tag.update(dataset=data.name, image_size=data.image_size, augmentation=data.augmentation,
+               val_split=data.val_split, sparsity_criterion=args.sparsity_criterion if args.density else None)
     if launch.distributed:
         tag["processes"] = launch.world_size  # reason: another count is another data order; resume refuses it
     return tag
@@ -330,8 +433,7 @@ def _training_facts(args, data, model, cfg, history: list[dict]) -> dict:
     """What config.json records about the training (floatify eval reads the data settings back)."""
     from floatify.models import model_data_config
 
-    initial = (str(args.initial_checkpoint) if args.initial_checkpoint is not None else
-               f"timm pretrained ({args.pretrained_file or 'cache'})" if args.pretrained else "random")
+    initial = args.initial_weights
     return {"dataset": data.name, "image_size": data.image_size, "eps": cfg.eps, "seed": cfg.seed,
             "augmentation": data.augmentation, "val_split": data.val_split, "data_config": model_data_config(model),
             "epochs_trained": len(history), "initial_weights": initial, "batch_size": args.batch_size,
@@ -369,6 +471,7 @@ def run_train(args) -> None:
     data = _data(args)
     model = _model(args, data, convert_cfg, device)  # reason: the initial weights are checked before --out is made
     _limit_data(args, data, launch)
+    check_audit_points(args, len(data.test))  # reason: before any training step
     with contextlib.ExitStack() as stack:  # reason: holds the --overwrite swap: done only when the run is complete
         with distributed.process_group(launch, device):  # reason: no group in one process; destroyed also on error
             with distributed.together("preparing --out"):  # reason: rank 0 alone writes --out; its refusal stops all

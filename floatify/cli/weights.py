@@ -116,9 +116,16 @@ def plain_model(args, num_classes: int):
 
     with hub_offline():
         try:
-            return create_model(args.model, num_classes, pretrained=True, **kwargs)
+            model = create_model(args.model, num_classes, pretrained=True, **kwargs)
         except (RuntimeError, OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
             hint = (f"check that it holds timm's weights of {args.model}, or pass the plain model's weights with "
                     f"--initial-checkpoint PATH" if args.pretrained_file is not None else _NOT_LOCAL_HINT)
             raise CliError(f"{source}: the weights do not fit {args.model} with {num_classes} classes or cannot be "
                            f"read ({one_line(err)}); {hint}") from None
+    from floatify.io import first_non_finite
+
+    bad = first_non_finite(dict(model.state_dict()))  # reason: timm reads the file itself; checked once loaded
+    if bad is not None:
+        raise CliError(f"{source}: the weights hold non-finite values (NaN or inf) in '{bad}'; training cannot "
+                       f"start from them: pass weights of a model that did not diverge")
+    return model

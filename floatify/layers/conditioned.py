@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from floatify.context import held_draws, lam_state, register_recomputable, weights_are_constant
+from floatify.context import held_draws, held_offsets, lam_state, register_recomputable, weights_are_constant
 
 # reason: the dual-BatchNorm names are re-exported here, where the package and users imported them from
 from floatify.layers.dual_bn import (
@@ -50,7 +50,7 @@ from floatify.layers.dual_bn import (
     set_bn_mix,
 )
 from floatify.layers.masks import CACHE_ATTR, MASK_SUFFIX, add_mask_buffers, get_mask
-from floatify.layers.noise import in_graph_capture, standard_normal
+from floatify.layers.noise import held_window, in_graph_capture, standard_normal
 from floatify.layers.registry import (
     conditioned_weight_names_for_class,
     is_batchnorm,
@@ -75,6 +75,7 @@ __all__ = [
 ]
 
 ALPHA_SUFFIX = "_alpha"
+NOISE_SLOTS_ATTR = "_floatify_noise_slots"  # reason: set by floatify.compile while it trains: {weight name: slot}
 _CLASSES: dict[type, type] = {}
 
 
@@ -161,6 +162,20 @@ class _ConditionedMixin:
             unit = (lam * self.floatify_weight_std(name)).to(weight.dtype)
         return torch.addcmul(base, eta, unit * alpha)
 
+    def floatify_compiled_weight(self, name: str, state) -> torch.Tensor:
+        """The noisy weight ``name`` under ``torch.compile``: the held draw of a compiled training step (the bank
+        window at this layer's offset and the step's std(W), :mod:`floatify.compile`), else a window drawn in the
+        graph."""
+        held = held_offsets()
+        slots = getattr(self, NOISE_SLOTS_ATTR, None)
+        if held is not None and slots is not None and name in slots:
+            # reason: the step's draw and std(W) are graph inputs, made once per step: no std reduction per forward
+            offsets, stds = held
+            weight, slot = self._parameters[name], slots[name]
+            unit = (state.tensor.to(stds.device) * stds[slot]).to(weight.dtype)
+            return self.floatify_noisy_weight(name, state.tensor, eta=held_window(weight, offsets[slot]), unit=unit)
+        return self.floatify_noisy_weight(name, state.tensor)
+
     def floatify_held_weight(self, name: str, state, held: dict) -> torch.Tensor:
         """The noisy weight ``name`` inside :func:`floatify.context.hold_noise`: one η per block.
 
@@ -235,7 +250,7 @@ class _HeldDraw:
         self.version, self.raw = version, raw
         # reason: masked once per draw (pruned weights never receive noise); a copy for sparse layers only
         self.eta = raw if mask is None else raw * mask
-        unit = _held_std(weight, mask)  # reason: of the detached weight, so no autograd history (nor no_grad) here
+        unit = held_std(weight, mask)  # reason: of the detached weight, so no autograd history (nor no_grad) here
         if lam != 1.0:  # reason: λ = 1 (every training step's attack) skips a kernel launch per layer
             unit = unit * lam
         self.unit = unit.to(weight.dtype)
@@ -310,7 +325,7 @@ def _recipe(weight: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor, scale:
     return recompute
 
 
-def _held_std(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def held_std(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """std(W) over the kept entries, once per held draw: the CPU fast formula where it applies."""
     w = weight.detach()
     fast = _cpu_std(w if mask is None else w[mask]) if w.device.type == "cpu" else None
@@ -319,6 +334,12 @@ def _held_std(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 def _weight_std(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     w = weight.detach()
+    if mask is not None and in_graph_capture():
+        # reason: w[mask] has a data-dependent shape, which a compiled graph breaks on; the same std from masked sums
+        keep = mask.to(torch.float32)
+        n = keep.sum()
+        mean = (w.float() * keep).sum() / n.clamp_min(1)
+        return (((w.float() - mean) * keep).square().sum() / (n - 1).clamp_min(1)).sqrt()
     if mask is not None:
         w = w[mask]
     if w.numel() < 2:
@@ -372,6 +393,16 @@ def _inference_noisy_weight(module: nn.Module, name: str, weight: torch.Tensor, 
     return torch.add(weight, standard_normal(weight), alpha=lam * float(alpha) * hit[1])
 
 
+def _refuse_a_baked_export(state) -> None:
+    if not state.runtime and (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
+        # reason: a plain export at λ > 0 would record one draw (or fail on randn in ONNX) and ship a
+        # model that is silently either deterministic or not the dial
+        raise RuntimeError(
+            f"exporting a converted model at λ = {state.value:g} would bake one weight-noise draw into the "
+            f"program; use floatify.export(model, example_inputs) (λ as a runtime input) or export "
+            f"floatify.freeze(model, lam) (one operating point, a plain model)")
+
+
 def _weight_property(name: str) -> property:
     alpha_key, mask_key = name + ALPHA_SUFFIX, name + MASK_SUFFIX  # reason: no string work per read
 
@@ -391,19 +422,18 @@ def _weight_property(name: str) -> property:
             if mask_key not in self._buffers:
                 return weight
             return weight * self.floatify_mask(name)
+        if torch.compiler.is_compiling():
+            # reason: the eager held draws are Python state a graph would freeze; compiled training hands the held
+            # draw in as bank offsets (a graph input), elsewhere each compiled forward draws in the graph
+            _refuse_a_baked_export(state)
+            return self.floatify_compiled_weight(name, state)
         held = held_draws()
-        if held is not None and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+        if held is not None and not torch.jit.is_tracing():
             # reason: first, the training step's path (read ~8 times per layer per step): no export can be running
             # here (torch.export compiles, ONNX's TorchScript exporter traces)
             return self.floatify_held_weight(name, state, held)
-        if not state.runtime and (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
-            # reason: a plain export at λ > 0 would record one draw (or fail on randn in ONNX) and ship a
-            # model that is silently either deterministic or not the dial
-            raise RuntimeError(
-                f"exporting a converted model at λ = {state.value:g} would bake one weight-noise draw into the "
-                f"program; use floatify.export(model, example_inputs) (λ as a runtime input) or export "
-                f"floatify.freeze(model, lam) (one operating point, a plain model)")
-        if held is None or torch.compiler.is_compiling():
+        _refuse_a_baked_export(state)
+        if held is None:
             if not (state.runtime or torch.is_grad_enabled() or mask_key in self._buffers or in_graph_capture()):
                 fast = _inference_noisy_weight(self, name, weight, params[alpha_key], state.value)
                 if fast is not None:

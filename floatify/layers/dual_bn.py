@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from floatify.context import lam_state
+from floatify.context import compiling_training, lam_state
 from floatify.layers.masks import CACHE_ATTR
 from floatify.layers.registry import is_fx_tracing
 
@@ -158,6 +158,12 @@ def bn_property(name: str, is_buffer: bool) -> property:
                 return adv
             # lerp(clean, adv, λ ** curve): exactly the adversarial set at λ = 1 (torch.lerp's w ≥ 0.5 branch)
             if state.runtime or torch.compiler.is_compiling():  # reason: λ is a graph input; no guard on its value
+                if compiling_training() and state.full and not state.runtime:
+                    # reason: compiled training specialises on λ = 1 (the attack's and the adversarial loss's λ): the
+                    # adversarial set as eager reads it, so the clean set gets no gradient (a zero one would let
+                    # momentum move it) and no lerp runs; one graph more per mode, only where λ = 1 is trained.
+                    # compiling_training() is asked first, so inference graphs never guard on λ = 1
+                    return adv
                 return torch.lerp(store[name], adv, bn_mix_weight(self, state.tensor.to(device=adv.device,
                                                                                          dtype=adv.dtype)))
             if state.value == 1.0:

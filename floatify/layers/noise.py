@@ -44,7 +44,7 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode
 
 __all__ = ["NOISE_SOURCES", "DEFAULT_NOISE_SOURCE", "noise_source", "get_noise_source", "standard_normal",
-           "bank_size", "in_graph_capture", "BANK_SEED", "MIN_BANK_SIZE"]
+           "bank_size", "in_graph_capture", "held_window", "draw_offset", "BANK_SEED", "MIN_BANK_SIZE"]
 
 NOISE_SOURCES = ("bank", "fresh")
 DEFAULT_NOISE_SOURCE = "bank"
@@ -140,9 +140,30 @@ def standard_normal(like: torch.Tensor, generator: torch.Generator | None = None
         # exported program would carry the bank), and a dispatch mode (FakeTensorMode) must not see the bank
         return torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
     numel = like.numel()
+    offset = draw_offset(like)
+    return _BANKS[(like.device, like.dtype)][offset:offset + numel].view(like.shape)
+
+
+def draw_offset(like: torch.Tensor) -> int:
+    """Where the bank window of a weight shaped like ``like`` starts: uniform, from torch's default generator (the
+    device's bank is made or grown first)."""
+    numel = like.numel()
     bank = _bank(numel, like.device, like.dtype)
-    offset = int(torch.randint(0, bank.numel() - numel + 1, (), device="cpu"))
-    return bank[offset:offset + numel].view(like.shape)
+    return int(torch.randint(0, bank.numel() - numel + 1, (), device="cpu"))
+
+
+def held_window(like: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Under ``torch.compile``: the bank window at ``offset`` (a graph input) — a held draw of compiled training.
+
+    reason: compiled training (:mod:`floatify.compile`) draws each layer's offset once per training step outside the
+    graph, exactly as the eager held draw does, so every forward of the step (the attack's and the loss's) reads the
+    same window and one graph serves every step. The bank is the device's, made large enough when the offsets are
+    drawn (:func:`draw_offset`).
+    """
+    numel = like.numel()
+    bank = _BANKS[(like.device, like.dtype)]  # reason: global tensors become inputs of the graph, guarded by it
+    torch._check(bank.numel() >= 2 * numel)
+    return bank[torch.arange(numel, device=like.device) + offset].view(like.shape)
 
 
 def _compiled_window(like: torch.Tensor) -> torch.Tensor:

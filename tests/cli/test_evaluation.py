@@ -32,6 +32,19 @@ def test_eval_of_a_run_folder_reproduces_lambda_zero(trained_run, tmp_path, run_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ev"], "no staging folder left"
 
 
+def test_eval_audit_writes_its_checks_and_one_verdict_line(trained_run, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["eval", str(trained_run), "--out", str(out), "--lams", "0,1", "--eval-attacks", "clean,apgd-ce",
+                 "--eval-steps", "2", "--eot-draws", "2", "--score-draws", "2", "--eval-limit", "16", "--no-progress",
+                 "--audit", "--audit-subset", "16", "--audit-steps", "2", "--audit-square-queries", "10"]) == 0
+    checks = json.loads((out / "report.json").read_text())["audit"]
+    assert [c["name"] for c in checks] == ["budget sweep", "unbounded attack", "black-box vs white-box",
+                                           "convergence", "randomness", "loss landscape"]
+    assert {k for k in checks[0]["numbers"] if k.startswith("lam=")} == {"lam=0", "lam=1"}  # the dial's ends
+    verdicts = [line for line in capsys.readouterr().out.splitlines() if line.startswith("audit: ")]
+    assert len(verdicts) == 1 and verdicts[0] in (out / "report.md").read_text()
+
+
 def test_eval_writes_beside_the_run_by_default_and_reads_its_weights_file(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -93,6 +106,10 @@ HOSTILE = [
     ("--out the model's own folder", _saved, ["--out", "SOURCE"], "is the model's folder or holds it"),
     ("--out a folder holding the model", _saved, ["--out", "PARENT"], "is the model's folder or holds it"),
     ("--out a folder of other files", _saved, ["--out", "FOREIGN"], "holds other files"),
+    ("--audit-subset above the test points", _saved, ["--audit", "--eval-limit", "16", "--audit-subset", "32"],
+     "larger than the test set (16 points"),
+    ("--audit sweep leaving [0, 1]", _saved, ["--audit", "--audit-multipliers", "1,16"], "outside [0, 1]"),
+    ("--audit-lams not evaluated", _saved, ["--audit", "--lams", "0", "--audit-lams", "1"], "not among the evaluated"),
 ]
 
 

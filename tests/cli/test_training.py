@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import fields
 
 import pytest
 import torch
@@ -70,14 +71,20 @@ BAD_OPTIONS = [
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--density", "0"], "--density must be in (0, 1]"),
     (["--density", "1.5"], "--density must be in (0, 1]"),
-    (["--grad-clip", "0"], "grad_clip must be a finite number > 0"),
-    (["--grad-clip", "-1"], "grad_clip must be a finite number > 0"),
+    (["--grad-clip", "0"], "--grad-clip must be a finite number > 0"),
+    (["--grad-clip", "-1"], "--grad-clip must be a finite number > 0"),
     (["--steps", "-5"], "--steps must be at least 1"),
     (["--train-limit", "10", "--batch-size", "64"], "--train-limit 10 is smaller than --batch-size 64"),
     (["--batch-size", "4096"], "fewer than --batch-size 4096"),
     (["--device", "meta"], "floatify runs on cpu or cuda"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
     (["--resume"], "exclude each other"),
+    (["--compile", "--compile-mode", "turbo"], "--compile-mode must be one of default, reduce-overhead"),
+    (["--compile-mode", "default"], "compile_mode='default' needs compile=True (--compile)"),
+    (["--compile", "--compile-mode", "reduce-overhead", "--device", "cpu"], "which need a CUDA device"),
+    (["--audit", "--audit-subset", "500"], "audit subset (500 points) is larger than the test set (360 points"),
+    (["--audit", "--eps", "0.2", "--audit-multipliers", "1,8"], "outside [0, 1]"),
+    (["--audit", "--audit-multipliers", "2"], "at least two numbers > 0"),
 ]
 
 
@@ -88,6 +95,23 @@ def test_bad_options_are_refused_before_the_previous_run_is_touched(tmp_path, ru
     code, err = run_cli(["train", "--out", out, "--overwrite", "--model", "resnet10t", "--no-progress"] + argv)
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1
+    assert old_run_unchanged(out)
+
+
+def _raising_backend(gm, example_inputs):
+    raise RuntimeError("no C++ compiler found")
+
+
+def test_compile_where_torch_cannot_compile_is_one_line_not_an_eager_run(monkeypatch, tmp_path, run_cli):
+    import floatify.compile
+
+    monkeypatch.setattr(floatify.compile, "BACKEND", _raising_backend)
+    monkeypatch.setattr(floatify.compile, "_PROBLEMS", {})
+    out = tmp_path / "run1"
+    plant_old_run(out)
+    code, err = run_cli(["train", "--out", out, "--overwrite", "--model", "resnet10t", "--no-progress", "--compile"])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--compile: torch" in err and "no C++ compiler found" in err and "drop --compile" in err
     assert old_run_unchanged(out)
 
 
@@ -209,7 +233,6 @@ def test_help_explains_every_option(capsys):
 
 def test_option_defaults_are_the_configs_defaults():
     """Every TrainConfig/FloatConfig/EvalConfig field is an option whose default is the field's (one source)."""
-    from dataclasses import fields
 
     from floatify.cli import build_parser
     from floatify.evaluate import EvalConfig
@@ -253,3 +276,47 @@ def test_the_run_at_lambda_above_zero_replays_under_the_same_seed(trained_run):
         with noise_source("fresh"), floatify.lam(0.5):
             outs.append(m(x))
     assert torch.equal(*outs)
+
+
+# Another value of every option the resume tag holds (every `floatify train` option but RESUMABLE_OPTIONS, the
+# evaluation options and the TrainConfig fields, which fit compares itself: tests/test_train.py). A new option gets a
+# row here (checked below), so a resume can never ignore it.
+OTHER_OPTION_VALUE = {"model": "resnet14t", "dataset": "cifar10", "image_size": 12, "train_limit": 200,
+                      "batch_size": 100, "val_split": 0.2, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+                      "alpha_init": 0.5, "dual_bn": False, "bn_mix": "switch", "bn_curve": 1.0, "density": 0.5,
+                      "sparsity_criterion": "random"}
+
+
+def _tag_options() -> set[str]:
+    from floatify.cli import build_parser
+    from floatify.cli.training import RESUMABLE_OPTIONS, _eval_options
+    from floatify.train import TrainConfig
+
+    args = build_parser().parse_args(["train", "--out", "x"])
+    return set(vars(args)) - RESUMABLE_OPTIONS - _eval_options() - {f.name for f in fields(TrainConfig)}
+
+
+def test_every_training_option_has_a_row_in_the_resume_tag_table():
+    assert _tag_options() == set(OTHER_OPTION_VALUE)
+
+
+@pytest.mark.parametrize("option", sorted(OTHER_OPTION_VALUE))
+def test_changing_any_training_option_changes_the_resume_tag(option):
+    """The tag is derived from the options: each one, changed alone, makes a resume refuse (check_same_run)."""
+    from types import SimpleNamespace
+
+    from floatify.cli import build_parser
+    from floatify.cli.training import _tag
+    from floatify.distributed import launch_from_environment
+
+    def tag(args):
+        args.initial_weights = "random"
+        data = SimpleNamespace(name=args.dataset, image_size=args.image_size, augmentation=args.augment,
+                               val_split=args.val_split)
+        return _tag(args, data, launch_from_environment())
+
+    base = build_parser().parse_args(["train", "--out", "x", "--density", "0.2"])
+    changed = build_parser().parse_args(["train", "--out", "x", "--density", "0.2"])
+    setattr(changed, option, OTHER_OPTION_VALUE[option])
+    assert tag(base) != tag(changed)
+    json.dumps(tag(changed))  # the run state stores it as JSON
