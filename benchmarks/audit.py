@@ -30,6 +30,8 @@ from floatify.audit import AuditConfig, verdict
 from floatify.data import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
+PARTS = ("every", "masked", "cost")  # (a), (b), (c) of the module docstring
+SAME = ("limit", "lams", "eval_steps", "eot_draws", "audit_steps", "audit_draws", "square_queries")
 DEMO = ["--model", "resnet18", "--dataset", "digits", "--eval-attacks", "strong", "--eval-steps", "20", "--eot-draws",
         "5", "--eval-limit", "200", "--no-progress"]  # the Makefile's demo command
 
@@ -54,6 +56,12 @@ class Temperature(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x) * 1e4
+
+
+# the masked models of (b): name, wrapper, the evaluation's attacks
+MASKED: tuple[tuple[str, type[nn.Module], str], ...] = (
+    ("input quantisation round(4x)/4", InputQuantisation, "strong"), ("logit temperature x1e4", Temperature, "strong"),
+    ("logit temperature x1e4", Temperature, "quick"))
 
 
 def demo_model(folder: Path, epochs: int | None) -> tuple[nn.Module, dict]:
@@ -96,6 +104,18 @@ def timed(model, data, args, audit: AuditConfig | bool) -> float:
     return time.perf_counter() - t0
 
 
+def measure_cost(model: nn.Module, data, args: argparse.Namespace, config: AuditConfig) -> dict:
+    """The evaluation alone and with the audit, interleaved; medians and the audit's share."""
+    plain, with_audit = [], []
+    for _ in range(args.repeats):  # reason: interleaved, so a slow spell of the machine hits both alike
+        plain.append(timed(model, data, args, False))
+        with_audit.append(timed(model, data, args, config))
+    eval_s, total_s = statistics.median(plain), statistics.median(with_audit)
+    print(f"audit {total_s - eval_s:.1f} s vs evaluation {eval_s:.1f} s: {(total_s - eval_s) / eval_s:.2f}×")
+    return {"eval_s": plain, "eval_with_audit_s": with_audit, "eval_median_s": eval_s,
+            "audit_median_s": total_s - eval_s, "audit_over_eval": (total_s - eval_s) / eval_s}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=ROOT / "runs" / "demo")
@@ -110,7 +130,12 @@ def main() -> None:
     p.add_argument("--square-queries", type=int, default=AuditConfig.square_queries)
     p.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (medians)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "audit.json")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                   help="what to measure; the other parts are kept from --out (same settings required)")
     args = p.parse_args()
+    kept = json.loads(args.out.read_text()) if set(args.parts) != set(PARTS) else {}
+    if kept and any(kept["args"].get(k) != v for k, v in vars(args).items() if k in SAME):
+        raise SystemExit(f"audit.py --parts: {args.out} was measured with other settings; run every part")
     torch.set_num_threads(2)
     trained_here = not (args.model_dir / "model.safetensors").exists()
     model, config = demo_model(args.model_dir, args.train_epochs)
@@ -118,25 +143,20 @@ def main() -> None:
     data = test_data(config)
     settings = {"subset": args.limit, "steps": args.audit_steps, "eot_draws": args.audit_draws,
                 "square_queries": args.square_queries}
-    every = audited(model, data, args, args.lams, "strong", AuditConfig(lams=tuple(args.lams), **settings))
-    print("every λ:", every["verdict"])
-    masked = []
-    for name, wrap, attacks in (("input quantisation round(4x)/4", InputQuantisation, "strong"),
-                                ("logit temperature x1e4", Temperature, "strong"),
-                                ("logit temperature x1e4", Temperature, "quick")):
+    every, masked, cost = kept.get("every_lam"), kept.get("masked", []), kept.get("cost")
+    if "every" in args.parts:
+        every = audited(model, data, args, args.lams, "strong", AuditConfig(lams=tuple(args.lams), **settings))
+        print("every λ:", every["verdict"])
+    if "masked" in args.parts:
+        masked = []
+    for name, wrap, attacks in MASKED if "masked" in args.parts else ():
         row = {"model": name, "attacks": attacks,
                **audited(wrap(model).eval(), data, args, [0.0, 1.0], attacks, AuditConfig(**settings))}
         print(f"{name} ({attacks}):", row["verdict"])
         masked.append(row)
-    plain, with_audit = [], []
-    for _ in range(args.repeats):  # reason: interleaved, so a slow spell of the machine hits both alike
-        plain.append(timed(model, data, args, False))
-        with_audit.append(timed(model, data, args, AuditConfig(**settings)))
-    eval_s, total_s = statistics.median(plain), statistics.median(with_audit)
-    cost = {"eval_s": plain, "eval_with_audit_s": with_audit, "eval_median_s": eval_s,
-            "audit_median_s": total_s - eval_s, "audit_over_eval": (total_s - eval_s) / eval_s}
-    print(f"audit {total_s - eval_s:.1f} s vs evaluation {eval_s:.1f} s: {cost['audit_over_eval']:.2f}×")
-    result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    if "cost" in args.parts:
+        cost = measure_cost(model, data, args, AuditConfig(**settings))
+    result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "parts"},
               "model": {"folder": str(args.model_dir), "trained_here": trained_here,
                         "epochs": config["training"].get("epochs_trained"), "eps": args.eps},
               "every_lam": every, "masked": masked, "cost": cost}

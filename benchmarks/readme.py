@@ -121,9 +121,11 @@ def results_block(metrics: dict, trade: dict) -> str:
     trade_attacks = ", ".join(f"`{a}`" for a in tradeoff_attacks(rows))
     note = (f"Digits, L∞ eps = {float(meta['eps']):g}. Robust: the headline, per test point the worst case of "
             f"{demo_attacks} (iterations × EOT noise draws) and the clean input, re-scored over "
-            f"{meta['score_draws']} fresh noise draws; {meta['points']} test points, ± the 95% CI. The last two rows: "
-            f"`benchmarks/tradeoff.py` ({args['model']}, {args['image_size']} px, {args['epochs']} epochs, the "
-            f"worst case of {trade_attacks}, {args['eval_limit']} test points), mean of {seeds} seeds.")
+            f"{meta['score_draws']} fresh noise draws and capped by each of those columns; {meta['points']} test "
+            f"points, ± the 95% CI. The last two rows: `benchmarks/tradeoff.py` ({args['model']}, "
+            f"{args['image_size']} px, {args['epochs']} epochs, the worst case of {trade_attacks}, "
+            f"{args['eval_limit']} test points), mean of {seeds} seeds, measured before the cap (which can only "
+            f"lower the FLOAT row).")
     return "\n".join(lines + [""] + textwrap.wrap(note, width=118, break_on_hyphens=False))
 
 

@@ -224,9 +224,11 @@ def _square(s: _Subject, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_black_box(s: _Subject) -> AuditCheck:
-    """Square and the transfer attack must not beat the white-box ensemble by more than the CI."""
+    """Square and the transfer attack must not beat the white-box ensemble by more than the CI (flagged: obfuscated
+    gradients); the note says whether the evaluation's headline already holds the stronger attack."""
     numbers: dict[str, Any] = {}
     problems: list[str] = []
+    missing: set[str] = set()  # stronger black-box attacks the evaluation's headline does not hold
     for lam in s.lams:
         white = s.at_eps(lam, 1.0)
         found = {"square": _square(s, lam)}
@@ -240,13 +242,22 @@ def check_black_box(s: _Subject) -> AuditCheck:
             if gap > ci and gap > 0:
                 problems.append(f"λ={lam:g}: {name} {_pct(score.mean().item()):g}% beats white-box "
                                 f"{_pct(white.mean().item()):g}% (CI ±{_pct(ci):g})")
+                # reason: a transfer attack the evaluation ran is already one of the headline's worst-case members
+                if not any(label.startswith(name) for label in s.evaluated.get(lam, {})):
+                    missing.add(name)
         candidates = [*found.values(), *s.sweep[lam][1.0][1]]
         row["with_black_box_pct"] = _pct(worst_case(s.model, candidates, s.x, s.y, lam, s.score_draws)[1].mean()
                                          .item())
         numbers[f"lam={lam:g}"] = row
     numbers["square"] = f"{s.config.square_queries} queries × {s.config.square_draws} draws (λ > 0)"
-    note = ("; ".join(problems) + ": the headline overstates robustness; add the black-box attack's number "
-            "(with_black_box_pct) to it") if problems else "no black-box attack beats the white-box ensemble"
+    if not problems:
+        note = "no black-box attack beats the white-box ensemble"
+    elif missing:
+        note = ("; ".join(problems) + f": the headline, which lacks {' and '.join(sorted(missing))}, overstates "
+                f"robustness; quote with_black_box_pct, the worst case with it")
+    else:
+        note = ("; ".join(problems) + ": the white-box gradients alone understate the attack; the headline already "
+                "takes the stronger attack's worst case, so it stands")
     return AuditCheck("black-box vs white-box", not problems, numbers, note)
 
 
