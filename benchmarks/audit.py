@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,32 +31,13 @@ from floatify.audit import AuditConfig, verdict
 from floatify.data import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from audit_models import InputQuantisation, Temperature  # noqa: E402  (the masked models the tests flag)
+
 PARTS = ("every", "masked", "cost")  # (a), (b), (c) of the module docstring
 SAME = ("limit", "lams", "eval_steps", "eot_draws", "audit_steps", "audit_draws", "square_queries")
 DEMO = ["--model", "resnet18", "--dataset", "digits", "--eval-attacks", "strong", "--eval-steps", "20", "--eot-draws",
         "5", "--eval-limit", "200", "--no-progress"]  # the Makefile's demo command
-
-
-class InputQuantisation(nn.Module):
-    """``round(4x)/4`` before the model, no straight-through estimator: input gradients are zero almost everywhere."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.round(x * 4) / 4)
-
-
-class Temperature(nn.Module):
-    """Logits × 1e4: a saturated softmax; the cross-entropy and its gradient vanish on confident points."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * 1e4
 
 
 # the masked models of (b): name, wrapper, the evaluation's attacks

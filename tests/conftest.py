@@ -23,6 +23,22 @@ TINY = ["--model", "resnet10t", "--image-size", "8", "--train-limit", "256", "--
 
 
 @pytest.fixture(scope="module")
+def digits():
+    """The 8 px digits of the audit tests (tests/audit_models.py)."""
+    import audit_models
+
+    return audit_models.digits()
+
+
+@pytest.fixture(scope="module")
+def pgd_at():
+    """A small PGD-trained model, trained once per test module (its random numbers stay the module's own)."""
+    import audit_models
+
+    return audit_models.pgd_at()
+
+
+@pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
     assert main(["train", "--out", str(out)] + TINY) == 0

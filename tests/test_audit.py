@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import audit_models
 import pytest
 import torch
 import torch.nn as nn
@@ -15,16 +14,6 @@ import floatify
 from floatify.audit import AuditCheck, AuditConfig, audit_lams, verdict
 from floatify.card import model_card
 from floatify.report import Report
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return audit_models.digits()
-
-
-@pytest.fixture(scope="module")
-def pgd_at() -> nn.Module:
-    return audit_models.pgd_at()
 
 
 def test_the_audit_travels_with_the_report(pgd_at, digits, tmp_path):

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import copy
 
-import audit_models
 import pytest
-import torch.nn as nn
+import torch
 from audit_models import EVAL, FAST, InputQuantisation, Temperature
 
 import floatify
@@ -15,16 +14,6 @@ from floatify.audit import AuditConfig, verdict
 from floatify.report import Report
 
 MASKING = {"budget sweep", "unbounded attack", "black-box vs white-box", "loss landscape"}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return audit_models.digits()
-
-
-@pytest.fixture(scope="module")
-def pgd_at() -> nn.Module:
-    return audit_models.pgd_at()
 
 
 def _flagged(report: Report) -> set[str]:
@@ -76,3 +65,18 @@ def test_a_randomised_model_is_audited_at_the_dials_ends_and_middle(pgd_at, digi
     assert gap["gap_points"] == pytest.approx(gap["noisy_pct"] - gap["noise_off_pct"], abs=0.02)
     assert checks["convergence"].numbers["lam"] == 1.0 and checks["convergence"].numbers["doubled"] == "apgd-ce-6x4"
     assert "transfer_pct" in checks["black-box vs white-box"].numbers["lam=1"]
+    for lam in ("lam=0", "lam=0.5", "lam=1"):  # the worst case with the black-box attacks is above none of them
+        row = checks["black-box vs white-box"].numbers[lam]
+        assert row["with_black_box_pct"] <= min(v for k, v in row.items() if k != "with_black_box_pct")
+
+
+def test_the_black_box_worst_case_is_never_above_an_attack_it_is_the_worst_of(pgd_at, digits, monkeypatch):
+    import floatify.audit_checks as checks_module
+
+    def rescored_high(model, candidates, x, y, lam, draws):  # reason: fresh draws landing high, as noise can
+        return candidates[0][0], torch.ones(len(y))
+
+    monkeypatch.setattr(checks_module, "worst_case", rescored_high)
+    report = floatify.evaluate(pgd_at, digits.test, lams=[0], audit=FAST, **EVAL)
+    row = {c.name: c for c in report.audit}["black-box vs white-box"].numbers["lam=0"]
+    assert row["with_black_box_pct"] == min(row["white_box_pct"], row["square_pct"])
