@@ -7,8 +7,8 @@
 when absent) at every evaluated λ; (b) audits the same model behind an input quantisation (``round(4x)/4``, no
 straight-through: zero input gradients) and behind a logit temperature of 1e4 (a saturated softmax), both of which
 must be flagged; (c) times the evaluation alone against the evaluation with the default audit (the dial's ends and
-middle), interleaved, and reports the medians and the audit's share. Every evaluation is the strong preset on the
-first --limit test points at the training eps.
+middle), interleaved, and reports the medians and the audit's share, in seconds and in model passes. Every
+evaluation is the strong preset on the first --limit test points at the training eps.
 
 Writes benchmarks/results/audit.json.
 """
@@ -28,6 +28,7 @@ import torch.nn as nn
 
 import floatify
 from floatify.audit import AuditConfig, verdict
+from floatify.audit_subject import PassCounter
 from floatify.data import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,12 +79,14 @@ def audited(model, data, args, lams, attacks, audit: AuditConfig) -> dict:
             "checks": [asdict(c) for c in report.audit]}
 
 
-def timed(model, data, args, audit: AuditConfig | bool) -> float:
+def timed(model, data, args, audit: AuditConfig | bool) -> tuple[float, float]:
+    """Seconds and model passes (forwards of the --limit points, a backward counted as two) of one evaluation."""
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    floatify.evaluate(model, data, lams=args.lams, eps=args.eps, steps=args.eval_steps, eot_draws=args.eot_draws,
-                      limit=args.limit, progress=False, audit=audit)
-    return time.perf_counter() - t0
+    with PassCounter(model) as counter:
+        floatify.evaluate(model, data, lams=args.lams, eps=args.eps, steps=args.eval_steps, eot_draws=args.eot_draws,
+                          limit=args.limit, progress=False, audit=audit)
+    return time.perf_counter() - t0, counter.passes(args.limit)
 
 
 def measure_cost(model: nn.Module, data, args: argparse.Namespace, config: AuditConfig) -> dict:
@@ -92,10 +95,14 @@ def measure_cost(model: nn.Module, data, args: argparse.Namespace, config: Audit
     for _ in range(args.repeats):  # reason: interleaved, so a slow spell of the machine hits both alike
         plain.append(timed(model, data, args, False))
         with_audit.append(timed(model, data, args, config))
-    eval_s, total_s = statistics.median(plain), statistics.median(with_audit)
-    print(f"audit {total_s - eval_s:.1f} s vs evaluation {eval_s:.1f} s: {(total_s - eval_s) / eval_s:.2f}×")
-    return {"eval_s": plain, "eval_with_audit_s": with_audit, "eval_median_s": eval_s,
-            "audit_median_s": total_s - eval_s, "audit_over_eval": (total_s - eval_s) / eval_s}
+    eval_s, total_s = statistics.median(t for t, _ in plain), statistics.median(t for t, _ in with_audit)
+    eval_passes, audit_passes = plain[0][1], with_audit[0][1] - plain[0][1]  # reason: counts do not vary by round
+    print(f"audit {total_s - eval_s:.1f} s vs evaluation {eval_s:.1f} s: {(total_s - eval_s) / eval_s:.2f}×; "
+          f"model passes {audit_passes:.0f} vs {eval_passes:.0f}: {audit_passes / eval_passes:.2f}×")
+    return {"eval_s": [t for t, _ in plain], "eval_with_audit_s": [t for t, _ in with_audit], "eval_median_s": eval_s,
+            "audit_median_s": total_s - eval_s, "audit_over_eval": (total_s - eval_s) / eval_s,
+            "eval_passes": eval_passes, "audit_passes": audit_passes,
+            "audit_over_eval_passes": audit_passes / eval_passes}
 
 
 def main() -> None:

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 import floatify
 import floatify.heap
 from floatify.attacks import make_attack
+from floatify.compile import frozen_parameters
 from floatify.heap import keep_freed_heap
 from floatify.losses import DEFAULT_ADV_WEIGHT, float_paired_loss
 
@@ -68,11 +69,13 @@ def build(arch: str, variant: str, device: str) -> torch.nn.Module:
     return base.to(device)
 
 
-def train_step(model, variant, opt, x, y, steps, zero_grad_first=True):
+def train_step(model, variant, opt, x, y, steps, zero_grad_first=True, frozen_attack=False):
     """One training step at λ = 1 with PGD-``steps``: the library's float_loss for FLOAT and FiLM.
 
     ``zero_grad_first``: free the previous gradients before the forwards (floatify.fit's loop) or after them
     (``loss = ...; opt.zero_grad(); loss.backward()``, where the previous step's gradients live through the attack).
+    ``frozen_attack``: PGD-AT's attack runs with the parameters frozen (:func:`floatify.compile.frozen_parameters`),
+    as compiled FLOAT's attack does: a compiled backward would otherwise compute every weight gradient.
     """
     model.train()
     if variant == "float-late":  # reason: the FLOAT step in a loop that frees the gradients after the forwards
@@ -80,7 +83,8 @@ def train_step(model, variant, opt, x, y, steps, zero_grad_first=True):
     if zero_grad_first:
         opt.zero_grad(set_to_none=True)
     if variant == "plain":  # PGD-AT: attack, then CE on the adversarial batch
-        x_adv = make_attack(model, "pgd", 8 / 255, steps, 2 / 255)(x, y)
+        with frozen_parameters(list(model.parameters())) if frozen_attack else contextlib.nullcontext():
+            x_adv = make_attack(model, "pgd", 8 / 255, steps, 2 / 255)(x, y)
         loss = F.cross_entropy(model(x_adv), y)
     elif variant == "plain-paired":  # PGD-AT with a clean term: float-paired's step without FLOAT
         clean = F.cross_entropy(model(x), y)

@@ -67,7 +67,9 @@ def _cold_caches():
 def _step(model, kind: str, opt, x, y, steps: int) -> None:
     from cost import train_step  # reason: the very step cost.py times, eager and compiled alike
 
-    train_step(model, "float" if kind.startswith("float") else "plain", opt, x, y, steps)
+    # reason: compiled PGD-AT's attack with frozen parameters, as compiled FLOAT's is (floatify.compile)
+    train_step(model, "float" if kind.startswith("float") else "plain", opt, x, y, steps,
+               frozen_attack=kind == "plain-compiled")
 
 
 def _profile_ops(model, kind: str, opt, x, y, steps: int) -> int:

@@ -17,9 +17,19 @@ Adversarial Example Defenses") and AutoAttack's warnings, ``floatify.evaluate(..
    (APGD-DLR) in the ensemble keeps the number right.
 
 The white-box attacks are the evaluation's own gradient attacks (its APGD ensemble, or PGD/EOT-PGD/FGSM of the quick
-preset) at the audit's cheaper settings: the audit checks what was evaluated. This module holds the audit's settings
-(:class:`AuditConfig`) and outcome (:class:`AuditCheck`, :func:`verdict`, :func:`audit_markdown`); the checks and
-their running are :mod:`floatify.audit_checks`.
+preset): at eps × 1 the evaluation's very columns (their adversarial inputs, kept for the audited points, re-scored as
+one worst case), at the sweep's other budgets the same attacks at the audit's cheaper settings. The audit re-attacks
+nothing the evaluation did (its transfer and noise-off columns too), and attacks only what can still change, as
+AutoAttack does: above eps × 1 the points the previous budget left unbroken, Square and the doubled attack the points
+not broken already (:mod:`floatify.audit_checks` says why each is exact or errs towards flagging). Each check's
+``cost`` says what it ran, what it skipped and its model passes.
+
+Where Square (or a transfer attack the evaluation did not run) beats the white-box ensemble, the evaluation's headline
+takes it into its per-point worst case on the audited points (never raising it), and a report note says so.
+
+This module holds the audit's settings (:class:`AuditConfig`) and outcome (:class:`AuditCheck`, :func:`verdict`,
+:func:`audit_markdown`); the checks and their running are :mod:`floatify.audit_checks` and
+:mod:`floatify.audit_subject`, what the evaluation hands them :mod:`floatify.audit_tap`.
 
 Example:
     >>> import torch, floatify
@@ -59,8 +69,10 @@ class AuditConfig:
         lams: the λ audited, each among the evaluated ones; None: the evaluated λ's ends and middle (the
             deterministic end, the most randomised end and the BatchNorm interpolation between: three λ bound
             the cost whatever the number evaluated).
-        steps: iterations of the audit's white-box attacks (the evaluation's, made cheaper: at most this many).
-        eot_draws: noise draws per iteration of the audit's white-box attacks (at most this many).
+        steps: iterations of the audit's white-box attacks at the budgets other than eps × 1 (the evaluation's,
+            made cheaper: at most this many; eps × 1 is the evaluation's own attacks).
+        eot_draws: noise draws per iteration of those attacks: at most this many, and at most half the
+            evaluation's.
         unbounded_eps: the unbounded attack's budget (1: any image in [0, 1] is reachable).
         square_queries: queries of the Square attack.
         square_draws: noise draws averaged per Square query on a randomised model (EOT).
@@ -78,7 +90,7 @@ class AuditConfig:
     subset: int = 100
     multipliers: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     lams: tuple[float, ...] | None = None
-    steps: int = 16  # reason: with 4 draws the default audit costs 0.94x the default evaluation's model passes
+    steps: int = 16  # reason: with half the evaluation's draws the audit stays within its model passes (test_audit_tap)
     eot_draws: int = 4
     unbounded_eps: float = 1.0
     square_queries: int = 300

@@ -31,18 +31,20 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from floatify.config import check_bool, check_choice
-from floatify.context import _COMPILED, _OFFSETS, held_draws, lam_state
-from floatify.layers.conditioned import ALPHA_SUFFIX, NOISE_SLOTS_ATTR, held_std, is_conditioned
-from floatify.layers.noise import draw_offset, get_noise_source
+from floatify.context import _COMPILED, _OFFSETS, held_draws, lam_state, weights_are_constant
+from floatify.layers.conditioned import ALPHA_SUFFIX, NOISE_SLOTS_ATTR, is_conditioned
+from floatify.layers.noise import bank_window, draw_offset, get_noise_source
+from floatify.layers.noisy_weight import held_std
 from floatify.walk import iter_modules
 
 __all__ = ["COMPILE_MODES", "CUDA_GRAPH_MODES", "BACKEND", "check_compile_options", "check_compile_device",
-           "compiler_problem", "compiled_training", "noise_slots"]
+           "compiler_problem", "compiled_training", "noise_slots", "frozen_parameters"]
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """The ``torch.compile`` modes training accepts (``compile_mode``; None is ``"default"``)."""
@@ -52,6 +54,8 @@ BACKEND = "inductor"
 """The compiler backend of compiled training (tests set a light one: ``aot_eager``)."""
 
 _OFFSETS_KEY = "compiled_offsets"  # reason: where a hold_noise block keeps its compiled held draw
+_DRAWN_KEY = "compiled_drawn"  # reason: ... its offsets as Python ints (the eager side's bank views)
+_CONSTANT_KEY = "compiled_constant"  # reason: ... and its attack's noisy weights
 _PROBLEMS: dict[tuple[object, str], str | None] = {}
 
 
@@ -172,7 +176,7 @@ def compiled_training(model: nn.Module, mode: str | None = None,
     for i, (module, name) in enumerate(slots):
         module.__dict__.setdefault(NOISE_SLOTS_ATTR, {})[name] = i
     compiled = torch.compile(model._call_impl, backend=backend, mode=mode)
-    model._compiled_call_impl = _with_held_draw(compiled, slots, device)
+    model._compiled_call_impl = _with_held_draw(compiled, slots, device, list(model.parameters()))
     token = _COMPILED.set(True)
     try:
         yield True
@@ -183,26 +187,93 @@ def compiled_training(model: nn.Module, mode: str | None = None,
             module.__dict__.pop(NOISE_SLOTS_ATTR, None)
 
 
-def _with_held_draw(compiled: Callable, slots: list[tuple[nn.Module, str]], device: torch.device) -> Callable:
+def _with_held_draw(compiled: Callable, slots: list[tuple[nn.Module, str]], device: torch.device,
+                    params: list[nn.Parameter]) -> Callable:
     """The compiled forward, handed the step's held draw (bank offsets) inside a :func:`hold_noise` block."""
 
     def call(*args, **kwargs):
-        held, state = held_draws(), lam_state()
-        if held is None or not (state.active and state.noise) or get_noise_source() != "bank":
-            return compiled(*args, **kwargs)  # reason: no held draw: each forward draws in the graph
-        draw = held.get(_OFFSETS_KEY)
-        if draw is None:
-            # reason: one offset per weight from torch's default generator, in the order the eager layers make their
-            # held draws (at the block's first forward), so a compiled step sees the eager step's noise; std(W) once
-            # per step too, as the eager held draw computes it, instead of a reduction per layer in every forward
-            drawn = [draw_offset(module._parameters[name]) for module, name in slots]
-            stds = torch.stack([held_std(module._parameters[name], module.floatify_mask(name)).to(device)
-                                for module, name in slots])
-            draw = held[_OFFSETS_KEY] = (torch.tensor(drawn, dtype=torch.int64).to(device, non_blocking=True), stds)
-        token = _OFFSETS.set(draw)
-        try:
-            return compiled(*args, **kwargs)
-        finally:
-            _OFFSETS.reset(token)
+        # reason: inside constant_weights (a training step's attack) the backward needs the input's gradient only
+        with frozen_parameters(params) if weights_are_constant() else contextlib.nullcontext():
+            held, state = held_draws(), lam_state()
+            if held is None or not (state.active and state.noise) or get_noise_source() != "bank":
+                return compiled(*args, **kwargs)  # reason: no held draw: each forward draws in the graph
+            offsets, stds = _held_draw(held, slots, device)
+            constant = _constant_weights(held, slots, state) if weights_are_constant() else None
+            token = _OFFSETS.set((offsets, stds, constant))
+            try:
+                return compiled(*args, **kwargs)
+            finally:
+                _OFFSETS.reset(token)
 
     return call
+
+
+def _held_draw(held: dict, slots: list[tuple[Any, str]], device: torch.device) -> tuple:
+    """The step's held draw for the graphs: one bank offset and one std(W) per noise slot, made at its first forward.
+
+    reason: one offset per weight from torch's default generator, in the order the eager layers make their held
+    draws (at the block's first forward), so a compiled step sees the eager step's noise; std(W) once per step too,
+    as the eager held draw computes it, instead of a reduction per layer in every forward
+    """
+    draw = held.get(_OFFSETS_KEY)
+    if draw is None:
+        drawn = [draw_offset(module._parameters[name]) for module, name in slots]
+        stds = torch.stack([held_std(module._parameters[name], module.floatify_mask(name)).to(device)
+                            for module, name in slots])
+        held[_DRAWN_KEY] = drawn
+        draw = held[_OFFSETS_KEY] = (torch.tensor(drawn, dtype=torch.int64).to(device, non_blocking=True), stds)
+    return draw
+
+
+def _constant_weights(held: dict, slots: list[tuple[Any, str]], state) -> tuple[torch.Tensor, ...]:
+    """The attack's noisy weights of the step (no autograd history), made once per λ and weight version.
+
+    reason: the attack differentiates with respect to the input only (:func:`floatify.context.constant_weights`):
+    made in each of its forwards, the noisy weights cost a weight-sized read of the bank and a multiply-add per
+    iteration (a resnet18's compiled PGD-7 step 1.19x PGD-AT's on CPU); made once, as the eager step does, the
+    attack's graphs read them like plain weights. The values are the graphs' own formula, on the same draw.
+    """
+    version = (state.value, *(module._parameters[name]._version for module, name in slots))
+    hit = held.get(_CONSTANT_KEY)
+    if hit is None or hit[0] != version:
+        _, stds = held[_OFFSETS_KEY]
+        with torch.no_grad():
+            weights = tuple(_noisy(module, name, state, offset, stds[i])
+                            for i, ((module, name), offset) in enumerate(zip(slots, held[_DRAWN_KEY])))
+        hit = held[_CONSTANT_KEY] = (version, weights)
+    return hit[1]
+
+
+def _noisy(module: Any, name: str, state, offset: int, std: torch.Tensor) -> torch.Tensor:
+    weight = module._parameters[name]
+    unit = (state.tensor.to(std.device) * std).to(weight.dtype)
+    return module.floatify_noisy_weight(name, state.tensor, eta=bank_window(weight, offset), unit=unit)
+
+
+@contextlib.contextmanager
+def frozen_parameters(params: list[nn.Parameter]) -> Iterator[None]:
+    """Inside the block the parameters that required a gradient do not: a forward's backward computes the input's
+    gradient only.
+
+    reason: a compiled backward computes the gradient of every graph input that requires one, whatever
+    ``torch.autograd.grad`` asks for, so an attack's backward through a compiled model computed every weight
+    gradient too (a resnet18's convolution backward was ~2/3 of a compiled PGD-7 step on CPU); an eager backward
+    skips them by itself.
+
+    Example:
+        >>> import torch
+        >>> from floatify.compile import frozen_parameters
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> with frozen_parameters(list(layer.parameters())):
+        ...     inside = layer.weight.requires_grad
+        >>> inside, layer.weight.requires_grad
+        (False, True)
+    """
+    thawed = [p for p in params if p.requires_grad]
+    for p in thawed:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in thawed:
+            p.requires_grad_(True)

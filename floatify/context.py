@@ -50,12 +50,14 @@ class LamState:
     full: bool = False  # value == 1.0: compiled training specialises on it (the adversarial BatchNorm set as is)
 
 
+HeldOffsets = tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]
+"""A compiled step's held draw: bank offsets, std(W) per noise slot, and the attack's constant noisy weights."""
+
 _ZERO = LamState(0.0, torch.zeros((), dtype=torch.float32), False)
 _LAM: contextvars.ContextVar[LamState] = contextvars.ContextVar("floatify_lam", default=_ZERO)
 _HELD: contextvars.ContextVar[dict | None] = contextvars.ContextVar("floatify_held_noise", default=None)
 _CONSTANT: contextvars.ContextVar[bool] = contextvars.ContextVar("floatify_constant_weights", default=False)
-_OFFSETS: contextvars.ContextVar[tuple[torch.Tensor, torch.Tensor] | None] = contextvars.ContextVar(
-    "floatify_held_offsets", default=None)
+_OFFSETS: contextvars.ContextVar[HeldOffsets | None] = contextvars.ContextVar("floatify_held_offsets", default=None)
 _COMPILED: contextvars.ContextVar[bool] = contextvars.ContextVar("floatify_compiled_training", default=False)
 
 # The accessors the conditioned layers read on every weight access: the ContextVars' own bound ``get``
@@ -66,9 +68,10 @@ held_draws: Callable[[], dict | None] = _HELD.get
 """The noise draws of the innermost :func:`hold_noise` block (None outside one)."""
 weights_are_constant: Callable[[], bool] = _CONSTANT.get
 """True inside :func:`constant_weights`."""
-held_offsets: Callable[[], tuple[torch.Tensor, torch.Tensor] | None] = _OFFSETS.get
+held_offsets: Callable[[], HeldOffsets | None] = _OFFSETS.get
 """Inside a compiled training step's :func:`hold_noise` block: the held draw as (one bank offset, one std(W)) per
-noise slot (graph inputs, :mod:`floatify.compile`); None elsewhere."""
+noise slot, and inside its attack (:func:`constant_weights`) the noisy weights made from it (graph inputs,
+:mod:`floatify.compile`); None elsewhere."""
 compiling_training: Callable[[], bool] = _COMPILED.get
 """True while :func:`floatify.fit` trains a compiled model (:mod:`floatify.compile`)."""
 

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from floatify.attack_presets import PRESETS, parse_attacks
 from floatify.attacks import AttackSpec, attack_and_score
 from floatify.audit import AuditConfig, verdict
-from floatify.audit_checks import SubsetTap
+from floatify.audit_tap import SubsetTap
 from floatify.config import check_choice, check_int, check_real, resolve
 from floatify.context import validate_lam
 from floatify.convert import FloatifyWarning
@@ -177,6 +177,7 @@ class _Evaluation:
     points: int = 0
     classes: tuple[int, str] | None = None  # the labels' bound and where it comes from (set on the first batch)
     labels: set[int] = field(default_factory=set)  # labels seen (two are enough to know it is not one class)
+    tap: SubsetTap | None = None  # the audit's: receives each column's adversarial inputs for the audited points
 
     @classmethod
     def start(cls, model: nn.Module, config: EvalConfig, num_classes: int | None, keep: bool) -> _Evaluation:
@@ -223,7 +224,9 @@ def evaluate(
         meta: entries added to the report's settings.
         audit: True or a :class:`floatify.AuditConfig`: also audit the evaluation on its first test points
             (:mod:`floatify.audit`: budget sweep, unbounded and black-box attacks, convergence, ...) into
-            ``report.audit``, and print its one-line verdict when ``progress``.
+            ``report.audit``, and print its one-line verdict when ``progress``. It reuses the evaluation's attacks
+            on those points; where it finds Square stronger than the white-box attacks, the headline takes Square
+            on those points (a report note says so).
         **overrides: :class:`EvalConfig` fields replacing the config's (``lams=[0, 1]``, ``attacks="quick"``),
             validated as the config's; an unknown name is a TypeError listing the valid ones.
     """
@@ -231,17 +234,18 @@ def evaluate(
     check_int("max_batches", max_batches, optional=True)
     batches, n_batches = _batches(loader, config, max_batches)
     run = _Evaluation.start(model, config, num_classes, keep=save_adversarial is not None)
-    tap = SubsetTap.of(audit, model, config, loader, num_classes)
+    tap = run.tap = SubsetTap.of(audit, model, config, loader, num_classes)
     with contextlib.nullcontext() if config.noise_source is None else use_noise_source(config.noise_source):
         _measure(run, batches if tap is None else tap.wrap(batches), n_batches, progress)
         info = _settings(run, config, max_batches, meta)  # reason: names the noise source the attacker faced
         checks = None if tap is None else tap.audit(run, config)  # reason: the same noise source as the attacks
+        folded = [] if tap is None else tap.fold(run)  # reason: before the report, so its headline holds the fold
     if save_adversarial is not None:
         _save_adversarial(save_adversarial, run.kept or {})
     notes = notes_on(run.model, run.lams, run.labels)
     for note in notes:
         warnings.warn(note, FloatifyWarning, stacklevel=2)
-    report = _report(run, info, notes)
+    report = _report(run, info, notes + folded)
     if checks is not None:
         report.audit = checks
         if progress:
@@ -333,11 +337,15 @@ def _measure_at(run: _Evaluation, x: torch.Tensor, y: torch.Tensor, lam: float, 
                 candidates.append((x_adv, correct))
             if spec.handler.is_attack:
                 run.keep(lam, spec.label, x_adv)
+            if run.tap is not None:
+                run.tap.keep(lam, spec.label, x_adv)
         bar.update()
     if run.headline is not None:
         worst, correct, batch_draws = worst_case(run.model, candidates, x, y, lam, run.score_draws)
         run.cells[lam][run.headline.label].add(correct, batch_draws)
         run.keep(lam, "worst-case", worst)
+        if run.tap is not None:
+            run.tap.keep(lam, run.headline.label, worst)
 
 
 def _settings(run: _Evaluation, config: EvalConfig, max_batches: int | None, meta: dict | None) -> dict:

@@ -55,15 +55,19 @@ def test_a_masked_model_stalls_the_attack_and_the_black_box_number_is_given(pgd_
 def test_a_randomised_model_is_audited_at_the_dials_ends_and_middle(pgd_at, digits):
     model = floatify.convert(copy.deepcopy(pgd_at)).eval()
     report = floatify.evaluate(model, digits.test, lams=[0, 0.25, 0.5, 1], audit=AuditConfig(
-        subset=24, steps=3, eot_draws=2, square_queries=20), **{**EVAL, "steps": 3, "limit": 24})
+        subset=24, steps=3, eot_draws=4, square_queries=20), **{**EVAL, "steps": 3, "eot_draws": 4, "limit": 24})
     checks = {c.name: c for c in report.audit}
     sweep = checks["budget sweep"].numbers
     assert {k for k in sweep if k.startswith("lam=")} == {"lam=0", "lam=0.5", "lam=1"}
-    assert sweep["points"] == 24 and sweep["attacks"] == ["apgd-ce-3x2", "apgd-dlr-3x2"]  # what the audit ran
-    assert set(checks["randomness"].numbers) == {"lam=0.5", "lam=1"}  # λ = 0 has no noise to switch off
+    # what the audit ran: at most half the evaluation's draws (eps × 1 is the evaluation's own attacks)
+    assert sweep["points"] == 24 and sweep["attacks"] == ["apgd-ce-3x2", "apgd-dlr-3x2"]
+    assert sweep["x1_attacks"] == ["apgd-ce-3x4", "apgd-dlr-3x4"]
+    assert set(checks["randomness"].numbers) - {"cost"} == {"lam=0.5", "lam=1"}  # λ = 0 has no noise to switch off
     gap = checks["randomness"].numbers["lam=1"]
     assert gap["gap_points"] == pytest.approx(gap["noisy_pct"] - gap["noise_off_pct"], abs=0.02)
-    assert checks["convergence"].numbers["lam"] == 1.0 and checks["convergence"].numbers["doubled"] == "apgd-ce-6x4"
+    convergence = checks["convergence"].numbers
+    assert convergence["lam"] == 1.0 and convergence["attack"] in sweep["x1_attacks"]
+    assert convergence["doubled"] == convergence["attack"].replace("-3x4", "-6x8")
     assert "transfer_pct" in checks["black-box vs white-box"].numbers["lam=1"]
     for lam in ("lam=0", "lam=0.5", "lam=1"):  # the worst case with the black-box attacks is above none of them
         row = checks["black-box vs white-box"].numbers[lam]

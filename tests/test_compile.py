@@ -68,7 +68,10 @@ class _WeightOut(torch.nn.Linear):
         return self.weight + 0 * x.sum()  # reason: the compiled graph returns the noisy weight it computed
 
 
-def test_inductor_reads_a_bank_window_at_an_offset_drawn_per_call(monkeypatch):
+# a compiled λ > 0 forward without autograd calls floatify::noisy_weight (the eager path); with autograd it draws in
+# the graph: both read a bank window at a new offset per call
+@pytest.mark.parametrize("grad", [False, True], ids=["inference: the operator", "autograd: drawn in the graph"])
+def test_inductor_reads_a_bank_window_at_an_offset_drawn_per_call(monkeypatch, grad):
     from floatify.layers import noise
 
     monkeypatch.setattr(noise, "_BANKS", {})  # reason: no bank yet: compiling must make it, outside the graph
@@ -79,9 +82,9 @@ def test_inductor_reads_a_bank_window_at_an_offset_drawn_per_call(monkeypatch):
     w, alpha = layer._parameters["weight"].detach(), layer.weight_alpha.detach()
     scale = alpha * w.std()
     offsets = []
-    with torch.no_grad(), floatify.lam(1.0):
+    with torch.set_grad_enabled(grad), floatify.lam(1.0):
         for _ in range(3):
-            out = compiled(torch.zeros(1, 16))
+            out = compiled(torch.zeros(1, 16)).detach()
             bank = noise._BANKS[(w.device, w.dtype)]
             eta = ((out - w) / scale).reshape(-1)
             hits = torch.nonzero(torch.isclose(bank, eta[0], rtol=0, atol=1e-5)).flatten().tolist()
@@ -105,13 +108,13 @@ def test_a_larger_layer_traced_later_gets_its_own_bank_and_eager_regrowth_needs_
     counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
     compiled = torch.compile(model, backend=counter, fullgraph=True)
     x = torch.rand(2, 4)
-    with torch.no_grad(), floatify.lam(1.0):
-        a, b = compiled(x), compiled(x)
+    with floatify.lam(1.0):  # reason: with autograd on, the window is read in the graph (no_grad: the operator)
+        a, b = compiled(x).detach(), compiled(x).detach()
         assert list(noise._EXTRA_BANKS) == [(torch.device("cpu"), torch.float32, 4096)]
         floatify.convert(torch.nn.Linear(100, 100))(torch.rand(1, 100))  # eager: the device's bank grows
         assert noise.bank_size() == 32768
         with torch.compiler.set_stance("fail_on_recompile"):
-            c = compiled(x)
+            c = compiled(x).detach()
     assert counter.frame_count == 1
     assert not torch.equal(a, b) and not torch.equal(b, c) and torch.isfinite(c).all()
 
@@ -231,6 +234,40 @@ def test_compiled_training_holds_one_noise_draw_per_step_and_leaves_the_model_ea
         c = model(x)  # outside a block: a fresh draw per forward
     assert compiled and torch.equal(a, b) and torch.allclose(a, reference, atol=1e-6) and not torch.equal(a, c)
     assert model._compiled_call_impl is None and not any(NOISE_SLOTS_ATTR in vars(m) for m in model.modules())
+
+
+def test_a_compiled_attack_forward_reaches_the_input_only_with_the_steps_noisy_weights_made_once(monkeypatch):
+    import floatify.compile as compile_module
+    from floatify.compile import compiled_training
+    from floatify.context import constant_weights, hold_noise
+
+    from tiny_training import tiny_model
+
+    torch._dynamo.reset()
+    made: list[int] = []
+    real = compile_module._noisy
+    monkeypatch.setattr(compile_module, "_noisy", lambda *a: made.append(1) or real(*a))
+    model, eager = tiny_model().eval(), tiny_model().eval()
+    slots = len(compile_module.noise_slots(model))
+    x = torch.rand(4, 3, 6, 6, requires_grad=True)
+    with compiled_training(model, backend=LIGHT), floatify.lam(1.0):
+        with hold_noise():
+            torch.manual_seed(0)
+            with constant_weights():
+                attack = [model(x) for _ in range(3)]  # three attack iterations: one set of noisy weights
+            loss = model(x)  # the loss after the attack: the same draw, with gradients for W and α
+        with hold_noise(), constant_weights():
+            torch.manual_seed(0)
+            reference = eager(x)  # the eager attack forward on the same draw
+    # the attack's graph has no parameter inputs needing a gradient: its backward computes the input's alone
+    grads = torch.autograd.grad(attack[0].sum(), [x, *model.parameters()], allow_unused=True)
+    assert grads[0] is not None and all(g is None for g in grads[1:])
+    assert all(p.requires_grad for p in model.parameters())  # thawed after each forward
+    assert len(made) == slots, made  # once per step (and λ), not once per attack forward
+    assert all(torch.equal(a, attack[0]) for a in attack) and torch.allclose(attack[0], reference, atol=1e-6)
+    assert torch.allclose(loss, attack[0], atol=1e-6)
+    assert model[0].weight_alpha in {p for p in model.parameters()}
+    assert torch.autograd.grad(loss.sum(), model[0].weight_alpha)[0].abs().sum() > 0  # the loss reaches α
 
 
 def test_fit_leaves_the_model_it_trained_compiled_eager(monkeypatch):

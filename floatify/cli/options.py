@@ -126,8 +126,9 @@ AUDIT_HELP = {
     "subset": "--audit: audit the first N test points",
     "multipliers": "--audit: the budget sweep's eps multipliers, comma-separated (eps × each must stay in [0, 1])",
     "lams": "--audit: the λ to audit, among --lams",
-    "steps": "--audit: iterations of the audit's white-box attacks (at most)",
-    "eot_draws": "--audit: noise draws per iteration of the audit's white-box attacks (at most)",
+    "steps": "--audit: iterations of the audit's white-box attacks at budgets other than eps × 1 (at most; "
+             "eps × 1 is the evaluation's own attacks)",
+    "eot_draws": "--audit: noise draws per iteration of those attacks (at most; and at most half --eot-draws)",
     "unbounded_eps": "--audit: the unbounded attack's eps",
     "square_queries": "--audit: queries of the Square (black-box) attack",
     "square_draws": "--audit: noise draws averaged per Square query on a randomised model",

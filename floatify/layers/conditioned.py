@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import importlib
-import math
 from typing import Any
 
 import torch
@@ -51,6 +50,12 @@ from floatify.layers.dual_bn import (
 )
 from floatify.layers.masks import CACHE_ATTR, MASK_SUFFIX, add_mask_buffers, get_mask
 from floatify.layers.noise import held_window, in_graph_capture, standard_normal
+from floatify.layers.noisy_weight import (
+    compiled_inference_weight,
+    held_std,
+    inference_noisy_weight,
+    weight_std,
+)
 from floatify.layers.registry import (
     conditioned_weight_names_for_class,
     is_batchnorm,
@@ -134,9 +139,10 @@ class _ConditionedMixin:
         reason: not cached across reads: writes through ``weight.data`` (``w.data.mul_(100)``) change W
         without changing ``weight._version``, so a version-keyed cache returned a stale std. Inside
         :func:`floatify.context.hold_noise` (training's default) it is computed once per step; the CPU no-grad
-        path (inference) caches it with a guard against such writes (:func:`_inference_noisy_weight`).
+        path (inference) caches it with a guard against such writes
+        (:func:`floatify.layers.noisy_weight.inference_noisy_weight`).
         """
-        return _weight_std(self._parameters[name], self.floatify_mask(name))
+        return weight_std(self._parameters[name], self.floatify_mask(name))
 
     def floatify_noisy_weight(
         self, name: str, lam: torch.Tensor | float, generator=None, eta: torch.Tensor | None = None,
@@ -164,17 +170,22 @@ class _ConditionedMixin:
 
     def floatify_compiled_weight(self, name: str, state) -> torch.Tensor:
         """The noisy weight ``name`` under ``torch.compile``: the held draw of a compiled training step (the bank
-        window at this layer's offset and the step's std(W), :mod:`floatify.compile`), else a window drawn in the
-        graph."""
+        window at this layer's offset and the step's std(W), :mod:`floatify.compile`; inside the step's attack the
+        noisy weight itself, made once for the step), else a window drawn in the graph."""
         held = held_offsets()
         slots = getattr(self, NOISE_SLOTS_ATTR, None)
         if held is not None and slots is not None and name in slots:
             # reason: the step's draw and std(W) are graph inputs, made once per step: no std reduction per forward
-            offsets, stds = held
+            offsets, stds, constant = held
             weight, slot = self._parameters[name], slots[name]
+            if constant is not None:  # reason: the attack's noisy weights, made once per step (floatify.compile)
+                return constant[slot]
             unit = (state.tensor.to(stds.device) * stds[slot]).to(weight.dtype)
             return self.floatify_noisy_weight(name, state.tensor, eta=held_window(weight, offsets[slot]), unit=unit)
-        return self.floatify_noisy_weight(name, state.tensor)
+        weight = self._parameters[name]
+        fast = compiled_inference_weight(weight, self._parameters[name + ALPHA_SUFFIX], state.tensor,
+                                         self.floatify_mask(name) is not None)
+        return self.floatify_noisy_weight(name, state.tensor) if fast is None else fast
 
     def floatify_held_weight(self, name: str, state, held: dict) -> torch.Tensor:
         """The noisy weight ``name`` inside :func:`floatify.context.hold_noise`: one η per block.
@@ -325,74 +336,6 @@ def _recipe(weight: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor, scale:
     return recompute
 
 
-def held_std(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """std(W) over the kept entries, once per held draw: the CPU fast formula where it applies."""
-    w = weight.detach()
-    fast = _cpu_std(w if mask is None else w[mask]) if w.device.type == "cpu" else None
-    return _weight_std(weight, mask) if fast is None else torch.tensor(fast, dtype=torch.float32, device=w.device)
-
-
-def _weight_std(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    w = weight.detach()
-    if mask is not None and in_graph_capture():
-        # reason: w[mask] has a data-dependent shape, which a compiled graph breaks on; the same std from masked sums
-        keep = mask.to(torch.float32)
-        n = keep.sum()
-        mean = (w.float() * keep).sum() / n.clamp_min(1)
-        return (((w.float() - mean) * keep).square().sum() / (n - 1).clamp_min(1)).sqrt()
-    if mask is not None:
-        w = w[mask]
-    if w.numel() < 2:
-        return w.new_zeros((), dtype=torch.float32)
-    return w.float().std()
-
-
-def _cpu_std(w: torch.Tensor) -> float | None:
-    """std of a detached CPU float32 tensor as a float, from Σw and Σw² (two BLAS-speed passes); else None.
-
-    reason: twice as fast as ``Tensor.std`` with a third of the small ops per layer; the formula cancels when the
-    mean dominates, so then (never seen for a trained conv/linear weight) it answers None and the caller uses
-    ``Tensor.std``. Not on other devices: reading the sums back would synchronise them.
-    """
-    if w.device.type != "cpu" or w.dtype != torch.float32 or w.numel() < 2 or in_graph_capture():
-        return None  # reason: captured graphs compute std in-graph (no data-dependent branch)
-    flat = w.reshape(-1)
-    n = flat.numel()
-    total, sq = float(flat.sum()), float(torch.dot(flat, flat))
-    mean_sq = total * total / n
-    if mean_sq > 0.5 * sq:
-        return None
-    return math.sqrt(max(sq - mean_sq, 0.0) / (n - 1))
-
-
-def _inference_noisy_weight(module: nn.Module, name: str, weight: torch.Tensor, alpha: torch.Tensor,
-                            lam: float) -> torch.Tensor | None:
-    """``W + λ·α·std(W)·η`` in one ``torch.add`` with a Python scale: the CPU no-grad path (None elsewhere).
-
-    reason: at batch 1 a layer's noisy weight is a handful of tiny ops whose fixed cost (µs each, ×60 layers in
-    a mobilenet) and std's pass over W rival the forward. Without autograd the scalar work is done in Python
-    floats and std(W) is cached per weight, keyed on its version, storage and a probe of 64 strided entries —
-    the probe catches writes through ``weight.data`` (which leave the version unchanged) that touch the whole
-    tensor (``.data.copy_``, ``.data.mul_``, re-initialisation). A ``.data`` write to a few entries only, in
-    this no-grad path, keeps the old std until the weight's version or those entries change.
-    """
-    w = weight.detach()
-    if w.device.type != "cpu" or w.dtype != torch.float32 or w.numel() < 2:
-        return None
-    flat = w.reshape(-1)
-    key = (weight._version, w.data_ptr(), float(flat[:: max(1, flat.numel() // 64)].sum()))
-    cache = module.__dict__.get(CACHE_ATTR)
-    if cache is None:
-        cache = module.__dict__[CACHE_ATTR] = {}
-    hit = cache.get(("std", name))
-    if hit is None or hit[0] != key:
-        std = _cpu_std(w)
-        if std is None:
-            return None
-        hit = cache[("std", name)] = (key, std)
-    return torch.add(weight, standard_normal(weight), alpha=lam * float(alpha) * hit[1])
-
-
 def _refuse_a_baked_export(state) -> None:
     if not state.runtime and (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
         # reason: a plain export at λ > 0 would record one draw (or fail on randn in ONNX) and ship a
@@ -435,7 +378,7 @@ def _weight_property(name: str) -> property:
         _refuse_a_baked_export(state)
         if held is None:
             if not (state.runtime or torch.is_grad_enabled() or mask_key in self._buffers or in_graph_capture()):
-                fast = _inference_noisy_weight(self, name, weight, params[alpha_key], state.value)
+                fast = inference_noisy_weight(self, name, weight, params[alpha_key], state.value)
                 if fast is not None:
                     return fast
             return self.floatify_noisy_weight(name, state.tensor)

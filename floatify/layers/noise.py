@@ -44,7 +44,7 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode
 
 __all__ = ["NOISE_SOURCES", "DEFAULT_NOISE_SOURCE", "noise_source", "get_noise_source", "standard_normal",
-           "bank_size", "in_graph_capture", "held_window", "draw_offset", "BANK_SEED", "MIN_BANK_SIZE"]
+           "bank_size", "in_graph_capture", "held_window", "bank_window", "draw_offset", "BANK_SEED", "MIN_BANK_SIZE"]
 
 NOISE_SOURCES = ("bank", "fresh")
 DEFAULT_NOISE_SOURCE = "bank"
@@ -139,8 +139,20 @@ def standard_normal(like: torch.Tensor, generator: torch.Generator | None = None
         # reason: exported and traced graphs draw in-graph (a bank offset would be a Python constant, and an
         # exported program would carry the bank), and a dispatch mode (FakeTensorMode) must not see the bank
         return torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
+    return bank_window(like, draw_offset(like))
+
+
+def bank_window(like: torch.Tensor, offset: int) -> torch.Tensor:
+    """The bank window at ``offset`` shaped like ``like``: a view, no copy (the bank made by :func:`draw_offset`).
+
+    Example:
+        >>> import torch
+        >>> from floatify.layers.noise import bank_window, draw_offset
+        >>> w = torch.empty(2, 3)
+        >>> bank_window(w, draw_offset(w)).shape
+        torch.Size([2, 3])
+    """
     numel = like.numel()
-    offset = draw_offset(like)
     return _BANKS[(like.device, like.dtype)][offset:offset + numel].view(like.shape)
 
 
