@@ -10,7 +10,8 @@ On CUDA the timers synchronise the device.
                                   [--out benchmarks/results/overhead.json]
 
 ``--compiled`` times ``torch.compile`` (inductor) of the original and of the converted model at λ = 0 and 1
-instead (writes overhead_compiled.json): under compile the bank offset is drawn in the graph.
+instead (writes overhead_compiled.json): without autograd a compiled CPU forward makes each noisy weight with one
+``floatify::noisy_weight`` call (:mod:`floatify.layers.noisy_weight`).
 """
 
 from __future__ import annotations

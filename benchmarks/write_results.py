@@ -336,18 +336,26 @@ def compiled_section(rows) -> list[str]:
         return []
     lines = ["### Under `torch.compile` (`benchmarks/overhead.py --compiled`)", "",
              f"On {_device_label(rows)}, {rows[0]['input'][2]} px, {rows[0]['rounds']} interleaved rounds; latency "
-             "over the compiled original (inductor). Compiled graphs read the noise bank at an offset drawn in the "
-             "graph (an in-graph `torch.randn` per weight made a compiled resnet18 about 20x slower at λ = 1 on "
-             "CPU); the eager λ = 1 column is the uncompiled converted model, for comparison.", "",
+             "over the compiled original (inductor). Without autograd a compiled CPU forward makes each noisy weight "
+             "with one `floatify::noisy_weight` call, the eager no-grad path as an operator the compiler does not "
+             "look into (a bank view at a fresh offset, the cached std(W), one add); the eager λ = 1 column is the "
+             "uncompiled converted model, for comparison. Target: compiled λ = 1 at batch 1 ≤ 1.1× the compiled "
+             "original.", "",
              "| model | batch | compiled original ms | compiled λ=0 | compiled λ=1 | eager λ=1 |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         q = r["ratio_over_compiled_original"]
         lines.append(f"| {r['model']} | {r['input'][0]} | {r['median_ms']['compiled_original']:.1f} "
                      f"| {q['compiled_lam0']:.3f} | {q['compiled_lam1']:.2f} | {q['converted_lam1']:.2f} |")
-    return lines + ["", "Compiled λ > 0 still computes std(W) and the noisy weight in every forward (the eager no-grad "
-                         "path caches std(W)), so on CPU the eager converted model is as fast or faster at batch 1.",
-                    ""]
+    one = [r for r in rows if r["input"][0] == 1]
+    worst = max(one, key=lambda r: r["ratio_over_compiled_original"]["compiled_lam1"]) if one else None
+    tail = [] if worst is None else [
+        f"Batch 1, target ≤ 1.1×: {_verdict(worst['ratio_over_compiled_original']['compiled_lam1'] <= 1.1)} "
+        f"(up to {worst['ratio_over_compiled_original']['compiled_lam1']:.2f}×, {worst['model']}). A fresh draw per "
+        "forward makes every weight anew: at batch 1 that pass over the weights and its per-layer host work (a "
+        "random offset, a cache check, an add per layer) rival the forward itself, compiled or not; at batch 32 "
+        "they are shared by the batch."]
+    return lines + [""] + tail + [""]
 
 
 def compiled_cost_section(rows, rows_cuda=None) -> list[str]:
@@ -721,7 +729,8 @@ def audit_section(audit) -> list[str]:
     lines += [f"`floatify.audit` on the default digits model (`make demo`'s resnet18, {trained}, eps {m['eps']}), "
               f"the strong preset ({a['eval_steps'] or 'default'} iterations × {a['eot_draws'] or 'default'} draws) "
               f"on the first {a['limit']} test points; the audit's white-box attacks at ≤ {a['audit_steps']} "
-              f"iterations × {a['audit_draws']} draws, Square {a['square_queries']} queries.", "",
+              f"iterations × {a['audit_draws']} draws (and at most half the evaluation's draws; eps × 1 is the "
+              f"evaluation's own attacks), Square {a['square_queries']} queries.", "",
               f"**Every λ** ({', '.join(f'{v:g}' for v in a['lams'])}): {every['verdict']}", "",
               "| check | outcome | note |", "|---|---|---|"] + _audit_rows(every["checks"]) + [""]
     lines += _audit_by_lam(every["checks"]) + [""]
@@ -734,9 +743,13 @@ def audit_section(audit) -> list[str]:
         lines.append(f"| {row['model']} | {row['attacks']} | {head} | {', '.join(row['flagged']) or 'nothing'} | "
                      f"{row['verdict']} |")
     ratio = cost["audit_over_eval"]
+    passes = (f"; in model passes (forwards of the audited points, a backward counted as two) "
+              f"{cost['audit_passes']:.0f} against {cost['eval_passes']:.0f}, {cost['audit_over_eval_passes']:.2f}× — "
+              f"{_verdict(cost['audit_over_eval_passes'] <= 1.0)}" if "audit_passes" in cost else "")
     lines += ["", f"**Cost** (default audit: the dial's ends and middle; medians of {len(cost['eval_s'])} interleaved "
               f"rounds): evaluation {cost['eval_median_s']:.1f} s, audit {cost['audit_median_s']:.1f} s, "
-              f"{ratio:.2f}× the evaluation — target ≤ 1×: {_verdict(ratio <= 1.0)}.", ""]
+              f"{ratio:.2f}× the evaluation — target ≤ 1×: {_verdict(ratio <= 1.0)}{passes}. The audit re-attacks "
+              "nothing the evaluation ran and attacks only points whose outcome can still change.", ""]
     return lines
 
 

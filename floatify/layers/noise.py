@@ -13,7 +13,8 @@ N(0, I) — a window of independent standard normals — and the layers' offsets
 of one layer are overlapping windows of one fixed sequence (``len(bank) − numel + 1`` of them) instead of
 independent vectors. The bank is drawn once from a fixed seed (it is not a secret: a white-box attacker sees
 the model's state anyway); the offsets come from torch's default generator, so ``torch.manual_seed`` makes a
-run reproducible as it does with fresh draws. Under ``torch.compile`` the offset is drawn in the graph and the
+run reproducible as it does with fresh draws. Under ``torch.compile`` a CPU forward without autograd calls the
+eager path as one operator (:mod:`floatify.layers.noisy_weight`); elsewhere the offset is drawn in the graph and the
 window read by index (the bank a graph input); ``floatify.export``, ``torch.jit.trace`` and ``freeze(seed=...)``
 always draw fresh (in-graph or from their own generator), so an exported program carries no bank.
 
