@@ -95,8 +95,8 @@ def _edit_json(path: Path, change) -> None:
 
 # (what is changed, how) -> --check must fail with exit code 1; rewriting then makes it pass again
 DISAGREEMENTS = [
-    ("a number in the README", lambda readme_file, results: readme_file.write_text(
-        readme_file.read_text().replace("| 0.5 | 97.1 ± 2.3 |", "| 0.5 | 99.1 ± 2.3 |"))),
+    ("a number in the README", lambda readme_file, results: readme_file.write_text(  # the demo's clean at λ = 0.5
+        re.sub(r"\| 0\.5 \| [0-9.]+ ±", "| 0.5 | 99.9 ±", readme_file.read_text(), count=1))),
     ("the demo's clean accuracy", lambda readme_file, results: _edit_json(
         results / "demo_metrics.json", lambda d: d["scores"]["0.5"]["clean"].update(mean=0.5))),
     ("the PGD-AT anchor", lambda readme_file, results: _edit_json(
