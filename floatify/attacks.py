@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from floatify.apgd import apgd
+from floatify.compile import frozen_parameters
 from floatify.config import check_int, check_real
 from floatify.context import lam as at_lam
 from floatify.context import validate_lam
@@ -452,5 +453,7 @@ def attack_and_score(
     """
     lam = validate_lam(lam)
     run = AttackRun(model, spec, x, y, lam, score_draws, num_classes, per_draw, select_draws)
-    with at_lam(lam, noise=spec.noise):
+    # reason: an attack needs the input's gradient only; frozen, the noisy weights take the inference path (cached
+    # std(W), one add, no autograd history): an eager APGD step at λ > 0 otherwise recomputed std(W) per forward
+    with at_lam(lam, noise=spec.noise), frozen_parameters(list(model.parameters())):
         return spec.handler.attack(run)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -292,12 +293,14 @@ CHECKS = (check_budget_sweep, check_unbounded, check_black_box, check_convergenc
 
 def _costed(s: Subject, counter: PassCounter) -> list[AuditCheck]:
     """The checks, each with its cost (the sweep's in the budget sweep's): point-attacks run and skipped, passes."""
-    checks = []
+    checks, start = [], s.started
     for check in CHECKS:
         result = check(s)
-        cost = {"point_attacks": s.attacked, "skipped": s.skipped, "model_passes": round(counter.passes(len(s.y)), 1)}
+        cost = {"point_attacks": s.attacked, "skipped": s.skipped, "model_passes": round(counter.passes(len(s.y)), 1),
+                "seconds": round(time.perf_counter() - start, 2)}
         checks.append(dataclasses.replace(result, numbers={**result.numbers, "cost": cost}))
         s.attacked = s.skipped = counter.forwards = counter.backwards = 0
+        start = time.perf_counter()
     return checks
 
 
@@ -328,6 +331,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[
                        adversarial or {}, preset, score_draws, classes, config, fold)
     try:
         with PassCounter(model) as counter:
+            subject.started = time.perf_counter()
             sweep(subject)
             return _costed(subject, counter)
     finally:

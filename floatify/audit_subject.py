@@ -96,6 +96,7 @@ class Subject:
     reused: set[float] = field(default_factory=set)  # the λ whose eps × 1 is the evaluation's own attacks
     attacked: int = 0  # point-attacks run (one attack on one point: 1)
     skipped: int = 0  # point-attacks not run: reused from the evaluation, or on points already broken
+    started: float = 0.0  # time.perf_counter() when the audit began (each check's cost states its seconds)
 
     def cheap(self, spec: AttackSpec, eps: float, noise: bool = True) -> AttackSpec:
         """``spec`` at ``eps`` with the audit's steps and draws: at most the config's, and at most half the

@@ -41,6 +41,21 @@ def test_budget_range_and_strongest_iterate(spec, lam):
     assert all(p.grad is None for p in model.parameters()), "attacks must not leave parameter gradients"
 
 
+@pytest.mark.parametrize("spec", [AttackSpec("pgd", 8 / 255, 3), AttackSpec("apgd-ce", 8 / 255, 3, eot_draws=2),
+                                  AttackSpec("transfer", 8 / 255, 3)], ids=lambda s: s.label)
+def test_attacks_read_constant_weights_and_leave_requires_grad_as_it_was(spec, monkeypatch):
+    import floatify.layers.conditioned as conditioned
+
+    model = small_model()
+    head = model[4].weight
+    head.requires_grad_(False)  # a frozen layer stays frozen, the others thaw after the attack
+    per_forward = []
+    monkeypatch.setattr(conditioned, "weight_std", lambda *a: per_forward.append(1) or torch.tensor(1.0))
+    attack_and_score(model, spec, torch.rand(8, 3, 8, 8), torch.randint(0, 3, (8,)), 1.0, score_draws=2)
+    assert not per_forward, "an attack's forward recomputed std(W) (the weights were not constant)"
+    assert [p.requires_grad for p in model.parameters()] == [p is not head for p in model.parameters()]
+
+
 def test_autoattack_refused_on_randomised_model():
     model = small_model()
     with pytest.raises(ValueError, match="deterministic"):

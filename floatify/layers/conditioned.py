@@ -377,8 +377,12 @@ def _weight_property(name: str) -> property:
             return self.floatify_held_weight(name, state, held)
         _refuse_a_baked_export(state)
         if held is None:
-            if not (state.runtime or torch.is_grad_enabled() or mask_key in self._buffers or in_graph_capture()):
-                fast = inference_noisy_weight(self, name, weight, params[alpha_key], state.value)
+            alpha = params[alpha_key]
+            # reason: no gradient can reach W or α (no grad mode, or both frozen: an attack's forwards): the noisy
+            # weight is a constant, so the inference path serves it
+            constant = not (torch.is_grad_enabled() and (weight.requires_grad or alpha.requires_grad))
+            if constant and not (state.runtime or mask_key in self._buffers or in_graph_capture()):
+                fast = inference_noisy_weight(self, name, weight, alpha, state.value)
                 if fast is not None:
                     return fast
             return self.floatify_noisy_weight(name, state.tensor)
